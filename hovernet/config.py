@@ -1,0 +1,51 @@
+"""Geometry presets shared by the network, patch extraction and inference.
+
+One frozen dataclass per use, validated once where it is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hovernet.errors import HoverNetError
+
+MODES = ("original", "fast")
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """Input and output patch size of the network (square patches, pixels)."""
+
+    mode: str
+    input_size: int
+    output_size: int
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise HoverNetError(f"unknown model mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.output_size <= 0 or self.output_size > self.input_size:
+            raise HoverNetError(
+                f"output size {self.output_size} must be in 1..input size {self.input_size}"
+            )
+
+    @property
+    def margin(self) -> int:
+        """Pixels lost on each side between input and output."""
+        return (self.input_size - self.output_size) // 2
+
+
+GEOMETRY = {
+    # original mode: valid convolutions in the decoder, 270 -> 80
+    "original": ModelGeometry("original", 270, 80),
+    # fast mode: "same" padding in the decoder, 256 -> 164
+    "fast": ModelGeometry("fast", 256, 164),
+}
+
+
+def geometry_for(mode: str) -> ModelGeometry:
+    try:
+        return GEOMETRY[mode]
+    except KeyError:
+        raise HoverNetError(
+            f"unknown model mode {mode!r}: use --model_mode original or --model_mode fast"
+        ) from None
