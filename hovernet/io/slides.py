@@ -74,7 +74,7 @@ def _read_openslide(path: Path) -> np.ndarray:
 
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """OpenSlide returns premultiplied RGBA with alpha 0 outside the scanned area: paint it white."""
+    """OpenSlide gives premultiplied RGBA, alpha 0 outside the scanned area: paint it white."""
     rgb = rgba[:, :, :3].copy()
     rgb[rgba[:, :, 3] == 0] = 255
     return rgb
@@ -96,3 +96,193 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         f"{path}: unsupported image type {suffix!r}; use one of "
         + ", ".join(sorted(IMAGE_SUFFIXES))
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Region reading for big images: `open_image(path)` returns a reader whose `read_region` decodes
+# only what the region needs (OpenSlide tiles, TIFF tiles/strips). PNG/JPEG cannot be decoded
+# partially with OpenCV, so those are decoded once and held (3 bytes per pixel).
+
+
+class ImageReader:
+    """An open image: `.width`, `.height`, `.mpp` (microns per pixel or None), `.path`.
+
+    `read_region(x, y, w, h)` returns h x w x 3 uint8 RGB of the full-resolution level; the
+    region must lie inside the image. Use as a context manager or call `close()`.
+    """
+
+    path: Path
+    width: int
+    height: int
+    mpp: float | None = None
+
+    def read_region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> ImageReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_region(self, x: int, y: int, w: int, h: int) -> None:
+        if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > self.width or y + h > self.height:
+            raise ValueError(
+                f"{self.path}: region x={x} y={y} w={w} h={h} is outside the "
+                f"{self.width} x {self.height} image"
+            )
+
+
+class _ArrayReader(ImageReader):
+    """A fully decoded image (PNG, JPEG, BMP, or a TIFF layout the tile reader cannot do)."""
+
+    def __init__(self, path: Path, arr: np.ndarray, bgr: bool = False, mpp: float | None = None):
+        self.path, self._arr, self._bgr, self.mpp = path, arr, bgr, mpp
+        self.height, self.width = arr.shape[:2]
+
+    def read_region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        self._check_region(x, y, w, h)
+        region = self._arr[y : y + h, x : x + w, :3]
+        if self._bgr:
+            region = region[:, :, ::-1]
+        return np.ascontiguousarray(region)
+
+    def close(self) -> None:
+        self._arr = None
+
+
+class _TiffReader(ImageReader):
+    """Level 0 of a TIFF, decoding only the tiles or strips a region touches (tifffile)."""
+
+    def __init__(self, path: Path, tif, page, mpp: float | None):
+        self.path, self._tif, self._page, self.mpp = path, tif, page, mpp
+        self.height, self.width = page.shape[:2]
+        chunk = page.chunks  # (rows, cols, samples) of one tile or strip
+        self._ch, self._cw = chunk[0], chunk[1]
+        self._per_row = -(-self.width // self._cw)
+        self._grey = page.samplesperpixel == 1
+
+    def _segment(self, index: int) -> np.ndarray:
+        page = self._page
+        fh = self._tif.filehandle
+        fh.seek(page.dataoffsets[index])
+        data = fh.read(page.databytecounts[index])
+        seg, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+        seg = seg.reshape(seg.shape[-3:])  # rows x cols x samples
+        return seg
+
+    def read_region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        self._check_region(x, y, w, h)
+        out = np.empty((h, w, 3), np.uint8)
+        for ty in range(y // self._ch, (y + h - 1) // self._ch + 1):
+            for tx in range(x // self._cw, (x + w - 1) // self._cw + 1):
+                seg = self._segment(ty * self._per_row + tx)
+                y0, x0 = ty * self._ch, tx * self._cw
+                sy0, sy1 = max(y, y0), min(y + h, y0 + seg.shape[0])
+                sx0, sx1 = max(x, x0), min(x + w, x0 + seg.shape[1])
+                part = seg[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+                out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = (
+                    part[:, :, :1] if self._grey else part[:, :, :3]
+                )
+        return out
+
+    def close(self) -> None:
+        self._tif.close()
+
+
+class _OpenSlideReader(ImageReader):
+    def __init__(self, path: Path, slide):
+        self.path, self._slide = path, slide
+        self.width, self.height = slide.dimensions
+        mpp = slide.properties.get("openslide.mpp-x")
+        self.mpp = float(mpp) if mpp else None
+
+    def read_region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        self._check_region(x, y, w, h)
+        rgba = np.asarray(self._slide.read_region((x, y), 0, (w, h)))
+        return _composite_on_white(rgba)
+
+    def close(self) -> None:
+        self._slide.close()
+
+
+def _tiff_mpp(page) -> float | None:
+    """Microns per pixel from the TIFF resolution tags (centimetre or inch units)."""
+    res, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
+    if res is None or unit is None:
+        return None
+    num, den = res.value
+    if not num or not den:
+        return None
+    per_unit = num / den
+    microns = {2: 25400.0, 3: 10000.0}.get(int(unit.value))
+    return microns / per_unit if microns else None
+
+
+def _open_tiff(path: Path) -> ImageReader:
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(path)
+        page = tif.series[0].levels[0].keyframe
+    except Exception as exc:
+        raise HoverNetError(f"{path}: cannot read the TIFF ({exc})") from exc
+    shape = page.shape
+    simple = (
+        page.dtype == np.uint8
+        and page.planarconfig == 1
+        and len(shape) in (2, 3)
+        and (len(shape) == 2 or shape[2] in (3, 4))
+        and len(page.dataoffsets) > 1
+        and page.chunks[0] * page.chunks[1] * len(page.dataoffsets) >= shape[0] * shape[1]
+    )
+    if simple:
+        return _TiffReader(path, tif, page, _tiff_mpp(page))
+    # uncommon layouts (planar, one segment, not 8-bit): decode once through read_rgb
+    mpp = _tiff_mpp(page)
+    tif.close()
+    return _ArrayReader(path, _read_tiff(path), mpp=mpp)
+
+
+def open_image(path: str | os.PathLike) -> ImageReader:
+    """Open an image for region reading; errors name the file (see `read_rgb`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HoverNetError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in PLAIN_SUFFIXES:
+        return _ArrayReader(path, _read_plain_bgr(path), bgr=True)
+    if suffix in TIFF_SUFFIXES:
+        return _open_tiff(path)
+    if suffix in SLIDE_SUFFIXES:
+        import openslide
+
+        try:
+            return _OpenSlideReader(path, openslide.OpenSlide(str(path)))
+        except Exception as exc:
+            raise HoverNetError(f"{path}: OpenSlide cannot open this slide ({exc})") from exc
+    raise HoverNetError(
+        f"{path}: unsupported image type {suffix!r}; use one of "
+        + ", ".join(sorted(IMAGE_SUFFIXES))
+    )
+
+
+def _read_plain_bgr(path: Path) -> np.ndarray:
+    """Decode a PNG/JPEG keeping OpenCV's BGR(A) order (no second full-size copy for RGB)."""
+    import cv2
+
+    buf = np.fromfile(path, dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    del buf
+    if img is None:
+        raise HoverNetError(f"{path}: cannot decode the image (corrupt or not an image file)")
+    if img.dtype != np.uint8:
+        raise HoverNetError(
+            f"{path}: pixels are {img.dtype}, expected 8-bit RGB; convert the image to 8-bit first"
+        )
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    return img
