@@ -1,0 +1,62 @@
+"""Evaluation metrics for nucleus instance segmentation and classification (pure NumPy/SciPy).
+
+Instance maps are 2-D integer arrays (0 = background, any positive ids); type maps are 2-D
+arrays of class ids; centroids are N x 2 [x, y]. See docs/metrics.md for definitions, the
+values returned for empty inputs and the differences from other packages.
+"""
+
+from hovernet.metrics.detection import (
+    DEFAULT_RADIUS_PX,
+    TYPE_F1_WEIGHTS,
+    TypeStats,
+    detection_stats,
+    pair_coordinates,
+    radius_pixels,
+    type_stats,
+)
+from hovernet.metrics.instance import (
+    InstanceStats,
+    aji,
+    aji_plus,
+    dice,
+    instance_stats,
+    panoptic_quality,
+    pool_instance_stats,
+)
+from hovernet.metrics.multiclass import (
+    PQCounts,
+    conic_pq_plus,
+    mpq,
+    pannuke_folds,
+    pannuke_pq,
+    per_class_pq,
+    pq_counts,
+)
+from hovernet.metrics.overlap import Overlap, as_label_map, overlap
+
+__all__ = [
+    "DEFAULT_RADIUS_PX",
+    "TYPE_F1_WEIGHTS",
+    "InstanceStats",
+    "Overlap",
+    "PQCounts",
+    "TypeStats",
+    "aji",
+    "aji_plus",
+    "as_label_map",
+    "conic_pq_plus",
+    "detection_stats",
+    "dice",
+    "instance_stats",
+    "mpq",
+    "overlap",
+    "pair_coordinates",
+    "pannuke_folds",
+    "pannuke_pq",
+    "panoptic_quality",
+    "per_class_pq",
+    "pool_instance_stats",
+    "pq_counts",
+    "radius_pixels",
+    "type_stats",
+]
