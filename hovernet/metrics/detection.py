@@ -20,6 +20,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from hovernet.errors import HoverNetError
+from hovernet.metrics.overlap import as_label_map, compact_labels
 
 DEFAULT_RADIUS_PX = 12.0
 TYPE_F1_WEIGHTS = (2.0, 2.0, 1.0, 1.0)  # fp_dt, fn_dt, fp_d, fn_d
@@ -198,6 +199,38 @@ def type_stats(
         unpaired_true=fn_d,
         unpaired_pred=fp_d,
     )
+
+
+def instance_centroids(
+    inst: np.ndarray, type_map: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, centroids N x 2 [x, y], types) of the instances of a map, in ascending id order.
+
+    The centroid is the mean pixel position (the original's mask moments m10/m00, m01/m00).
+    The type is the most frequent non-zero type id in the nucleus (ties: the smaller id; 0 when
+    the nucleus has only background type), the original's majority vote. Without a type map
+    all types are 0.
+    """
+    inst = as_label_map(inst, "instance map")
+    ids, idx, area = compact_labels(inst)
+    n = len(ids)
+    rr, cc = np.indices(inst.shape)
+    cx = np.bincount(idx, weights=cc.ravel(), minlength=n + 1)[1:] / np.maximum(area, 1)
+    cy = np.bincount(idx, weights=rr.ravel(), minlength=n + 1)[1:] / np.maximum(area, 1)
+    types = np.zeros(n, dtype=np.int64)
+    if type_map is not None and n:
+        tmap = as_label_map(type_map, "type map")
+        if tmap.shape != inst.shape:
+            raise HoverNetError(
+                f"type map {tmap.shape} and instance map {inst.shape} differ in shape"
+            )
+        n_types = int(tmap.max()) + 1
+        counts = np.bincount(
+            idx.astype(np.int64) * n_types + tmap.ravel(), minlength=(n + 1) * n_types
+        ).reshape(n + 1, n_types)[1:, 1:]
+        if counts.shape[1]:
+            types = np.where(counts.max(axis=1) > 0, counts.argmax(axis=1) + 1, 0)
+    return ids, np.stack([cx, cy], axis=1), types
 
 
 def detection_stats(

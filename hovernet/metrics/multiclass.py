@@ -205,7 +205,14 @@ def conic_pq_plus(
     per_class = {}
     for c, cnt in totals.items():
         dq, sq, pq = cnt.dq_sq_pq(eps=1.0e-6)
-        per_class[c] = {"pq": pq, "dq": dq, "sq": sq, "tp": cnt.tp, "fp": cnt.fp, "fn": cnt.fn,
-                        "iou_sum": cnt.iou_sum}  # fmt: skip
+        per_class[c] = {
+            "pq": pq,
+            "dq": dq,
+            "sq": sq,
+            "tp": cnt.tp,
+            "fp": cnt.fp,
+            "fn": cnt.fn,
+            "iou_sum": cnt.iou_sum,
+        }
     mean = float(np.mean([v["pq"] for v in per_class.values()])) if per_class else float("nan")
     return {"mpq_plus": mean, "per_class": per_class}

@@ -1,0 +1,288 @@
+"""`hovernet stats`: score predictions against ground truth, as the original's compute_stats.py.
+
+Instance mode: Dice, AJI, AJI+, DQ, SQ, PQ per image, their mean over images (the original's
+summary) and pooled values. Type mode: detection F1, type accuracy and per-type F1 pooled over
+images (the original's numbers), plus per-image detection values. Results are printed and,
+with --out result.json, written as JSON and CSV (result.csv beside it).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from hovernet.errors import HoverNetError
+
+INSTANCE_KEYS = ("dice", "aji", "aji_plus", "dq", "sq", "pq")
+INSTANCE_COUNTS = ("n_true", "n_pred", "tp", "fp", "fn")
+TYPE_IMAGE_KEYS = ("f1_d", "precision_d", "recall_d", "acc")
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """Options of `hovernet stats`."""
+
+    pred_dir: Path
+    true_dir: Path
+    mode: str = "instance"
+    out: Path | None = None
+    radius: float = 12.0  # pixels, or microns when mpp is given
+    mpp: float | None = None
+    match_iou: float = 0.5
+    type_ids: tuple[int, ...] | None = None
+    allow_unmatched: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("instance", "type"):
+            raise HoverNetError(f"--mode must be 'instance' or 'type', got '{self.mode}'")
+        if self.out is not None and self.out.suffix.lower() != ".json":
+            raise HoverNetError(
+                f"--out {self.out}: give a .json path; the CSV is written beside it"
+            )
+        if not 0.0 <= self.match_iou < 1.0:
+            raise HoverNetError(f"--match-iou must be in [0, 1), got {self.match_iou}")
+
+
+def match_files(cfg: StatsConfig) -> tuple[list[tuple[str, object, object]], dict]:
+    """Pair prediction and truth files by image name; report (or refuse) unmatched names."""
+    from hovernet.io.labels import list_label_files
+
+    preds = list_label_files(cfg.pred_dir, "--pred_dir")
+    trues = list_label_files(cfg.true_dir, "--true_dir")
+    names = sorted(set(preds) & set(trues))
+    unmatched = {
+        "pred_only": sorted(set(preds) - set(trues)),
+        "true_only": sorted(set(trues) - set(preds)),
+    }
+    if not names:
+        raise HoverNetError(
+            f"no image name is in both --pred_dir {cfg.pred_dir} ({len(preds)} files, e.g. "
+            f"{sorted(preds)[:3]}) and --true_dir {cfg.true_dir} ({len(trues)} files, e.g. "
+            f"{sorted(trues)[:3]}); files are matched by name without suffix (and '_inst')"
+        )
+    if unmatched["pred_only"] and not cfg.allow_unmatched:
+        raise HoverNetError(
+            f"{len(unmatched['pred_only'])} prediction(s) in {cfg.pred_dir} have no truth in "
+            f"{cfg.true_dir}: {unmatched['pred_only'][:10]}; add the truth, remove them, or "
+            "pass --allow-unmatched to score only the matched images"
+        )
+    return [(n, preds[n], trues[n]) for n in names], unmatched
+
+
+def run_instance(cfg: StatsConfig, pairs: list) -> dict:
+    import numpy as np
+
+    from hovernet.io.labels import read_instance_map
+    from hovernet.metrics import instance_stats, pool_instance_stats
+
+    per_image, stats = {}, []
+    for name, pred_file, true_file in pairs:
+        true = read_instance_map(true_file)
+        pred = read_instance_map(pred_file, shape=true.shape)
+        if pred.shape != true.shape:
+            raise HoverNetError(
+                f"{pred_file.path} is {pred.shape[0]} x {pred.shape[1]} but its truth "
+                f"{true_file.path} is {true.shape[0]} x {true.shape[1]}; compare maps of the "
+                "same image at the same resolution"
+            )
+        s = instance_stats(true, pred, cfg.match_iou)
+        stats.append(s)
+        per_image[name] = {k: getattr(s, k) for k in INSTANCE_KEYS + INSTANCE_COUNTS}
+    mean = {k: float(np.mean([v[k] for v in per_image.values()])) for k in INSTANCE_KEYS}
+    return {
+        "mode": "instance",
+        "per_image": per_image,
+        "mean": mean,
+        "pooled": pool_instance_stats(stats),
+        "match_iou": cfg.match_iou,
+    }
+
+
+def run_type(cfg: StatsConfig, pairs: list) -> dict:
+    import numpy as np
+
+    from hovernet.io.labels import read_centroids
+    from hovernet.metrics import radius_pixels, type_stats
+
+    radius = radius_pixels(cfg.radius, cfg.mpp)
+    data = {name: (read_centroids(t), read_centroids(p)) for name, p, t in pairs}
+    lists = [
+        [d[0][0] for d in data.values()],
+        [d[0][1] for d in data.values()],
+        [d[1][0] for d in data.values()],
+        [d[1][1] for d in data.values()],
+    ]
+    type_ids = list(cfg.type_ids) if cfg.type_ids is not None else None
+    pooled = type_stats(*lists, radius=radius, type_ids=type_ids)
+    per_image = {}
+    for name, ((txy, tt), (pxy, pt)) in data.items():
+        s = type_stats([txy], [tt], [pxy], [pt], radius=radius, type_ids=list(pooled.f1_type))
+        per_image[name] = {
+            **{k: getattr(s, k) for k in TYPE_IMAGE_KEYS},
+            "f1_type": {str(k): v for k, v in s.f1_type.items()},
+            "n_true": len(txy),
+            "n_pred": len(pxy),
+            "paired": s.paired,
+        }
+    mean = {k: float(np.mean([v[k] for v in per_image.values()])) for k in TYPE_IMAGE_KEYS}
+    return {
+        "mode": "type",
+        **pooled.as_dict(),
+        "radius_px": radius,
+        "per_image": per_image,
+        "mean": mean,
+    }
+
+
+def _fmt(value) -> str:
+    return f"{value:.5f}" if isinstance(value, float) else str(value)
+
+
+def table_rows(result: dict) -> tuple[list[str], list[list]]:
+    """Header and rows (per image, then summary rows) shared by the printout and the CSV."""
+    if result["mode"] == "instance":
+        header = ["image", *INSTANCE_KEYS, *INSTANCE_COUNTS]
+        rows = [[n, *(v[k] for k in header[1:])] for n, v in result["per_image"].items()]
+        rows.append(["mean", *(result["mean"][k] for k in INSTANCE_KEYS), *[""] * 5])
+        counts = [sum(v[k] for v in result["per_image"].values()) for k in INSTANCE_COUNTS]
+        rows.append(["pooled", *(result["pooled"][k] for k in INSTANCE_KEYS), *counts])
+        return header, rows
+    type_keys = list(result["f1_type"])
+    header = ["image", "n_true", "n_pred", "paired", *TYPE_IMAGE_KEYS]
+    header += [f"f1_type_{t}" for t in type_keys]
+    rows = []
+    for n, v in result["per_image"].items():
+        rows.append(
+            [
+                n,
+                v["n_true"],
+                v["n_pred"],
+                v["paired"],
+                *(v[k] for k in TYPE_IMAGE_KEYS),
+                *(v["f1_type"][t] for t in type_keys),
+            ]
+        )
+    rows.append(
+        ["mean", "", "", "", *(result["mean"][k] for k in TYPE_IMAGE_KEYS), *[""] * len(type_keys)]
+    )
+    n_true = result["paired"] + result["unpaired_true"]
+    n_pred = result["paired"] + result["unpaired_pred"]
+    rows.append(
+        [
+            "pooled",
+            n_true,
+            n_pred,
+            result["paired"],
+            *(result[k] for k in TYPE_IMAGE_KEYS),
+            *(result["f1_type"][t] for t in type_keys),
+        ]
+    )
+    return header, rows
+
+
+def format_table(header: list[str], rows: list[list]) -> str:
+    cells = [header] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for r in cells:
+        padded = [r[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(padded))
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.insert(len(lines) - 2, lines[1])
+    return "\n".join(lines)
+
+
+def write_results(result: dict, out: Path) -> Path:
+    """Write result JSON at `out` and the table as CSV beside it, both atomically."""
+    from hovernet.io.atomic import atomic_path
+
+    header, rows = table_rows(result)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([[f"{c:.10g}" if isinstance(c, float) else c for c in r] for r in rows])
+    csv_path = out.with_suffix(".csv")
+    with atomic_path(out) as tmp_json, atomic_path(csv_path) as tmp_csv:
+        tmp_csv.write_text(buf.getvalue(), encoding="utf-8")
+        tmp_json.write_text(json.dumps(result, indent=2, allow_nan=False), encoding="utf-8")
+    return csv_path
+
+
+def run_stats(cfg: StatsConfig) -> dict:
+    """Score every matched image; return the result dictionary (the JSON written by --out)."""
+    pairs, unmatched = match_files(cfg)
+    result = run_instance(cfg, pairs) if cfg.mode == "instance" else run_type(cfg, pairs)
+    result["unmatched"] = unmatched
+    result["n_images"] = len(pairs)
+    return result
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("stats")
+    def stats(
+        pred_dir: Path = typer.Option(
+            ..., "--pred-dir", "--pred_dir", help="Folder of predictions (.mat/.npy/.tif/.json)."
+        ),
+        true_dir: Path = typer.Option(
+            ..., "--true-dir", "--true_dir", help="Folder of ground truth, matched by name."
+        ),
+        mode: str = typer.Option("instance", "--mode", help="'instance' or 'type'."),
+        out: Path | None = typer.Option(
+            None, "--out", help="Write the results as JSON here and as CSV beside it."
+        ),
+        radius: float = typer.Option(
+            12.0, "--radius", help="Type mode: centroid pairing radius (pixels; microns w/ --mpp)."
+        ),
+        mpp: float | None = typer.Option(
+            None, "--mpp", help="Microns per pixel of the images: makes --radius microns."
+        ),
+        match_iou: float = typer.Option(
+            0.5, "--match-iou", "--match_iou", help="Instance mode: PQ pairing IoU threshold."
+        ),
+        type_ids: str | None = typer.Option(
+            None, "--type-ids", "--type_ids", help="Type mode: ids to score, e.g. '1,2,3,4'."
+        ),
+        allow_unmatched: bool = typer.Option(
+            False,
+            "--allow-unmatched",
+            help="Score matched images even if some predictions have no truth (they are listed).",
+        ),
+    ) -> None:
+        """Score predictions against ground truth (the original's compute_stats.py)."""
+        ids = None
+        if type_ids:
+            try:
+                ids = tuple(int(t) for t in type_ids.split(","))
+            except ValueError as exc:
+                raise HoverNetError(
+                    f"--type-ids must be integers like 1,2,3, got {type_ids}"
+                ) from exc
+        cfg = StatsConfig(
+            Path(pred_dir), Path(true_dir), mode, out, radius, mpp, match_iou, ids, allow_unmatched
+        )
+        result = run_stats(cfg)
+        for side, names in result["unmatched"].items():
+            if names:
+                where = "no truth" if side == "pred_only" else "no prediction"
+                print(
+                    f"warning: {len(names)} image(s) with {where}, not scored: {names[:10]}",
+                    file=sys.stderr,
+                )
+        print(format_table(*table_rows(result)))
+        if cfg.mode == "type":
+            f1t = "  ".join(f"f1_type[{k}]={v:.5f}" for k, v in result["f1_type"].items())
+            print(
+                f"pooled over {result['n_images']} images (radius {result['radius_px']:.3g} "
+                f"px): f1_d={result['f1_d']:.5f}  acc={result['acc']:.5f}  {f1t}"
+            )
+        if out is not None:
+            csv_path = write_results(result, Path(out))
+            print(f"wrote {out} and {csv_path}")
