@@ -1,0 +1,515 @@
+"""Tile inference: images of any size through HoVer-Net, then nuclei, then the five outputs.
+
+Two layers:
+
+- `predict_maps` / `segment_image`: one RGB image in memory -> the stitched network maps ->
+  (instance map, nuclei, pred_map). `predict_stream` does the same for a stream of images with
+  batches that span image boundaries, so many small tiles still fill a batch.
+- `run_tile`: a list of image files -> `json/ mat/ overlay/ qupath/ csv/` outputs. The network
+  runs in this process; post-processing and writing run in a small process pool while the
+  network works on the next image. Unreadable inputs are reported by name and skipped.
+
+The network maps follow the original's layout: `pred_map` is H x W x 4 = [type id (arg-max of
+the type softmax, as float), nucleus probability, h, v] for a typed model and H x W x 3 = [nucleus
+probability, h, v] without type branch; `type_softmax` (H x W x nr_types) is kept beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hovernet.config import ModelGeometry
+from hovernet.errors import HoverNetError
+from hovernet.infer.tiling import Stitcher, TileGrid
+from hovernet.io.slides import PLAIN_SUFFIXES, TIFF_SUFFIXES
+
+TILE_SUFFIXES = PLAIN_SUFFIXES | TIFF_SUFFIXES
+OUTPUT_KINDS = ("json", "mat", "overlay", "qupath", "csv")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+TypeInfo = dict[int, tuple[str, tuple[int, int, int]]]
+
+
+# ----------------------------------------------------------------------------------------------
+# network side (this process)
+
+
+@dataclass
+class PredMaps:
+    """Stitched network maps of one image (see the module docstring for the layout)."""
+
+    pred_map: np.ndarray
+    type_softmax: np.ndarray | None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """ "auto"/None -> CUDA when available, else CPU; refuses CUDA on a machine without it."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise HoverNetError(f"unknown device {device!r}: use cpu, cuda, cuda:1 or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HoverNetError(f"device {device!r}: no CUDA device here; use --device cpu")
+    return dev
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for a precision name (None = plain float32).
+
+    "auto" is bf16 on CUDA devices that support it, fp16 on older GPUs, and fp32 on CPU.
+    """
+    if precision not in PRECISIONS:
+        raise HoverNetError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _run_batch(
+    model: torch.nn.Module, patches: np.ndarray, dtype: torch.dtype | None
+) -> np.ndarray:
+    """N x S x S x 3 uint8 windows -> N x s x s x (3 + C) float32 [np prob, h, v, softmax...]."""
+    device = _model_device(model)
+    x = torch.from_numpy(patches)
+    if device.type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+    # NHWC -> NCHW view: its strides are already channels-last, which the convs prefer
+    x = x.permute(0, 3, 1, 2).float()
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        out = model(x)
+    parts = [
+        torch.softmax(out["np"].float(), dim=1)[:, 1:],
+        out["hv"].float(),
+    ]
+    if "tp" in out:
+        parts.append(torch.softmax(out["tp"].float(), dim=1))
+    maps = torch.cat(parts, dim=1).permute(0, 2, 3, 1)
+    return maps.to("cpu").numpy()
+
+
+def _to_pred_maps(channels: np.ndarray, typed: bool) -> PredMaps:
+    """H x W x (3 + C) [np, h, v, softmax] -> the original's pred_map layout + the softmax."""
+    if not typed:
+        return PredMaps(np.ascontiguousarray(channels), None)
+    softmax = np.ascontiguousarray(channels[..., 3:])
+    type_id = np.argmax(softmax, axis=-1).astype(np.float32)[..., None]
+    return PredMaps(np.concatenate([type_id, channels[..., :3]], axis=-1), softmax)
+
+
+@dataclass
+class _Pending:
+    key: Any
+    image: np.ndarray
+    stitcher: Stitcher
+
+
+def predict_stream(
+    model: torch.nn.Module,
+    items: Iterable[tuple[Any, np.ndarray]],
+    batch_size: int = 8,
+    precision: str = "auto",
+    geometry: ModelGeometry | None = None,
+) -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
+    """Yield (key, image, PredMaps) for each (key, RGB uint8 image), in order.
+
+    Windows of consecutive images share batches. The model runs under `torch.inference_mode`
+    on the device of its parameters, with autocast per `precision` (see `autocast_dtype`).
+    `geometry` defaults to `model.geometry`; `model.nr_types` (None = untyped) sets the maps.
+    """
+    if batch_size < 1:
+        raise HoverNetError(f"batch size must be at least 1, got {batch_size}")
+    geometry = geometry or model.geometry
+    typed = getattr(model, "nr_types", None) is not None
+    channels = 3 + (model.nr_types if typed else 0)
+    dtype = autocast_dtype(_model_device(model), precision)
+    pending: deque[_Pending] = deque()
+    windows: list[tuple[_Pending, int]] = []
+    batch: list[np.ndarray] = []
+
+    def flush() -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
+        outputs = _run_batch(model, np.stack(batch), dtype)
+        for (state, index), output in zip(windows, outputs, strict=True):
+            state.stitcher.add(index, output)
+        batch.clear()
+        windows.clear()
+        while pending and pending[0].stitcher.done:
+            state = pending.popleft()
+            yield state.key, state.image, _to_pred_maps(state.stitcher.result(), typed)
+
+    with torch.inference_mode():
+        for key, image in items:
+            image = _check_image(image, key)
+            grid = TileGrid(image.shape[:2], geometry.input_size, geometry.output_size)
+            padded = grid.pad(image)
+            state = _Pending(key, image, Stitcher(grid, channels))
+            pending.append(state)
+            for index in range(len(grid)):
+                batch.append(grid.crop(padded, index))
+                windows.append((state, index))
+                if len(batch) == batch_size:
+                    yield from flush()
+        if batch:
+            yield from flush()
+
+
+def _check_image(image: np.ndarray, key: Any) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise HoverNetError(
+            f"{key}: expected an H x W x 3 uint8 RGB image, got {image.dtype} {image.shape}"
+        )
+    return image
+
+
+def predict_maps(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    batch_size: int = 8,
+    precision: str = "auto",
+    geometry: ModelGeometry | None = None,
+) -> PredMaps:
+    """The stitched network maps of one RGB uint8 image of any size."""
+    ((_, _, maps),) = predict_stream(model, [("image", image)], batch_size, precision, geometry)
+    return maps
+
+
+def segment_image(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    batch_size: int = 8,
+    precision: str = "auto",
+) -> tuple[np.ndarray, dict[int, dict], np.ndarray]:
+    """Nuclei of one RGB uint8 image of any size: (inst_map, nuclei, pred_map).
+
+    `inst_map` and `nuclei` are as `hovernet.postprocess` returns them (with `type_probs`, the
+    mean per-class softmax, for a typed model); `pred_map` is the stitched network output in the
+    original's layout. The model runs on the device of its parameters.
+    """
+    from hovernet.infer.postprocess import postprocess
+
+    maps = predict_maps(model, image, batch_size, precision)
+    inst_map, nuclei = postprocess(maps.pred_map, model.nr_types, maps.type_softmax)
+    return inst_map, nuclei, maps.pred_map
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs, type info
+
+
+def list_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Image files from folders (PNG/JPEG/TIFF inside, sorted) and single files, in order.
+
+    Files in a folder with other suffixes are ignored; a file named directly is kept whatever
+    its suffix (reading it will say what is wrong).
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.iterdir()
+                if p.is_file() and p.suffix.lower() in TILE_SUFFIXES and not p.name.startswith(".")
+            )
+            if not found:
+                raise HoverNetError(
+                    f"no images in {path}: put PNG, JPEG or TIFF files there "
+                    f"({', '.join(sorted(TILE_SUFFIXES))})"
+                )
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise HoverNetError(f"input {path} does not exist: pass an image folder or file")
+    names: dict[str, Path] = {}
+    for file in files:
+        if file.stem in names and names[file.stem] != file:
+            raise HoverNetError(
+                f"inputs {names[file.stem]} and {file} would both write outputs named "
+                f"{file.stem!r}: rename one or run them separately"
+            )
+        names[file.stem] = file
+    return list(names.values())
+
+
+def default_type_info(nr_types: int) -> TypeInfo:
+    """Names "type 1".. and distinct colours (matplotlib's tab10) when none are given."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    info: TypeInfo = {0: ("background", (0, 0, 0))}
+    for i in range(1, nr_types):
+        rgba = cmap((i - 1) % 10)
+        info[i] = (f"type {i}", tuple(int(round(255 * c)) for c in rgba[:3]))
+    return info
+
+
+def load_type_info(path: str | os.PathLike, nr_types: int | None) -> TypeInfo:
+    """Read an original-format type_info.json and check it against the model's types."""
+    from hovernet.model.checkpoints import normalise_type_info
+
+    path = Path(path)
+    if not path.is_file():
+        raise HoverNetError(f"type info file {path} does not exist: check --type_info_path")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HoverNetError(
+            f"{path} is not valid JSON ({exc}): write it as "
+            '{"0": ["background", [0, 0, 0]], "1": ["name", [r, g, b]], ...}'
+        ) from None
+    if not isinstance(raw, dict):
+        raise HoverNetError(f"{path}: expected a JSON object mapping type ids to [name, [r,g,b]]")
+    info = normalise_type_info(raw, str(path))
+    check_type_info(info, nr_types, str(path))
+    info.setdefault(0, ("background", (0, 0, 0)))
+    return dict(sorted(info.items()))
+
+
+def check_type_info(info: TypeInfo, nr_types: int | None, source: str) -> None:
+    """Type ids must be exactly 1..nr_types-1 (0 = background optional)."""
+    if nr_types is None:
+        raise HoverNetError(
+            f"{source} gives type names but the model has no type branch: drop "
+            "--type_info_path or use a typed checkpoint"
+        )
+    expected = set(range(1, nr_types))
+    found = set(info) - {0}
+    if found != expected:
+        missing = sorted(expected - found)
+        extra = sorted(found - expected)
+        raise HoverNetError(
+            f"{source} does not match nr_types={nr_types} (ids 0..{nr_types - 1}): "
+            + (f"missing ids {missing}" if missing else "")
+            + ("; " if missing and extra else "")
+            + (f"ids {extra} out of range" if extra else "")
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# post-processing and writing (worker processes)
+
+
+@dataclass
+class _Job:
+    name: str
+    image: np.ndarray
+    maps: PredMaps
+    nr_types: int | None
+    output_dir: Path
+    type_info: TypeInfo | None
+    draw_dot: bool
+    save_raw_map: bool
+
+    @property
+    def nbytes(self) -> int:
+        soft = self.maps.type_softmax
+        return self.image.nbytes + self.maps.pred_map.nbytes + (0 if soft is None else soft.nbytes)
+
+
+def output_paths(output_dir: Path, name: str) -> dict[str, Path]:
+    suffix = {"json": "json", "mat": "mat", "overlay": "png", "qupath": "geojson", "csv": "csv"}
+    return {kind: output_dir / kind / f"{name}.{suffix[kind]}" for kind in OUTPUT_KINDS}
+
+
+def _finish(job: _Job) -> tuple[str, int, float, float]:
+    """Post-process one image and write its five outputs: (name, nuclei, post s, write s)."""
+    from hovernet.infer.postprocess import postprocess
+    from hovernet.io import writers
+
+    start = time.perf_counter()
+    inst_map, nuclei = postprocess(job.maps.pred_map, job.nr_types, job.maps.type_softmax)
+    mid = time.perf_counter()
+    paths = output_paths(job.output_dir, job.name)
+    raw_map = job.maps.pred_map if job.save_raw_map else None
+    writers.write_json(paths["json"], nuclei, mag=None)
+    writers.write_mat(paths["mat"], inst_map, nuclei, raw_map=raw_map)
+    writers.write_overlay(paths["overlay"], job.image, nuclei, job.type_info, draw_dot=job.draw_dot)
+    writers.write_geojson(paths["qupath"], nuclei, job.type_info)
+    writers.write_csv(paths["csv"], inst_map, nuclei, job.type_info)
+    return job.name, len(nuclei), mid - start, time.perf_counter() - mid
+
+
+def _worker_init() -> None:
+    # one thread per worker: the pool itself is the parallelism, and torch needs the cores
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# the folder runner
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Everything `hovernet infer tile` needs besides the model."""
+
+    inputs: tuple[Path, ...]
+    output_dir: Path
+    batch_size: int = 8
+    precision: str = "auto"
+    type_info: TypeInfo | None = None
+    draw_dot: bool = False
+    save_raw_map: bool = False
+    post_proc_workers: int = 1  # 0 = post-process in this process
+    read_workers: int = 1  # threads that read the next images ahead
+    mem_usage: float = 0.2  # share of physical memory for maps waiting for post-processing
+
+
+@dataclass
+class TileSummary:
+    done: dict[str, int] = field(default_factory=dict)  # name -> number of nuclei
+    failed: dict[str, str] = field(default_factory=dict)  # input path -> reason
+    n_patches: int = 0
+    network_s: float = 0.0  # main process: waiting for reads, padding, network, stitching
+    postprocess_s: float = 0.0  # summed over workers
+    write_s: float = 0.0  # summed over workers
+    wall_s: float = 0.0
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _read_ahead(
+    files: list[Path], workers: int, summary: TileSummary, log: Callable[[str], None]
+) -> Iterator[tuple[Path, np.ndarray]]:
+    """(path, image) for each readable file, reading up to `workers` files ahead."""
+    from hovernet.io.slides import read_rgb
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        queue: deque[tuple[Path, Future]] = deque()
+        todo = iter(files)
+        for path in todo:
+            queue.append((path, pool.submit(read_rgb, path)))
+            if len(queue) > workers:
+                break
+        while queue:
+            path, future = queue.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                queue.append((nxt, pool.submit(read_rgb, nxt)))
+            try:
+                image = future.result()
+            except Exception as exc:  # report any unreadable file and go on with the rest
+                summary.failed[str(path)] = str(exc)
+                log(f"skipped {path}: {exc}")
+                continue
+            yield path, image
+
+
+def run_tile(
+    model: torch.nn.Module,
+    config: TileConfig,
+    log: Callable[[str], None] = print,
+) -> TileSummary:
+    """Segment every input image and write its five outputs under `config.output_dir`.
+
+    Existing outputs of other images are left alone; each file is replaced atomically. Failures
+    (unreadable input, post-processing or writing error) are logged by name and collected in
+    the summary; the caller decides the exit status.
+    """
+    files = list_inputs(config.inputs)
+    for kind in OUTPUT_KINDS:
+        (config.output_dir / kind).mkdir(parents=True, exist_ok=True)
+    geometry = model.geometry
+    budget = max(1, int(config.mem_usage * _physical_memory()))
+    summary = TileSummary()
+    total = len(files)
+    start = time.perf_counter()
+    pool = None
+    if config.post_proc_workers > 0:
+        # spawn: forking a process that has started torch's thread pools can deadlock
+        ctx = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(config.post_proc_workers, ctx, initializer=_worker_init)
+    in_flight: deque[tuple[str, int, Future]] = deque()
+
+    def collect(block: bool) -> None:
+        while in_flight and (block or in_flight[0][2].done()):
+            name, _, future = in_flight.popleft()
+            _record(summary, name, future, len(summary.done) + len(summary.failed) + 1, total, log)
+
+    try:
+        images = _read_ahead(files, config.read_workers, summary, log)
+        stream = predict_stream(model, images, config.batch_size, config.precision, geometry)
+        t_net = time.perf_counter()
+        for path, image, maps in stream:
+            summary.network_s += time.perf_counter() - t_net
+            summary.n_patches += len(
+                TileGrid(image.shape[:2], geometry.input_size, geometry.output_size)
+            )
+            job = _Job(
+                path.stem,
+                image,
+                maps,
+                model.nr_types,
+                config.output_dir,
+                config.type_info,
+                config.draw_dot,
+                config.save_raw_map,
+            )
+            if pool is None:
+                done: Future = Future()
+                try:
+                    done.set_result(_finish(job))
+                except Exception as exc:
+                    done.set_exception(exc)
+                in_flight.append((job.name, job.nbytes, done))
+            else:
+                # keep the maps waiting for workers under the memory budget (at least one job)
+                while in_flight and sum(n for _, n, _ in in_flight) + job.nbytes > budget:
+                    wait([in_flight[0][2]])
+                    collect(block=False)
+                in_flight.append((job.name, job.nbytes, pool.submit(_finish, job)))
+            collect(block=False)
+            t_net = time.perf_counter()
+        collect(block=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    summary.wall_s = time.perf_counter() - start
+    return summary
+
+
+def _record(
+    summary: TileSummary,
+    name: str,
+    future: Future,
+    count: int,
+    total: int,
+    log: Callable[[str], None],
+) -> None:
+    try:
+        _, n_nuclei, post_s, write_s = future.result()
+    except Exception as exc:
+        summary.failed[name] = f"{type(exc).__name__}: {exc}"
+        log(f"[{count}/{total}] {name}: FAILED ({type(exc).__name__}: {exc})")
+        return
+    summary.done[name] = n_nuclei
+    summary.postprocess_s += post_s
+    summary.write_s += write_s
+    log(f"[{count}/{total}] {name}: {n_nuclei} nuclei")
