@@ -1,0 +1,281 @@
+"""Output writers for segmented nuclei: JSON, MAT, overlay PNG, QuPath GeoJSON and CSV.
+
+Every writer takes the records of `hovernet.infer.postprocess.postprocess` (`{id: {"bbox",
+"centroid", "contour", "type", "type_prob"[, "type_probs"]}}`) and writes one file atomically
+(temporary name, then rename). They only format; measurements come from
+`hovernet.infer.measure.nucleus_measurements`. See docs/outputs.md for the formats.
+
+`type_info` is `{type id: (name, (r, g, b))}` or None for an untyped model, whose nuclei all get
+`UNTYPED_CLASS`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from hovernet.errors import HoverNetError
+from hovernet.infer.measure import MEASUREMENTS, nucleus_measurements
+from hovernet.io.atomic import atomic_path, write_text_atomic
+
+TypeInfo = Mapping[int, tuple[str, tuple[int, int, int]]]
+Nuclei = Mapping[int, Mapping[str, Any]]
+PathLike = str | os.PathLike
+
+UNTYPED_CLASS = ("Nucleus", (255, 255, 0))
+UNKNOWN_COLOUR = (128, 128, 128)
+# deterministic GeoJSON feature UUIDs: uuid5(namespace, "<file stem>/<nucleus id>")
+_UUID_NAMESPACE = uuid.UUID("6f1c2a52-3d0e-4c8e-9a57-7d1a4c0b9e21")
+
+
+def class_of(nucleus: Mapping[str, Any], type_info: TypeInfo | None) -> tuple[str, tuple]:
+    """(name, (r, g, b)) of a nucleus: its type in `type_info`, or the untyped default."""
+    t = nucleus.get("type")
+    if type_info is None or t is None:
+        return UNTYPED_CLASS
+    name, colour = type_info.get(int(t), (f"type {int(t)}", UNKNOWN_COLOUR))
+    return str(name), tuple(int(c) for c in colour)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars/arrays -> Python numbers/lists for json."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_json(path: PathLike, nuclei: Nuclei, mag: float | None = None) -> None:
+    """The original's JSON: `{"mag": mag, "nuc": {"<id>": {bbox, centroid, contour, type_prob,
+    type[, type_probs]}}}`."""
+    keys = ("bbox", "centroid", "contour", "type_prob", "type", "type_probs")
+    doc = {
+        "mag": mag,
+        "nuc": {str(int(i)): {k: rec[k] for k in keys if k in rec} for i, rec in nuclei.items()},
+    }
+    write_text_atomic(path, json.dumps(doc, default=_plain))
+
+
+def write_mat(
+    path: PathLike, inst_map: np.ndarray, nuclei: Nuclei, raw_map: np.ndarray | None = None
+) -> None:
+    """MATLAB file with the original's keys: `inst_map` (H x W int32), `inst_uid` (N x 1 ids),
+    `inst_type` (N x 1, only when typed), `inst_centroid` (N x 2 [x, y]), `raw_map` if given."""
+    import scipy.io
+
+    ids = [int(i) for i in nuclei]
+    mat: dict[str, np.ndarray] = {
+        "inst_map": np.asarray(inst_map, dtype=np.int32),
+        "inst_uid": np.array(ids, dtype=np.int32).reshape(-1, 1),
+        "inst_centroid": np.array([nuclei[i]["centroid"] for i in ids], dtype=np.float64).reshape(
+            -1, 2
+        ),
+    }
+    types = [nuclei[i].get("type") for i in ids]
+    if types and all(t is not None for t in types):
+        mat["inst_type"] = np.array(types, dtype=np.int32).reshape(-1, 1)
+    if raw_map is not None:
+        mat["raw_map"] = np.asarray(raw_map)
+    with atomic_path(path) as tmp:
+        scipy.io.savemat(tmp, mat, do_compression=True)
+
+
+def _polygon(contour: list) -> Any:
+    """A valid shapely Polygon for an OpenCV contour (pixel centres), exterior counter-clockwise.
+
+    A valid contour is used as it is. An invalid one (self-touching at 1-px necks, or a 1-px wide
+    line with no area) is replaced by the outer boundary of its ring buffered by half a pixel
+    (mitred): one polygon along the pixels' outer edges.
+    """
+    from shapely.geometry import LineString, Polygon
+    from shapely.geometry.polygon import orient
+
+    poly = Polygon(contour)
+    if not poly.is_valid or poly.area == 0:
+        outline = LineString([*contour, contour[0]]).buffer(0.5, join_style="mitre")
+        poly = Polygon(max(getattr(outline, "geoms", [outline]), key=lambda g: g.area).exterior)
+    return orient(poly, sign=1.0)
+
+
+def _measurements(
+    inst_map: np.ndarray | None, nuclei: Nuclei, measurements: Mapping | None
+) -> Mapping[int, Mapping[str, float]] | None:
+    if measurements is not None:
+        return measurements
+    if inst_map is not None:
+        return nucleus_measurements(inst_map, nuclei)
+    return None
+
+
+def _prob_names(nuclei: Nuclei, type_info: TypeInfo | None) -> list[str]:
+    """Names of the per-class mean probabilities, when the records have `type_probs`."""
+    first = next(iter(nuclei.values()), {})
+    n = len(first.get("type_probs") or [])
+    names = []
+    for c in range(n):
+        name = type_info[c][0] if type_info and c in type_info else f"type {c}"
+        names.append(str(name))
+    return names
+
+
+def write_geojson(
+    path: PathLike,
+    nuclei: Nuclei,
+    type_info: TypeInfo | None,
+    inst_map: np.ndarray | None = None,
+    measurements: Mapping[int, Mapping[str, float]] | None = None,
+) -> None:
+    """QuPath (0.4-0.6) GeoJSON FeatureCollection: one detection Feature per nucleus.
+
+    Coordinates are pixels of the full image, origin top-left, y down. Each exterior ring is
+    counter-clockwise in the coordinates as written (positive shoelace area, what shapely's
+    `is_ccw` and RFC 7946 validators check); on screen, with y pointing down, it looks clockwise.
+    `measurements` (or `inst_map`, to compute them) adds area, perimeter, eccentricity and
+    solidity; "Nucleus ID" and "Type probability" are always there.
+    """
+    from shapely.geometry import mapping
+
+    stem = os.fspath(path).replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    shapes = _measurements(inst_map, nuclei, measurements)
+    prob_names = _prob_names(nuclei, type_info)
+    features = []
+    for nid, rec in nuclei.items():
+        nid = int(nid)
+        name, colour = class_of(rec, type_info)
+        values: dict[str, float] = {"Nucleus ID": nid}
+        if rec.get("type_prob") is not None:
+            values["Type probability"] = float(rec["type_prob"])
+        if shapes is not None:
+            for key, unit in MEASUREMENTS.items():
+                label = key.capitalize() + (f" ({unit})" if unit else "")
+                values[label] = float(shapes[nid][key])
+        for cname, p in zip(prob_names, rec.get("type_probs") or [], strict=False):
+            values[f"Probability {cname}"] = float(p)
+        features.append(
+            {
+                "type": "Feature",
+                "id": str(uuid.uuid5(_UUID_NAMESPACE, f"{stem}/{nid}")),
+                "geometry": mapping(_polygon(rec["contour"])),
+                "properties": {
+                    "objectType": "detection",
+                    "classification": {"name": name, "color": list(colour)},
+                    "measurements": values,
+                },
+            }
+        )
+    doc = {"type": "FeatureCollection", "features": features}
+    write_text_atomic(path, json.dumps(doc, default=_plain))
+
+
+CSV_COLUMNS = [
+    "id",
+    "type",
+    "type_name",
+    "type_prob",
+    "centroid_x",
+    "centroid_y",
+    *MEASUREMENTS,
+    "bbox_rmin",
+    "bbox_cmin",
+    "bbox_rmax",
+    "bbox_cmax",
+]
+
+
+def write_csv(
+    path: PathLike,
+    inst_map: np.ndarray,
+    nuclei: Nuclei,
+    type_info: TypeInfo | None,
+    measurements: Mapping[int, Mapping[str, float]] | None = None,
+) -> None:
+    """One row per nucleus: CSV_COLUMNS, then `prob_<class>` columns when records have
+    `type_probs`. Type and probability are empty for an untyped model; sizes are in pixels."""
+    shapes = _measurements(inst_map, nuclei, measurements)
+    prob_names = _prob_names(nuclei, type_info)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS + [f"prob_{n}" for n in prob_names])
+    for nid, rec in nuclei.items():
+        nid = int(nid)
+        (rmin, cmin), (rmax, cmax) = rec["bbox"]
+        t, p = rec.get("type"), rec.get("type_prob")
+        row = [nid, "" if t is None else int(t), class_of(rec, type_info)[0]]
+        row += ["" if p is None else repr(float(p))]
+        row += [repr(float(c)) for c in rec["centroid"]]
+        row += [repr(shapes[nid][k]) for k in MEASUREMENTS]
+        row += [int(rmin), int(cmin), int(rmax), int(cmax)]
+        row += [repr(float(v)) for v in rec.get("type_probs") or []]
+        writer.writerow(row)
+    write_text_atomic(path, buf.getvalue())
+
+
+def _draw_legend(canvas: np.ndarray, entries: list[tuple[str, tuple, int]]) -> None:
+    """Class colour swatches with "name: count" in the top-left corner (in place, BGR)."""
+    import cv2
+
+    if not entries:
+        return
+    scale = max(0.4, min(canvas.shape[:2]) / 1500)
+    thick = max(1, round(scale * 2))
+    (_, text_h), _ = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    line_h, pad = int(text_h * 1.8), int(text_h * 0.6)
+    texts = [f"{name}: {count}" for name, _, count in entries]
+    width = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] for t in texts)
+    box_w, box_h = pad * 3 + text_h + width, pad * 2 + line_h * len(entries)
+    region = canvas[:box_h, :box_w]
+    region[:] = (0.35 * region + 0.65 * 255).astype(np.uint8)
+    for k, ((_, colour, _), text) in enumerate(zip(entries, texts, strict=True)):
+        y = pad + k * line_h
+        bgr = tuple(int(c) for c in colour[::-1])
+        cv2.rectangle(canvas, (pad, y + 2), (pad + text_h, y + 2 + text_h), bgr, -1)
+        org = (pad * 2 + text_h, y + 2 + text_h)
+        cv2.putText(canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick)
+
+
+def write_overlay(
+    path: PathLike,
+    image: np.ndarray,
+    nuclei: Nuclei,
+    type_info: TypeInfo | None,
+    draw_dot: bool = False,
+) -> None:
+    """PNG of the RGB `image` with each contour in its class colour (2 px, as the original),
+    a 3-px centroid dot when `draw_dot`, and a legend of class names with nucleus counts."""
+    import cv2
+
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise HoverNetError(
+            f"overlay {path}: the image has shape {image.shape}; pass the H x W x 3 RGB image "
+            "the nuclei were found in"
+        )
+    canvas = cv2.cvtColor(np.ascontiguousarray(image, dtype=np.uint8), cv2.COLOR_RGB2BGR)
+    counts: Counter = Counter()
+    for rec in nuclei.values():
+        name, colour = class_of(rec, type_info)
+        counts[(name, colour)] += 1
+        bgr = tuple(int(c) for c in colour[::-1])
+        contour = np.asarray(rec["contour"], dtype=np.int32).reshape(-1, 1, 2)
+        cv2.drawContours(canvas, [contour], -1, bgr, 2)
+        if draw_dot:
+            x, y = (int(round(v)) for v in rec["centroid"])
+            cv2.circle(canvas, (x, y), 3, bgr, -1)
+    if type_info is not None:
+        order = {(str(n), tuple(int(v) for v in c)): t for t, (n, c) in type_info.items()}
+        keys = sorted(counts, key=lambda k: (order.get(k, 1 << 30), k[0]))
+    else:
+        keys = list(counts)
+    _draw_legend(canvas, [(name, colour, counts[(name, colour)]) for name, colour in keys])
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), canvas):
+            raise OSError(f"OpenCV could not write the overlay {path}")
