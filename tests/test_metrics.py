@@ -350,3 +350,18 @@ def test_cellseg_metrics_known_differences():
     empty = np.zeros((8, 8), np.int32)
     assert instance_stats(empty, empty).pq == 1.0
     assert cm.panoptic_quality(empty, empty)["pq"] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MONUSEG_TEST)
+def test_cross_check_with_cellseg_metrics_full_test_split(name):
+    """Every full 1000 x 1000 MoNuSeg test image, all five perturbations (about 15 s each)."""
+    cm = pytest.importorskip("cellseg_metrics")
+    true = monuseg_crop(name, 1000)
+    for kind, pred in perturbations(true, seed=2).items():
+        ours = instance_stats(true, pred)
+        theirs = cm.panoptic_quality(true, pred)
+        for key in ("dq", "sq", "pq"):
+            assert getattr(ours, key) == pytest.approx(theirs[key], abs=1e-6), (kind, key)
+        if kind != "split":
+            assert ours.aji == pytest.approx(cm.aggregated_jaccard_index(true, pred), abs=1e-6)
