@@ -81,7 +81,7 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
@@ -90,7 +90,7 @@ def _run_batch(
     model: torch.nn.Module, patches: np.ndarray, dtype: torch.dtype | None
 ) -> np.ndarray:
     """N x S x S x 3 uint8 windows -> N x s x s x (3 + C) float32 [np prob, h, v, softmax...]."""
-    device = _model_device(model)
+    device = model_device(model)
     x = torch.from_numpy(patches)
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
@@ -142,7 +142,7 @@ def predict_stream(
     geometry = geometry or model.geometry
     typed = getattr(model, "nr_types", None) is not None
     channels = 3 + (model.nr_types if typed else 0)
-    dtype = autocast_dtype(_model_device(model), precision)
+    dtype = autocast_dtype(model_device(model), precision)
     pending: deque[_Pending] = deque()
     windows: list[tuple[_Pending, int]] = []
     batch: list[np.ndarray] = []
@@ -333,20 +333,25 @@ def output_paths(output_dir: Path, name: str) -> dict[str, Path]:
 
 
 def _finish(job: _Job) -> tuple[str, int, float, float]:
-    """Post-process one image and write its five outputs: (name, nuclei, post s, write s)."""
+    """Post-process one image and write its five outputs: (name, nuclei, post s, write s).
+
+    The post-processing time includes the shape measurements shared by the CSV and GeoJSON.
+    """
+    from hovernet.infer.measure import nucleus_measurements
     from hovernet.infer.postprocess import postprocess
     from hovernet.io import writers
 
     start = time.perf_counter()
     inst_map, nuclei = postprocess(job.maps.pred_map, job.nr_types, job.maps.type_softmax)
+    shapes = nucleus_measurements(inst_map, nuclei)
     mid = time.perf_counter()
     paths = output_paths(job.output_dir, job.name)
     raw_map = job.maps.pred_map if job.save_raw_map else None
     writers.write_json(paths["json"], nuclei, mag=None)
     writers.write_mat(paths["mat"], inst_map, nuclei, raw_map=raw_map)
     writers.write_overlay(paths["overlay"], job.image, nuclei, job.type_info, draw_dot=job.draw_dot)
-    writers.write_geojson(paths["qupath"], nuclei, job.type_info)
-    writers.write_csv(paths["csv"], inst_map, nuclei, job.type_info)
+    writers.write_geojson(paths["qupath"], nuclei, job.type_info, measurements=shapes)
+    writers.write_csv(paths["csv"], inst_map, nuclei, job.type_info, measurements=shapes)
     return job.name, len(nuclei), mid - start, time.perf_counter() - mid
 
 

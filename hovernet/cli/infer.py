@@ -1,0 +1,251 @@
+"""`hovernet infer ... tile ...`: segment image tiles, as the original's `run_infer.py tile`.
+
+The original's command line works with `hovernet infer` in place of `python run_infer.py`:
+
+    hovernet infer --nr_types=3 --type_info_path=type_info.json --batch_size=8 \\
+        --model_mode=original --model_path=net_epoch=33.tar \\
+        tile --input_dir=tiles/ --output_dir=out/ --draw_dot
+
+Options take underscores (as the original) or dashes. Mode, number of types and type names and
+colours are read from the checkpoint when it records them; a flag that contradicts the
+checkpoint is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from hovernet.errors import HoverNetError
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    """The options of `hovernet infer` shared by its sub-commands."""
+
+    model_path: Path | None
+    model_mode: str | None = None
+    nr_types: int | None = None  # None: from the checkpoint; 0: no type branch
+    type_info_path: Path | None = None
+    batch_size: int = 8
+    nr_inference_workers: int = 1
+    nr_post_proc_workers: int | None = None  # None: one per spare core, at most 2
+    device: str = "auto"
+    threads: int | None = None
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise HoverNetError(f"--batch_size must be at least 1, got {self.batch_size}")
+        if self.nr_types is not None and self.nr_types < 0:
+            raise HoverNetError(f"--nr_types must be 0 (no types) or more, got {self.nr_types}")
+        if self.threads is not None and self.threads < 1:
+            raise HoverNetError(f"--threads must be at least 1, got {self.threads}")
+        if self.nr_post_proc_workers is not None and self.nr_post_proc_workers < 0:
+            raise HoverNetError("--nr_post_proc_workers must be 0 (post-process inline) or more")
+
+    @property
+    def post_proc_workers(self) -> int:
+        if self.nr_post_proc_workers is not None:
+            return self.nr_post_proc_workers
+        return min(2, max(0, (os.cpu_count() or 1) - 1))
+
+
+def load_for_inference(opts: InferOptions):
+    """(model prepared for inference, type_info) from the options; checks flags vs checkpoint."""
+    import torch
+
+    from hovernet.infer.tile import (
+        check_type_info,
+        default_type_info,
+        load_type_info,
+        resolve_device,
+    )
+    from hovernet.model.checkpoints import load_model
+    from hovernet.model.inference import prepare_for_inference
+
+    if opts.model_path is None:
+        raise HoverNetError(
+            "no model given: pass --model_path=<checkpoint> before the sub-command "
+            "(hovernet infer --model_path=net.tar tile ...)"
+        )
+    device = resolve_device(opts.device)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    model = load_model(opts.model_path, device, mode=opts.model_mode, nr_types=opts.nr_types)
+    meta = model.meta
+    if opts.type_info_path is not None:
+        type_info = load_type_info(opts.type_info_path, model.nr_types)
+    elif meta.type_info is not None:
+        check_type_info(meta.type_info, model.nr_types, f"type info in {opts.model_path}")
+        type_info = meta.type_info
+    elif model.nr_types is not None:
+        type_info = default_type_info(model.nr_types)
+    else:
+        type_info = None
+    prepare_for_inference(model, channels_last=True)
+    return model, type_info
+
+
+def _describe(model, type_info, opts: InferOptions) -> str:
+    from hovernet.infer.tile import autocast_dtype, model_device
+
+    device = model_device(model)
+    dtype = autocast_dtype(device, opts.precision)
+    types = "no types" if model.nr_types is None else f"{model.nr_types} types"
+    names = ""
+    if type_info:
+        names = " (" + ", ".join(name for i, (name, _) in type_info.items() if i) + ")"
+    precision = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
+    return (
+        f"model {opts.model_path}: {model.mode} mode, {types}{names}; "
+        f"{device}, {precision}, batch {opts.batch_size}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    infer_app = typer.Typer(
+        help="Run a trained HoVer-Net on images (global options first, then a sub-command).",
+        no_args_is_help=True,
+    )
+
+    @infer_app.callback()
+    def infer(
+        ctx: typer.Context,
+        model_path: Path | None = typer.Option(
+            None, "--model_path", "--model-path", help="Checkpoint (original .tar or own .pth)."
+        ),
+        model_mode: str | None = typer.Option(
+            None,
+            "--model_mode",
+            "--model-mode",
+            help="original or fast; read from the checkpoint if left out (checked if given).",
+        ),
+        nr_types: int | None = typer.Option(
+            None,
+            "--nr_types",
+            "--nr-types",
+            help="Type channels incl. background (0 = none); from the checkpoint if left out.",
+        ),
+        type_info_path: Path | None = typer.Option(
+            None,
+            "--type_info_path",
+            "--type-info-path",
+            help="type_info.json of the original (id: name and colour); default: the "
+            "checkpoint's, else generated names and colours.",
+        ),
+        batch_size: int = typer.Option(8, "--batch_size", "--batch-size", help="Patches/batch."),
+        nr_inference_workers: int = typer.Option(
+            1,
+            "--nr_inference_workers",
+            "--nr-inference-workers",
+            help="Threads reading the next images ahead.",
+        ),
+        nr_post_proc_workers: int | None = typer.Option(
+            None,
+            "--nr_post_proc_workers",
+            "--nr-post-proc-workers",
+            help="Processes for post-processing and writing (0 = inline); default: one per "
+            "spare core, at most 2.",
+        ),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+        gpu: str | None = typer.Option(
+            None, "--gpu", hidden=True, help="The original's GPU list: the first id is used."
+        ),
+        threads: int | None = typer.Option(None, "--threads", help="CPU threads for the network."),
+        precision: str = typer.Option(
+            "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16."
+        ),
+    ) -> None:
+        if gpu is not None:
+            device = f"cuda:{gpu.split(',')[0].strip()}"
+        ctx.obj = InferOptions(
+            model_path=model_path,
+            model_mode=model_mode,
+            nr_types=nr_types,
+            type_info_path=type_info_path,
+            batch_size=batch_size,
+            nr_inference_workers=nr_inference_workers,
+            nr_post_proc_workers=nr_post_proc_workers,
+            device=device,
+            threads=threads,
+            precision=precision,
+        )
+
+    @infer_app.command("tile")
+    def tile(
+        ctx: typer.Context,
+        input_dir: list[Path] = typer.Option(
+            ...,
+            "--input_dir",
+            "--input-dir",
+            help="Folder of PNG/JPEG/TIFF images, or an image file; repeat for several.",
+        ),
+        output_dir: Path = typer.Option(..., "--output_dir", "--output-dir"),
+        draw_dot: bool = typer.Option(
+            False, "--draw_dot", "--draw-dot", help="Centroid dots on the overlay."
+        ),
+        save_raw_map: bool = typer.Option(
+            False, "--save_raw_map", "--save-raw-map", help="Network maps in the .mat as raw_map."
+        ),
+        save_qupath: bool = typer.Option(
+            False,
+            "--save_qupath",
+            "--save-qupath",
+            hidden=True,
+            help="Accepted for the original's command lines; qupath/ is always written.",
+        ),
+        mem_usage: float = typer.Option(
+            0.2,
+            "--mem_usage",
+            "--mem-usage",
+            help="Share of memory for network maps waiting for post-processing.",
+        ),
+    ) -> None:
+        """Segment image tiles: json/, mat/, overlay/, qupath/ (GeoJSON) and csv/ per image."""
+        from hovernet.infer.tile import TileConfig
+
+        opts: InferOptions = ctx.obj
+        if not 0 < mem_usage <= 1:
+            raise HoverNetError(f"--mem_usage must be a share in (0, 1], got {mem_usage}")
+        config = TileConfig(
+            inputs=tuple(input_dir),
+            output_dir=output_dir,
+            batch_size=opts.batch_size,
+            precision=opts.precision,
+            draw_dot=draw_dot,
+            save_raw_map=save_raw_map,
+            post_proc_workers=opts.post_proc_workers,
+            read_workers=opts.nr_inference_workers,
+            mem_usage=mem_usage,
+        )
+        run_and_report(opts, config)
+
+    app.add_typer(infer_app, name="infer")
+
+
+def run_and_report(opts: InferOptions, config) -> None:
+    """Load the model, run the tiles, print a summary; HoverNetError (exit 2) on any failure."""
+    from dataclasses import replace
+
+    from hovernet.infer.tile import list_inputs, run_tile
+
+    list_inputs(config.inputs)  # fail on a missing input before loading the model
+    model, type_info = load_for_inference(opts)
+    print(_describe(model, type_info, opts), flush=True)
+    summary = run_tile(model, replace(config, type_info=type_info), log=_log)
+    print(
+        f"{len(summary.done)} images, {sum(summary.done.values())} nuclei, "
+        f"{summary.n_patches} patches in {summary.wall_s:.1f} s; outputs in {config.output_dir}",
+        flush=True,
+    )
+    if summary.failed:
+        listed = "; ".join(f"{name}: {why}" for name, why in summary.failed.items())
+        raise HoverNetError(f"{len(summary.failed)} input(s) failed and were skipped: {listed}")
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
