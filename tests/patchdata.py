@@ -58,12 +58,17 @@ def instance_counts(inst: np.ndarray, typ: np.ndarray) -> dict[int, int]:
 
 
 def make_patch_folder(
-    root: Path, n_train: int = 3, n_valid: int = 1, size: int = 540, typed: bool = True
+    root: Path,
+    train: list[int] = (0, 1, 2),
+    valid: list[int] = (3,),
+    size: int = 540,
+    typed: bool = True,
 ) -> Path:
-    """Write ``root/{train,valid}/*.npz``, ``manifest.csv`` and ``type_info.json``."""
+    """Write ``root/{train,valid}/mosaic_<k>.npz`` (mosaic patch numbers k), ``manifest.csv``
+    and ``type_info.json``."""
     rows = []
-    for k in range(n_train + n_valid):
-        split = "train" if k < n_train else "valid"
+    for k in [*train, *valid]:
+        split = "train" if k in train else "valid"
         img, inst, typ = mosaic_patch(k, size)
         rel = f"{split}/mosaic_{k:03d}.npz"
         (root / split).mkdir(parents=True, exist_ok=True)
