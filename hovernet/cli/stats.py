@@ -112,14 +112,10 @@ def run_type(cfg: StatsConfig, pairs: list) -> dict:
 
     radius = radius_pixels(cfg.radius, cfg.mpp)
     data = {name: (read_centroids(t), read_centroids(p)) for name, p, t in pairs}
-    lists = [
-        [d[0][0] for d in data.values()],
-        [d[0][1] for d in data.values()],
-        [d[1][0] for d in data.values()],
-        [d[1][1] for d in data.values()],
-    ]
+    true_xy, true_type = zip(*(truth for truth, _ in data.values()), strict=True)
+    pred_xy, pred_type = zip(*(pred for _, pred in data.values()), strict=True)
     type_ids = list(cfg.type_ids) if cfg.type_ids is not None else None
-    pooled = type_stats(*lists, radius=radius, type_ids=type_ids)
+    pooled = type_stats(true_xy, true_type, pred_xy, pred_type, radius=radius, type_ids=type_ids)
     per_image = {}
     for name, ((txy, tt), (pxy, pt)) in data.items():
         s = type_stats([txy], [tt], [pxy], [pt], radius=radius, type_ids=list(pooled.f1_type))
