@@ -1,0 +1,129 @@
+"""`hovernet extract-patches`: image/annotation pairs -> one training patch folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+FORMAT_HELP = "auto, colour, inst, mat, xml, geojson, masks or patch (see docs/training-data.md)"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("extract-patches")
+    def extract_patches(
+        annotations: Path = typer.Option(
+            ...,
+            "--annotations",
+            "--ann-dir",
+            "--ann_dir",
+            help="Annotation file or folder (named after the images: S_mask.png, S.xml, ...).",
+        ),
+        out: Path = typer.Option(..., "--out", "--out-dir", "--out_dir", help="Dataset folder."),
+        images: Path | None = typer.Option(
+            None, "--images", "--img-dir", "--img_dir", help="Image file or folder."
+        ),
+        fmt: str = typer.Option("auto", "--format", help=FORMAT_HELP),
+        type_info: Path | None = typer.Option(
+            None, "--type-info", "--type_info", help="type_info.json (class names and colours)."
+        ),
+        merge_classes: str | None = typer.Option(
+            None,
+            "--merge-classes",
+            "--merge_classes",
+            help="Class merge table: a preset (consep) or a JSON file {source id: new id}.",
+        ),
+        preset: str | None = typer.Option(
+            None, "--preset", help="Window preset: original (540/80) or fast (540/164)."
+        ),
+        window: int | None = typer.Option(None, "--window", "--win-size", "--win_size"),
+        step: int | None = typer.Option(None, "--step", "--step-size", "--step_size"),
+        min_size: int = typer.Option(
+            10, "--min-size", "--min_size", help="Colour masks: drop smaller components (px)."
+        ),
+        colour_tolerance: int = typer.Option(
+            0,
+            "--colour-tolerance",
+            "--color-tolerance",
+            help="Colour masks: snap colours within this channel difference (JPEG masks).",
+        ),
+        valid_fraction: float = typer.Option(
+            0.2, "--valid-fraction", "--valid_fraction", help="Share of source images for valid."
+        ),
+        split_file: Path | None = typer.Option(
+            None, "--split-file", "--split_file", help='JSON {"train": [...], "valid": [...]}.'
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of the train/valid draw."),
+        compress: str = typer.Option(
+            "labels", "--compress", help="Deflate in the .npz: labels (default), all or none."
+        ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Delete an existing dataset folder first."
+        ),
+    ) -> None:
+        """Cut training patches (mirror-padded windows) from many image/annotation pairs."""
+        from rich.console import Console
+        from rich.progress import Progress
+
+        from hovernet.errors import HoverNetError
+        from hovernet.io.annotations import load_type_info
+        from hovernet.io.extraction import (
+            PRESETS,
+            ExtractConfig,
+            find_sources,
+            remove_dataset,
+            run_extraction,
+        )
+
+        console = Console(stderr=True)
+        size, stride = PRESETS["fast"]
+        if preset is not None:
+            if preset not in PRESETS:
+                raise HoverNetError(f"--preset {preset!r}: use one of {', '.join(PRESETS)}")
+            size, stride = PRESETS[preset]
+        size, stride = window or size, step or stride
+        if not 0 < stride <= size:
+            raise HoverNetError(f"--step {stride} must be in 1..--window {size}")
+        info = load_type_info(type_info) if type_info is not None else None
+        sources = find_sources(images, annotations, fmt, typed=info is not None)
+        if overwrite:
+            remove_dataset(out)
+        config = ExtractConfig(
+            out_dir=out, window=size, step=stride, fmt=fmt, type_info=info,
+            merge=merge_classes, min_size=min_size, colour_tolerance=colour_tolerance,
+            valid_fraction=valid_fraction, seed=seed, split_file=split_file, compress=compress,
+        )  # fmt: skip
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("patches", total=None)
+
+            def on_source(source, split, skipped):
+                verb = "skip (done)" if skipped else "extract"
+                console.print(f"{verb} {source.name} -> {split}")
+
+            results = run_extraction(config, sources, on_source, progress=lambda: bar.advance(task))
+        _print_counts(console, out, results)
+
+
+def _print_counts(console, out: Path, results) -> None:
+    import json
+
+    from rich.table import Table
+
+    counts = json.loads((out / "class_counts.json").read_text())
+    table = Table(title=f"{out}: class counts (nuclei / nucleus pixels in the source images)")
+    table.add_column("class")
+    for split in ("train", "valid"):
+        s = counts["splits"][split]
+        table.add_column(
+            f"{split} nuclei ({s['images']} img, {s['patches']} patches)", justify="right"
+        )
+        table.add_column(f"{split} pixels", justify="right")
+    for name in counts["classes"].values():
+        cells = []
+        for split in ("train", "valid"):
+            s = counts["splits"][split]
+            cells += [f"{s['instances'][name]:,}", f"{s['pixels'][name]:,}"]
+        table.add_row(name, *cells)
+    console.print(table)
+    n = sum(len(r.rows) for r in results)
+    console.print(f"{n} patches in {out} (manifest.csv, class_counts.json)")
