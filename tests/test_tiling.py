@@ -165,3 +165,19 @@ def test_grid_rejects_bad_geometry():
 def test_image_must_be_rgb_uint8():
     with pytest.raises(HoverNetError, match="uint8 RGB"):
         predict_maps(LocalNet(SMALL), np.zeros((10, 10, 3), np.float32), geometry=SMALL)
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    model = LocalNet(SMALL)
+    image = random_image((40, 40), seed=5)
+    fp32 = predict_maps(model, image, precision="fp32", geometry=SMALL)
+    bf16 = predict_maps(model, image, precision="bf16", geometry=SMALL)
+    assert bf16.pred_map.dtype == np.float32
+    assert not np.array_equal(bf16.pred_map, fp32.pred_map)  # autocast did run in bf16
+    # box sums up to 49 x 255 keep 8 significant bits in bf16: errors up to ~0.03 here
+    np.testing.assert_allclose(bf16.pred_map[..., 1:], fp32.pred_map[..., 1:], atol=0.05)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(HoverNetError, match="unknown precision 'fp8'"):
+        predict_maps(LocalNet(SMALL), random_image((8, 8), 0), precision="fp8", geometry=SMALL)
