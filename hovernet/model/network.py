@@ -85,11 +85,11 @@ class ResidualUnit(_Named):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.preact:
-            x = F.relu(self.sub("preact/bn")(x))
-        x = F.relu(self.sub("conv1/bn")(self.sub("conv1")(x)))
+            x = F.relu(self.sub("preact/bn")(x), inplace=True)
+        x = F.relu(self.sub("conv1/bn")(self.sub("conv1")(x)), inplace=True)
         if self.stride != 1:
             x = tf_same_pad(x, 3, self.stride)
-        x = F.relu(self.sub("conv2/bn")(self.sub("conv2")(x)))
+        x = F.relu(self.sub("conv2/bn")(self.sub("conv2")(x)), inplace=True)
         return self.sub("conv3")(x)
 
 
@@ -114,7 +114,7 @@ class ResidualGroup(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
         for unit in self.units:
-            x = unit(x) + shortcut
+            x = unit(x).add_(shortcut)  # unit(x) is a fresh tensor: adding in place is safe
             shortcut = x
         return self.blk_bna(x)
 
@@ -130,8 +130,8 @@ class DenseUnit(_Named):
         self.add_module("conv2", nn.Conv2d(128, 32, ksize, groups=4, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.sub("preact_bna/bn")(x))
-        x = F.relu(self.sub("conv1/bn")(self.sub("conv1")(x)))
+        x = F.relu(self.sub("preact_bna/bn")(x), inplace=True)
+        x = F.relu(self.sub("conv1/bn")(self.sub("conv1")(x)), inplace=True)
         return self.sub("conv2")(x)
 
 
@@ -222,6 +222,7 @@ class HoVerNet(nn.Module):
             if out_channels[name] is not None
         )
         self.upsample2x = UpSample2x()
+        self.channels_last = False  # set by hovernet.model.inference.prepare_for_inference
 
     def check_input(self, x: torch.Tensor) -> None:
         size = self.geometry.input_size
@@ -241,6 +242,8 @@ class HoVerNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self.check_input(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         d0, d1, d2, d3 = self.encode(x)
         # the first up-sampling and skip sum is the same for every branch: do it once
         u3_in = self.upsample2x(d3) + d2

@@ -1,0 +1,272 @@
+"""Reading and writing HoVer-Net checkpoints.
+
+Two formats load:
+
+- the original project's: `torch.save({"desc": state_dict})`, keys possibly prefixed `module.`
+  (saved from `DataParallel`) and possibly without `num_batches_tracked`. Mode and number of
+  types are not recorded; they are read off the weights' shapes (decoder kernels 5x5 =
+  `original`, 3x3 = `fast`; output channels of `decoder.tp.u0.conv` = number of types).
+- this project's: the same `"desc"` state dict (so the original code can load it too) plus
+  `"hovernet_format"`, `"mode"`, `"nr_types"`, `"type_info"` and `"mpp"`, so inference needs
+  no extra flags.
+
+Files are always read with `torch.load(weights_only=True)`: nothing but tensors and plain
+containers is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hovernet.config import MODES
+from hovernet.errors import HoverNetError
+from hovernet.io.atomic import atomic_path
+from hovernet.model.network import HoVerNet
+
+FORMAT_NAME = "hovernet-checkpoint"
+FORMAT_VERSION = 1
+_KERNEL_KEY = "decoder.np.u3.conva.weight"
+_TYPE_KEY = "decoder.tp.u0.conv.weight"
+_KERNEL_MODE = {5: "original", 3: "fast"}
+
+TypeInfo = dict[int, tuple[str, tuple[int, int, int]]]
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a model was trained as: everything inference needs besides the weights."""
+
+    mode: str
+    nr_types: int | None
+    type_info: TypeInfo | None = None  # {type id: (name, (r, g, b))}, 0 = background
+    mpp: float | None = None  # microns per pixel of the training images
+
+
+def normalise_type_info(type_info: dict | None, source: str = "type_info") -> TypeInfo | None:
+    """`{id: (name, (r, g, b))}` from the original's JSON form (`{"0": ["bg", [0, 0, 0]]}`)."""
+    if type_info is None:
+        return None
+    out: TypeInfo = {}
+    try:
+        for key, (name, colour) in type_info.items():
+            rgb = tuple(int(c) for c in colour)
+            if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+                raise ValueError(f"colour {colour!r} is not three values in 0..255")
+            out[int(key)] = (str(name), rgb)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise HoverNetError(
+            f"{source}: type info must map type ids to [name, [r, g, b]] ({exc})"
+        ) from None
+    return dict(sorted(out.items()))
+
+
+def _read_file(path: Path) -> dict:
+    if not path.is_file():
+        raise HoverNetError(f"checkpoint {path} does not exist: check the path")
+    if path.suffix == ".npz":
+        raise HoverNetError(
+            f"{path} is a TensorFlow/numpy checkpoint: convert it first with "
+            f"`hovernet convert-checkpoint {path} {path.with_suffix('.pth')}`"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise HoverNetError(
+            f"{path} holds Python objects other than tensors and plain containers, which are "
+            f"not loaded for safety ({str(exc).splitlines()[0]}): re-save it as "
+            '`torch.save({"desc": model.state_dict()}, path)`'
+        ) from None
+    except Exception as exc:  # torch raises many types for non-checkpoint bytes
+        raise HoverNetError(
+            f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'}): pass a file written by "
+            "torch.save, e.g. the original's hovernet_*_pytorch.tar"
+        ) from None
+    if not isinstance(obj, dict):
+        raise HoverNetError(
+            f"{path} is not a HoVer-Net checkpoint: it holds a {type(obj).__name__}"
+        )
+    return obj
+
+
+def _state_dict_of(obj: dict, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a loaded file, without any `module.` prefix."""
+    sd = obj.get("desc", obj)
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        raise HoverNetError(
+            f"{path} is not a HoVer-Net checkpoint: expected a state dict under the key 'desc', "
+            f"found keys {sorted(map(str, obj))[:5]}"
+        )
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def infer_architecture(
+    sd: dict[str, torch.Tensor], source: str = "checkpoint"
+) -> tuple[str, int | None]:
+    """(mode, nr_types) from the shapes of a HoVer-Net state dict."""
+    kernel = sd.get(_KERNEL_KEY)
+    if kernel is None or kernel.ndim != 4:
+        hint = ""
+        if "d0.units.0.conv1.weight" in sd or "conv1.weight" in sd:
+            hint = " (it looks like encoder-only weights: load those with load_encoder_weights)"
+        raise HoverNetError(
+            f"{source} is not a HoVer-Net checkpoint: it has no {_KERNEL_KEY}{hint}"
+        )
+    mode = _KERNEL_MODE.get(int(kernel.shape[-1]))
+    if mode is None:
+        raise HoverNetError(
+            f"{source}: decoder kernels are {kernel.shape[-1]}x{kernel.shape[-1]}, "
+            "but HoVer-Net uses 5x5 (original mode) or 3x3 (fast mode)"
+        )
+    tp = sd.get(_TYPE_KEY)
+    return mode, None if tp is None else int(tp.shape[0])
+
+
+def _check_requested(source: str, found: tuple, mode: str | None, nr_types: int | None) -> None:
+    found_mode, found_types = found
+    if mode is not None and mode != found_mode:
+        if mode not in MODES:
+            raise HoverNetError(f"unknown model mode {mode!r}: use original or fast")
+        k = 5 if found_mode == "original" else 3
+        raise HoverNetError(
+            f"{source}: decoder kernels are {k}x{k}: this is a{'n' if k == 5 else ''} "
+            f"{found_mode}-mode checkpoint, use --model_mode {found_mode}"
+        )
+    if nr_types is None or nr_types == found_types:
+        return
+    if nr_types == 0 and found_types is None:
+        return
+    if found_types is None:
+        raise HoverNetError(
+            f"{source}: checkpoint has no type branch but --nr_types is {nr_types}: "
+            "leave --nr_types out or use a typed checkpoint"
+        )
+    raise HoverNetError(
+        f"{source}: checkpoint has {found_types} type channels but --nr_types is {nr_types}"
+    )
+
+
+def _meta_of(obj: dict, found: tuple, path: Path) -> ModelMeta:
+    mode, nr_types = found
+    if "hovernet_format" not in obj:
+        return ModelMeta(mode, nr_types)
+    if obj["hovernet_format"] != FORMAT_NAME or obj.get("format_version", 0) > FORMAT_VERSION:
+        raise HoverNetError(
+            f"{path} was written by a newer hovernet (format {obj['hovernet_format']!r} "
+            f"version {obj.get('format_version')}): upgrade hovernet"
+        )
+    if obj.get("mode") != mode or obj.get("nr_types") != nr_types:
+        raise HoverNetError(
+            f"{path}: recorded mode/nr_types ({obj.get('mode')}, {obj.get('nr_types')}) do not "
+            f"match its weights ({mode}, {nr_types}): the file is corrupt, re-save it"
+        )
+    mpp = obj.get("mpp")
+    type_info = normalise_type_info(obj.get("type_info"), str(path))
+    return ModelMeta(mode, nr_types, type_info, None if mpp is None else float(mpp))
+
+
+def load_state_dict_into(model: HoVerNet, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Strictly load an original-layout state dict; fills in missing `num_batches_tracked`.
+
+    The tensors are assigned, not copied, so `model` may be built on the meta device (no time
+    spent on random initialisation).
+    """
+    own = model.state_dict()
+    sd = dict(sd)
+    for key in own:
+        if key.endswith("num_batches_tracked") and key not in sd:
+            sd[key] = torch.zeros((), dtype=torch.long)
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [
+        f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in own.items()
+        if k in sd and sd[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing weights, e.g. {', '.join(missing[:3])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected weights, e.g. {', '.join(unexpected[:3])}")
+    if wrong:
+        problems.append(f"{len(wrong)} wrongly shaped weights, e.g. {', '.join(wrong[:3])}")
+    if problems:
+        raise HoverNetError(
+            f"{source} does not fit HoVer-Net ({model.mode} mode, nr_types={model.nr_types}): "
+            + "; ".join(problems)
+        )
+    model.load_state_dict(sd, strict=True, assign=True)
+
+
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    mode: str | None = None,
+    nr_types: int | None = None,
+) -> HoVerNet:
+    """Load a checkpoint (original or own format) into a HoVer-Net in eval mode on `device`.
+
+    `mode` and `nr_types` are read from the file; pass them only to check (a mismatch raises
+    HoverNetError naming it). `nr_types=0` asks for a model without type branch. The result has
+    `model.meta`: a ModelMeta with mode, nr_types, type_info and mpp (None where unknown).
+    """
+    path = Path(path)
+    obj = _read_file(path)
+    sd = _state_dict_of(obj, path)
+    found = infer_architecture(sd, str(path))
+    _check_requested(str(path), found, mode, nr_types)
+    meta = _meta_of(obj, found, path)
+    with torch.device("meta"):  # weights come from the file: skip random initialisation
+        model = HoVerNet(found[0], found[1])
+    load_state_dict_into(model, sd, str(path))
+    model.meta = meta
+    return model.to(device).eval()
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: HoVerNet,
+    type_info: dict | None = None,
+    mpp: float | None = None,
+) -> None:
+    """Write `model` with its mode, nr_types, type names/colours and mpp, atomically.
+
+    `type_info` is `{id: (name, (r, g, b))}` (ids 0..nr_types-1, 0 = background) or the
+    original's type_info.json form; `mpp` is the resolution the model was trained at.
+    """
+    if getattr(model, "prepared_for_inference", False):
+        raise HoverNetError(
+            "this model was prepared for inference (BatchNorm folded into the convolutions): "
+            "save the model before calling prepare_for_inference"
+        )
+    info = normalise_type_info(type_info)
+    if info is not None:
+        if model.nr_types is None:
+            raise HoverNetError("type_info given for a model without type branch (nr_types=None)")
+        bad = [i for i in info if not 0 <= i < model.nr_types]
+        if bad:
+            raise HoverNetError(
+                f"type_info has type ids {bad} outside 0..{model.nr_types - 1} "
+                f"(the model has {model.nr_types} type channels)"
+            )
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise HoverNetError(f"mpp must be a positive number of microns per pixel, got {mpp!r}")
+    payload = {
+        "hovernet_format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "mode": model.mode,
+        "nr_types": model.nr_types,
+        "type_info": None
+        if info is None
+        else {str(k): [name, list(rgb)] for k, (name, rgb) in info.items()},
+        "mpp": None if mpp is None else float(mpp),
+        "desc": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
