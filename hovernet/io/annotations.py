@@ -282,12 +282,13 @@ def read_label_maps(
     merge: str | dict | None = None,
     expect_size: tuple[int, int] | None = None,
 ) -> ArrayLabels:
-    """Instance map (+ type map). Without `type_path`, `<name>_inst.<ext>` finds its
-    `<name>_type.<ext>` beside it."""
+    """Instance map (+ type map). Without `type_path`, `<name>_inst.<ext>` finds a
+    `<name>_type.<npy|png|tif>` beside it."""
     inst_path = Path(inst_path)
     if type_path is None and inst_path.stem.endswith("_inst"):
-        guess = inst_path.with_name(inst_path.stem[: -len("_inst")] + "_type" + inst_path.suffix)
-        type_path = guess if guess.is_file() else None
+        base = inst_path.stem[: -len("_inst")] + "_type"
+        found = [inst_path.with_name(base + s) for s in sorted(LABEL_SUFFIXES)]
+        type_path = next((p for p in found if p.is_file()), None)
     inst = _read_label_file(inst_path)
     _check_size(inst_path, inst.shape[:2], expect_size)
     types = None
