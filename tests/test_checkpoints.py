@@ -264,3 +264,12 @@ def test_encoder_weights_errors(tmp_path):
     torch.save({"desc": {"head.weight": torch.zeros(3)}}, path)
     with pytest.raises(HoverNetError, match="unrelated.pth holds no encoder weights"):
         load_encoder_weights(HoVerNet("fast"), path)
+
+
+def test_prepared_model_is_not_saved(tmp_path):
+    from hovernet.model.inference import prepare_for_inference
+
+    model = prepare_for_inference(HoVerNet("fast"))
+    with pytest.raises(HoverNetError, match="prepared for inference"):
+        save_checkpoint(tmp_path / "folded.pth", model)
+    assert not (tmp_path / "folded.pth").exists()
