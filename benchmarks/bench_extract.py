@@ -27,7 +27,11 @@ from pathlib import Path
 import numpy as np
 
 RED, YELLOW = (255, 0, 0), (255, 255, 0)
-TYPE_INFO = {"0": ["background", [0, 0, 0]], "1": ["other", list(YELLOW)], "2": ["immune", list(RED)]}
+TYPE_INFO = {
+    "0": ["background", [0, 0, 0]],
+    "1": ["other", list(YELLOW)],
+    "2": ["immune", list(RED)],
+}
 CELL = 40  # one nucleus per CELL x CELL px
 
 
@@ -118,7 +122,7 @@ from pathlib import Path
 from scipy import ndimage
 image, mask, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 win, step = 540, 164
-img = tifffile.imread(image, level=0) if image.suffix == ".tif" else cv2.imread(str(image))[..., ::-1]
+img = tifffile.imread(image, level=0)
 m = cv2.imread(str(mask))[..., ::-1] if mask.suffix == ".png" else tifffile.imread(mask)
 inst = np.zeros(m.shape[:2], np.int32); typ = np.zeros(m.shape[:2], np.int32)
 for k, colour in ((1, (255, 255, 0)), (2, (255, 0, 0))):
