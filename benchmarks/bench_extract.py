@@ -193,16 +193,22 @@ def main() -> None:
             wall, rss = measure(base_cmd)
             n, mb = folder_stats(base_out, "*.npy")
             rows.append(("original style (whole arrays, int32 .npy)", wall, rss, n, mb))
-    base = rows[-1]
+    base = rows[-1] if len(rows) > 1 else None
+
+    def ratio(value: float, ref: float | None) -> str:
+        return f"{value / ref:.2f}" if ref else "-"
+
     print(f"\n### extract-patches, {width} x {height} px, window 540 step 164\n")
     print("| method | patches | wall s | patches/s | x baseline | peak RSS MB | x baseline "
           "| MB/patch | x baseline |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for name, wall, rss, n, mb in rows:
         pps, mbp = n / wall, mb / n
+        ref_pps = base[3] / base[1] if base else None
+        ref_mbp = base[4] / base[3] if base else None
         print(
-            f"| {name} | {n} | {wall:.1f} | {pps:.1f} | {pps / (base[3] / base[1]):.2f} "
-            f"| {rss:.0f} | {rss / base[2]:.2f} | {mbp:.2f} | {mbp / (base[4] / base[3]):.2f} |"
+            f"| {name} | {n} | {wall:.1f} | {pps:.1f} | {ratio(pps, ref_pps)} | {rss:.0f} "
+            f"| {ratio(rss, base[2] if base else None)} | {mbp:.2f} | {ratio(mbp, ref_mbp)} |"
         )
     print("\n(wall time includes labelling the mask and interpreter start; the original's "
           "540 x 540 x 5 int32 .npy is 5.83 MB)")  # fmt: skip
