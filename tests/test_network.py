@@ -108,6 +108,8 @@ def test_bad_constructor_arguments():
         HoVerNet("medium")
     with pytest.raises(HoverNetError, match="nr_types"):
         HoVerNet("fast", 1)
+    assert "decoder.tp.u0.conv.weight" not in HoVerNet("fast", 0).state_dict()
+    assert HoVerNet("fast", 0).nr_types is None
 
 
 def test_upsample_is_kronecker_with_ones():

@@ -191,12 +191,13 @@ class HoVerNet(nn.Module):
 
     `forward` takes N x 3 x H x W float RGB in 0..255 (H = W = `geometry.input_size`) and returns
     a dict of logits {"np": N x 2 x h x w, "hv": N x 2 x h x w, "tp": N x nr_types x h x w},
-    h = w = `geometry.output_size`; "tp" only when `nr_types` is set.
+    h = w = `geometry.output_size`; "tp" only when `nr_types` is set (None or 0: no type branch).
     """
 
     def __init__(self, mode: str = "original", nr_types: int | None = None):
         super().__init__()
         self.geometry: ModelGeometry = geometry_for(mode)
+        nr_types = nr_types or None  # 0 means no type branch, as the original's --nr_types=0
         if nr_types is not None and (isinstance(nr_types, bool) or nr_types < 2):
             raise HoverNetError(
                 f"nr_types must be at least 2 (background + 1 class) or None, got {nr_types!r}"
