@@ -3,15 +3,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from conftest import DATA
 
 from hovernet.errors import HoverNetError
 from hovernet.io.slides import read_rgb
 
-from conftest import DATA
-
 
 def test_png_and_pyramidal_tiff_and_svs():
-    png = read_rgb(DATA / "dsb2018_he" / "images" / sorted((DATA / "dsb2018_he/images").iterdir())[0].name)
+    png = read_rgb(
+        DATA / "dsb2018_he" / "images" / sorted((DATA / "dsb2018_he/images").iterdir())[0].name
+    )
     assert png.shape == (256, 320, 3) and png.dtype == np.uint8
     tif = read_rgb(DATA / "seed_format" / "slide_a.tif")
     assert tif.shape == (3584, 2048, 3)

@@ -26,13 +26,7 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
     )
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"hovernet.cli.{name}")
-        except ModuleNotFoundError as exc:  # TEMPORARY while commands are being written
-            if exc.name == f"hovernet.cli.{name}":
-                continue
-            raise
-        module.register(app)
+        importlib.import_module(f"hovernet.cli.{name}").register(app)
     return app
 
 
