@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
 from hovernet.errors import HoverNetError
+from hovernet.io.type_info import load_type_info
 
 
 @dataclass(frozen=True)
@@ -19,20 +19,6 @@ class ConvertConfig:
     mpp: float | None = None
 
 
-def _read_type_info(path: Path | None) -> dict | None:
-    if path is None:
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HoverNetError(f"type info file {path} does not exist: check the path") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HoverNetError(
-            f"{path} is not valid JSON ({exc}): expected the original's type_info.json, "
-            '{"0": ["background", [0, 0, 0]], "1": ["name", [r, g, b]], ...}'
-        ) from None
-
-
 def run_convert(cfg: ConvertConfig) -> str:
     """Convert and write; returns a one-line summary."""
     from hovernet.model.checkpoints import load_model, save_checkpoint
@@ -40,7 +26,7 @@ def run_convert(cfg: ConvertConfig) -> str:
 
     if cfg.dst.resolve() == cfg.src.resolve():
         raise HoverNetError(f"output {cfg.dst} is the input file: choose another output path")
-    type_info = _read_type_info(cfg.type_info)
+    type_info = load_type_info(cfg.type_info) if cfg.type_info is not None else None
     if cfg.src.suffix == ".npz":
         model, unused = convert_npz(cfg.src, cfg.dst, type_info=type_info, mpp=cfg.mpp)
         extra = f"; {len(unused)} TF variables not used" if unused else ""

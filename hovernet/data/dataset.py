@@ -20,7 +20,6 @@ seeded (``torch.manual_seed`` or the DataLoader's ``generator``).
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from hovernet.config import ModelGeometry, geometry_for
 from hovernet.data.augment import AugmentConfig, augment_sample
 from hovernet.data.targets import crop_center, hv_targets
 from hovernet.errors import HoverNetError
+from hovernet.io.type_info import TypeInfo, load_type_info
 
 PATCH_SUFFIXES = (".npz", ".npy")
 MANIFEST = "manifest.csv"
@@ -259,16 +259,7 @@ def class_balanced_sampler(
     )
 
 
-def read_type_info(dataset_dir: str | Path) -> dict[int, tuple[str, tuple[int, int, int]]] | None:
+def read_type_info(dataset_dir: str | Path) -> TypeInfo | None:
     """``<dir>/type_info.json`` as ``{id: (name, (r, g, b))}``, or None when absent."""
     path = Path(dataset_dir) / "type_info.json"
-    if not path.is_file():
-        return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return {int(k): (str(v[0]), tuple(int(c) for c in v[1])) for k, v in raw.items()}
-    except (ValueError, TypeError, IndexError) as exc:
-        raise HoverNetError(
-            f"{path} is not in the original type_info format "
-            '{"0": ["background", [0, 0, 0]], "1": [name, [r, g, b]], ...}: ' + str(exc)
-        ) from exc
+    return load_type_info(path) if path.is_file() else None

@@ -16,7 +16,6 @@ probability, h, v] without type branch; `type_softmax` (H x W x nr_types) is kep
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
@@ -34,12 +33,12 @@ from hovernet.config import ModelGeometry
 from hovernet.errors import HoverNetError
 from hovernet.infer.tiling import Stitcher, TileGrid
 from hovernet.io.slides import PLAIN_SUFFIXES, TIFF_SUFFIXES
+from hovernet.io.type_info import TypeInfo
+from hovernet.io.type_info import load_type_info as read_type_info_file
 
 TILE_SUFFIXES = PLAIN_SUFFIXES | TIFF_SUFFIXES
 OUTPUT_KINDS = ("json", "mat", "overlay", "qupath", "csv")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-TypeInfo = dict[int, tuple[str, tuple[int, int, int]]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,21 +265,7 @@ def default_type_info(nr_types: int) -> TypeInfo:
 
 def load_type_info(path: str | os.PathLike, nr_types: int | None) -> TypeInfo:
     """Read an original-format type_info.json and check it against the model's types."""
-    from hovernet.model.checkpoints import normalise_type_info
-
-    path = Path(path)
-    if not path.is_file():
-        raise HoverNetError(f"type info file {path} does not exist: check --type_info_path")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HoverNetError(
-            f"{path} is not valid JSON ({exc}): write it as "
-            '{"0": ["background", [0, 0, 0]], "1": ["name", [r, g, b]], ...}'
-        ) from None
-    if not isinstance(raw, dict):
-        raise HoverNetError(f"{path}: expected a JSON object mapping type ids to [name, [r,g,b]]")
-    info = normalise_type_info(raw, str(path))
+    info = read_type_info_file(path)
     check_type_info(info, nr_types, str(path))
     info.setdefault(0, ("background", (0, 0, 0)))
     return dict(sorted(info.items()))

@@ -28,6 +28,8 @@ import numpy as np
 from hovernet.errors import HoverNetError
 from hovernet.io.colour_masks import ColourMaskLabels, EmptyMaskWarning
 from hovernet.io.slides import IMAGE_SUFFIXES, open_image, read_rgb
+from hovernet.io.type_info import TypeInfo, type_info_json
+from hovernet.io.type_info import load_type_info as read_type_info_file
 
 __all__ = [
     "CLASS_MERGES",
@@ -52,7 +54,6 @@ __all__ = [
     "type_info_json",
 ]
 
-TypeInfo = dict[int, tuple[str, tuple[int, int, int]]]
 FORMATS = ("colour", "inst", "mat", "xml", "geojson", "masks", "patch")
 LABEL_SUFFIXES = {".npy", ".png", ".tif", ".tiff"}
 
@@ -75,32 +76,16 @@ MERGED_TYPE_INFO: dict[str, TypeInfo] = {
 
 # ------------------------------------------------------------------ type_info and class merging
 def load_type_info(path: str | os.PathLike) -> TypeInfo:
-    """Read a type_info.json in the original format: {"0": ["background", [0, 0, 0]], ...}."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        info = {int(k): (str(v[0]), tuple(int(c) for c in v[1])) for k, v in raw.items()}
-    except FileNotFoundError:
-        raise HoverNetError(f"{path}: no such type_info file") from None
-    except (ValueError, TypeError, IndexError, AttributeError) as exc:
-        raise HoverNetError(
-            f"{path}: not a type_info.json ({exc}); expected "
-            '{"0": ["background", [0, 0, 0]], "1": ["name", [r, g, b]], ...}'
-        ) from exc
+    """Read a type_info.json for annotations: background (id 0) required, one colour per class."""
+    info = read_type_info_file(path)
     if 0 not in info:
         raise HoverNetError(f'{path}: type_info needs class "0" (background) with its colour')
-    bad = [k for k, (_, c) in info.items() if len(c) != 3 or not all(0 <= v <= 255 for v in c)]
-    if bad or min(info) < 0 or max(info) > 254:
-        raise HoverNetError(f"{path}: class ids must be 0..254 with [r, g, b] colours 0..255")
+    if min(info) < 0 or max(info) > 254:
+        raise HoverNetError(f"{path}: class ids must be 0..254")
     colours = [c for _, c in info.values()]
     if len(set(colours)) != len(colours):
         raise HoverNetError(f"{path}: two classes share a colour; give each class its own")
-    return dict(sorted(info.items()))
-
-
-def type_info_json(type_info: TypeInfo) -> str:
-    """The original's type_info.json text."""
-    return json.dumps({str(k): [n, list(c)] for k, (n, c) in sorted(type_info.items())}, indent=1)
+    return info
 
 
 def merge_table(spec: str | os.PathLike | dict | None) -> dict[int, int] | None:

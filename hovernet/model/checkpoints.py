@@ -27,6 +27,7 @@ import torch
 from hovernet.config import MODES
 from hovernet.errors import HoverNetError
 from hovernet.io.atomic import atomic_path
+from hovernet.io.type_info import TypeInfo, parse_type_info
 from hovernet.model.network import HoVerNet
 
 FORMAT_NAME = "hovernet-checkpoint"
@@ -34,8 +35,6 @@ FORMAT_VERSION = 1
 _KERNEL_KEY = "decoder.np.u3.conva.weight"
 _TYPE_KEY = "decoder.tp.u0.conv.weight"
 _KERNEL_MODE = {5: "original", 3: "fast"}
-
-TypeInfo = dict[int, tuple[str, tuple[int, int, int]]]
 
 
 @dataclass(frozen=True)
@@ -46,24 +45,6 @@ class ModelMeta:
     nr_types: int | None
     type_info: TypeInfo | None = None  # {type id: (name, (r, g, b))}, 0 = background
     mpp: float | None = None  # microns per pixel of the training images
-
-
-def normalise_type_info(type_info: dict | None, source: str = "type_info") -> TypeInfo | None:
-    """`{id: (name, (r, g, b))}` from the original's JSON form (`{"0": ["bg", [0, 0, 0]]}`)."""
-    if type_info is None:
-        return None
-    out: TypeInfo = {}
-    try:
-        for key, (name, colour) in type_info.items():
-            rgb = tuple(int(c) for c in colour)
-            if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
-                raise ValueError(f"colour {colour!r} is not three values in 0..255")
-            out[int(key)] = (str(name), rgb)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise HoverNetError(
-            f"{source}: type info must map type ids to [name, [r, g, b]] ({exc})"
-        ) from None
-    return dict(sorted(out.items()))
 
 
 def _read_file(path: Path) -> dict:
@@ -167,7 +148,7 @@ def _meta_of(obj: dict, found: tuple, path: Path) -> ModelMeta:
             f"match its weights ({mode}, {nr_types}): the file is corrupt, re-save it"
         )
     mpp = obj.get("mpp")
-    type_info = normalise_type_info(obj.get("type_info"), str(path))
+    type_info = parse_type_info(obj.get("type_info"), str(path))
     return ModelMeta(mode, nr_types, type_info, None if mpp is None else float(mpp))
 
 
@@ -245,7 +226,7 @@ def save_checkpoint(
             "this model was prepared for inference (BatchNorm folded into the convolutions): "
             "save the model before calling prepare_for_inference"
         )
-    info = normalise_type_info(type_info)
+    info = parse_type_info(type_info)
     if info is not None:
         if model.nr_types is None:
             raise HoverNetError("type_info given for a model without type branch (nr_types=None)")
