@@ -31,3 +31,16 @@ def reference_dir() -> Path:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA
+
+
+def recipe_arrays(case: str) -> dict:
+    """The reference recipe weights (../shared/reference/weights.py) for keys_<case>.json, as
+    {key: numpy array}: identical to those the golden outputs were made with."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("ref_weights", REFERENCE / "weights.py")
+    weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(weights)
+    keys = json.loads((REFERENCE / f"keys_{case}.json").read_text())
+    return weights.reference_state_dict(keys)

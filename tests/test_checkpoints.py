@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import REFERENCE
+from conftest import recipe_arrays
 
 from hovernet.errors import HoverNetError
 from hovernet.model.checkpoints import ModelMeta, load_model, save_checkpoint
@@ -25,11 +23,7 @@ TYPE_INFO = {0: ("background", (0, 0, 0)), 1: ("tumour", (255, 0, 0)), 2: ("immu
 
 
 def recipe_state_dict(case: str) -> dict[str, torch.Tensor]:
-    spec = importlib.util.spec_from_file_location("ref_weights", REFERENCE / "weights.py")
-    weights = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(weights)
-    keys = json.loads((REFERENCE / f"keys_{case}.json").read_text())
-    return {k: torch.from_numpy(v) for k, v in weights.reference_state_dict(keys).items()}
+    return {k: torch.from_numpy(v) for k, v in recipe_arrays(case).items()}
 
 
 @pytest.fixture(scope="module")

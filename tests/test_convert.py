@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import REFERENCE
+from conftest import REFERENCE, recipe_arrays
 
 from hovernet.cli import main
 from hovernet.errors import HoverNetError
@@ -17,11 +16,7 @@ from hovernet.model.convert import convert_npz, tf_name
 
 
 def recipe(case: str) -> dict[str, np.ndarray]:
-    spec = importlib.util.spec_from_file_location("ref_weights", REFERENCE / "weights.py")
-    weights = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(weights)
-    keys = json.loads((REFERENCE / f"keys_{case}.json").read_text())
-    return weights.reference_state_dict(keys)
+    return recipe_arrays(case)
 
 
 def tf_arrays(sd: dict[str, np.ndarray], names: dict[str, str]) -> dict[str, np.ndarray]:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import REFERENCE
+from conftest import REFERENCE, recipe_arrays
 
 from hovernet.errors import HoverNetError
 from hovernet.model.inference import prepare_for_inference
@@ -23,11 +22,7 @@ CASES = {
 
 
 def recipe_state_dict(case: str) -> dict[str, torch.Tensor]:
-    spec = importlib.util.spec_from_file_location("ref_weights", REFERENCE / "weights.py")
-    weights = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(weights)
-    keys = json.loads((REFERENCE / f"keys_{case}.json").read_text())
-    return {k: torch.from_numpy(v) for k, v in weights.reference_state_dict(keys).items()}
+    return {k: torch.from_numpy(v) for k, v in recipe_arrays(case).items()}
 
 
 def recipe_model(case: str) -> HoVerNet:
