@@ -21,6 +21,7 @@ demo: venv
 
 test: venv
 	$(BIN)/ruff check hovernet tests benchmarks
+	$(BIN)/ruff format --check hovernet tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 test-all: venv
