@@ -43,6 +43,12 @@ def aji_terms(ov: Overlap) -> tuple[int, int]:
     first = np.ones(len(order), dtype=bool)
     first[1:] = ov.rows[order][1:] != ov.rows[order][:-1]
     best = order[first]
+    return _aji_sums(ov, best)
+
+
+def _aji_sums(ov: Overlap, best: np.ndarray) -> tuple[int, int]:
+    """AJI's (intersection, union) for the chosen pairs: every unpaired nucleus of either map
+    adds its whole area to the union."""
     used_pred = np.zeros(ov.n_pred, dtype=bool)
     used_pred[ov.cols[best]] = True
     paired_true = np.zeros(ov.n_true, dtype=bool)
@@ -56,14 +62,7 @@ def aji_terms(ov: Overlap) -> tuple[int, int]:
 def aji_plus_terms(ov: Overlap) -> tuple[int, int]:
     """(intersection, union) sums of AJI+: one-to-one pairing maximising the summed IoU."""
     best = unique_pairing(ov, _aji_score(ov))
-    used_pred = np.zeros(ov.n_pred, dtype=bool)
-    used_pred[ov.cols[best]] = True
-    paired_true = np.zeros(ov.n_true, dtype=bool)
-    paired_true[ov.rows[best]] = True
-    inter = int(ov.inter[best].sum())
-    union = int(ov.union[best].sum())
-    union += int(ov.true_area[~paired_true].sum() + ov.pred_area[~used_pred].sum())
-    return inter, union
+    return _aji_sums(ov, best)
 
 
 def pq_pairs(ov: Overlap, match_iou: float = 0.5) -> np.ndarray:
