@@ -1,1 +1,0 @@
-"""train stage of the pipeline."""
