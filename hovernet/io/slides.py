@@ -34,17 +34,7 @@ def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _read_plain(path: Path) -> np.ndarray:
-    import cv2
-
-    buf = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
-    if img is None:
-        raise HoverNetError(f"{path}: cannot decode the image (corrupt or not an image file)")
-    if img.ndim == 3 and img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
-    elif img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return _to_rgb_uint8(img, path)
+    return _to_rgb_uint8(_read_plain_bgr(path)[:, :, 2::-1], path)  # BGR(A) -> RGB
 
 
 def _read_tiff(path: Path) -> np.ndarray:
@@ -60,14 +50,17 @@ def _read_tiff(path: Path) -> np.ndarray:
     return _to_rgb_uint8(arr, path)
 
 
-def _read_openslide(path: Path) -> np.ndarray:
+def _open_openslide(path: Path):
     import openslide
 
     try:
-        slide = openslide.OpenSlide(str(path))
+        return openslide.OpenSlide(str(path))
     except Exception as exc:
         raise HoverNetError(f"{path}: OpenSlide cannot open this slide ({exc})") from exc
-    with slide:
+
+
+def _read_openslide(path: Path) -> np.ndarray:
+    with _open_openslide(path) as slide:
         width, height = slide.dimensions
         rgba = np.asarray(slide.read_region((0, 0), 0, (width, height)))
     return _composite_on_white(rgba)
@@ -80,22 +73,28 @@ def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """The whole image at full resolution as H x W x 3 uint8 RGB, or a HoverNetError."""
-    path = Path(path)
+def _checked_suffix(path: Path) -> str:
+    """The lower-case suffix of an existing image file of a supported type."""
     if not path.is_file():
         raise HoverNetError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise HoverNetError(
+            f"{path}: unsupported image type {suffix!r}; use one of "
+            + ", ".join(sorted(IMAGE_SUFFIXES))
+        )
+    return suffix
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """The whole image at full resolution as H x W x 3 uint8 RGB, or a HoverNetError."""
+    path = Path(path)
+    suffix = _checked_suffix(path)
     if suffix in PLAIN_SUFFIXES:
         return _read_plain(path)
     if suffix in TIFF_SUFFIXES:
         return _read_tiff(path)
-    if suffix in SLIDE_SUFFIXES:
-        return _read_openslide(path)
-    raise HoverNetError(
-        f"{path}: unsupported image type {suffix!r}; use one of "
-        + ", ".join(sorted(IMAGE_SUFFIXES))
-    )
+    return _read_openslide(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,24 +249,12 @@ def _open_tiff(path: Path) -> ImageReader:
 def open_image(path: str | os.PathLike) -> ImageReader:
     """Open an image for region reading; errors name the file (see `read_rgb`)."""
     path = Path(path)
-    if not path.is_file():
-        raise HoverNetError(f"{path}: no such file")
-    suffix = path.suffix.lower()
+    suffix = _checked_suffix(path)
     if suffix in PLAIN_SUFFIXES:
         return _ArrayReader(path, _read_plain_bgr(path), bgr=True)
     if suffix in TIFF_SUFFIXES:
         return _open_tiff(path)
-    if suffix in SLIDE_SUFFIXES:
-        import openslide
-
-        try:
-            return _OpenSlideReader(path, openslide.OpenSlide(str(path)))
-        except Exception as exc:
-            raise HoverNetError(f"{path}: OpenSlide cannot open this slide ({exc})") from exc
-    raise HoverNetError(
-        f"{path}: unsupported image type {suffix!r}; use one of "
-        + ", ".join(sorted(IMAGE_SUFFIXES))
-    )
+    return _OpenSlideReader(path, _open_openslide(path))
 
 
 def _read_plain_bgr(path: Path) -> np.ndarray:
