@@ -27,6 +27,7 @@ import numpy as np
 
 from hovernet.errors import HoverNetError
 from hovernet.io.colour_masks import ColourMaskLabels, EmptyMaskWarning
+from hovernet.io.labels import read_label_array
 from hovernet.io.slides import IMAGE_SUFFIXES, open_image, read_rgb
 from hovernet.io.type_info import TypeInfo, type_info_json
 from hovernet.io.type_info import load_type_info as read_type_info_file
@@ -229,29 +230,8 @@ def _check_size(path: Path, shape: tuple[int, int], expect: tuple[int, int] | No
 
 
 def _read_label_file(path: Path) -> np.ndarray:
-    """A 2-D integer map from .npy (memory-mapped), .png or .tif."""
-    if not path.is_file():
-        raise HoverNetError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            arr = np.load(path, mmap_mode="r")
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
-
-            arr = tifffile.imread(path)
-        elif suffix == ".png":
-            import cv2
-
-            arr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
-            if arr is None:
-                raise ValueError("cannot decode the PNG")
-        else:
-            raise HoverNetError(f"{path}: label maps must be .npy, .png or .tif")
-    except HoverNetError:
-        raise
-    except Exception as exc:
-        raise HoverNetError(f"{path}: cannot read the label map ({exc})") from exc
+    """A 2-D integer map from .npy (memory-mapped), .png or .tif; RGB images are refused."""
+    arr = read_label_array(path)
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
         raise HoverNetError(
             f"{path}: this is an RGB image, not an instance map; for a colour-coded mask use "

@@ -111,23 +111,29 @@ def _nuclei_in_order(data: dict) -> list[tuple[int, dict]]:
         raise HoverNetError(f"nucleus ids in the JSON must be integers ({exc})") from exc
 
 
-def _read_array(path: Path) -> np.ndarray:
+def read_label_array(path: str | Path) -> np.ndarray:
+    """The integer array of a label-map file: .npy (memory-mapped), .png or .tif/.tiff."""
+    path = Path(path)
+    if not path.is_file():
+        raise HoverNetError(f"{path}: no such file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            return np.load(path, mmap_mode="r")
         if suffix in (".tif", ".tiff"):
             import tifffile
 
             return tifffile.imread(path)
-        import cv2
+        if suffix == ".png":
+            import cv2
 
-        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            arr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+            if arr is None:
+                raise ValueError("cannot decode the PNG")
+            return arr
     except Exception as exc:
-        raise HoverNetError(f"{path}: cannot read this file ({exc})") from exc
-    if arr is None:
-        raise HoverNetError(f"{path}: cannot read this image file")
-    return arr
+        raise HoverNetError(f"{path}: cannot read the label map ({exc})") from exc
+    raise HoverNetError(f"{path}: label maps must be .npy, .png or .tif")
 
 
 def _split_channels(arr: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -171,7 +177,7 @@ def read_instance_map(
             )
         arr = _fill_contours(_load_json(path), shape, path)
     else:
-        arr, _ = _split_channels(_read_array(path), path)
+        arr, _ = _split_channels(read_label_array(path), path)
     return as_label_map(arr, str(path))
 
 
@@ -192,9 +198,9 @@ def read_centroids(file: LabelFile | str | Path) -> tuple[np.ndarray, np.ndarray
         xy = np.array([n["centroid"] for _, n in nuclei], dtype=np.float64).reshape(-1, 2)
         types = np.array([n.get("type") or 0 for _, n in nuclei], dtype=np.int64)
         return xy, types
-    inst, type_map = _split_channels(_read_array(path), path)
+    inst, type_map = _split_channels(read_label_array(path), path)
     if file.type_path is not None:
-        type_map, _ = _split_channels(_read_array(file.type_path), file.type_path)
+        type_map, _ = _split_channels(read_label_array(file.type_path), file.type_path)
     if type_map is None:
         raise HoverNetError(
             f"{path}: type mode needs nucleus types; give a .mat with inst_centroid/inst_type, "
