@@ -317,3 +317,16 @@ def test_stripped_tiff_decodes_only_the_strips_a_region_needs(synthetic, monkeyp
     with open_slide(files["raw"]) as slide:  # uncompressed: memory-mapped, nothing decoded
         assert np.array_equal(slide.read(600, 300, 64, 64, 0.25), img[300:364, 600:664])
         assert sorted(decoded) == [2, 3]
+
+
+def test_large_reads_are_split_into_the_same_pixels(synthetic, monkeypatch):
+    from hovernet.io import wsi
+
+    _, files = synthetic
+    with open_slide(files["strips"]) as slide:
+        whole = {mpp: slide.read(-30, 20, 400, 300, mpp).astype(int) for mpp in (0.5, 0.37, 0.2)}
+        monkeypatch.setattr(wsi, "READ_CHUNK_BYTES", 30_000)  # forces ~20+ pieces
+        for mpp, want in whole.items():
+            assert np.abs(slide.read(-30, 20, 400, 300, mpp).astype(int) - want).max() <= 1
+        thumb, thumb_mpp = slide.thumbnail(100)
+        assert thumb.shape == (71, 100, 3) and thumb_mpp == pytest.approx(0.25 * 8.96)
