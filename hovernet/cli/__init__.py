@@ -21,7 +21,7 @@ import warnings
 
 import typer
 
-from hovernet.cli.options import unknown_option_hint
+from hovernet.cli.options import hide_aliases, unknown_option_hint
 from hovernet.errors import HoverNetError, Interrupted
 
 # module names under hovernet.cli, in the order they appear in --help
@@ -44,9 +44,9 @@ def build_app() -> typer.Typer:
     return app
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _format_warning(message, category, filename, lineno, line=None) -> str:
     """One plain line per warning, without the source line Python shows by default."""
-    print(f"warning: {message}", file=file or sys.stderr, flush=True)
+    return f"warning: {message}\n"
 
 
 def _raise_interrupted(signum, frame) -> None:
@@ -100,12 +100,13 @@ def run(argv: list[str] | None = None) -> int:
     from hovernet.progress import set_status
 
     set_status(None)
-    app = build_app()
-    old_show = warnings.showwarning
-    warnings.showwarning = _show_warning
+    command = typer.main.get_command(build_app())
+    hide_aliases(command)
+    old_format = warnings.formatwarning
+    warnings.formatwarning = _format_warning
     try:
         with _signals():
-            result = app(args=argv, prog_name=PROG, standalone_mode=False)
+            result = command.main(args=argv, prog_name=PROG, standalone_mode=False)
         return result if isinstance(result, int) else 0
     except Interrupted as exc:
         return _interrupted(exc)
@@ -114,7 +115,7 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     except click_exc.UsageError as exc:
         return _usage_error(exc)
-    except click_exc.Abort:
+    except typer.Abort:
         print("error: aborted", file=sys.stderr)
         return 1
     except HoverNetError as exc:
@@ -129,7 +130,7 @@ def run(argv: list[str] | None = None) -> int:
         )
         return 2
     finally:
-        warnings.showwarning = old_show
+        warnings.formatwarning = old_format
 
 
 def main(argv: list[str] | None = None) -> None:

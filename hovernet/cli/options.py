@@ -1,11 +1,11 @@
 """Option spelling shared by the commands: one primary name in --help, aliases accepted.
 
-Each command declares only its primary option names (the original's underscore spelling where
-the original had the option). `context(aliases)` gives the click context settings whose token
-normaliser maps every other accepted spelling onto the primary one: underscores and dashes are
-interchangeable everywhere (`--model_path` = `--model-path`), and a command's `aliases` table
-adds other names (`--ann-dir` for `--annotations`). Help stays one name per option, so it fits
-80 columns, and the aliases keep working.
+Commands declare their options with the primary name first (the original's underscore spelling
+where the original had the option) and any aliases after it. `hide_aliases` (run on the whole
+command tree by hovernet.cli.run) keeps the primary name for help and gives each command a click
+token normaliser that maps every other accepted spelling onto it: underscores and dashes are
+interchangeable everywhere (`--model_path` = `--model-path`), and declared aliases (`--ann-dir`
+for `--annotations`) keep working. Help stays one name per option, so it fits 80 columns.
 """
 
 from __future__ import annotations
@@ -57,9 +57,30 @@ def normaliser(aliases: Mapping[str, str] | None = None) -> Callable[[str], str]
     return normalise
 
 
-def context(aliases: Mapping[str, str] | None = None, **extra) -> dict:
-    """`context_settings` for a command: alias normaliser and help at most 80 columns."""
-    return {"token_normalize_func": normaliser(aliases), "max_content_width": 80, **extra}
+def hide_aliases(command) -> None:
+    """Keep only the first long name of every option in help; the others become aliases.
+
+    Walks a click command tree (typer.main.get_command of the app): each option keeps its
+    first `--name` (the primary spelling, listed first in the declarations), and each
+    command's token normaliser maps the other names, and any underscore/dash variant, onto
+    it. Help then shows one name per option (80 columns), and every alias still works.
+    """
+    aliases: dict[str, str] = {}
+    for param in getattr(command, "params", []):
+        opts = getattr(param, "opts", None)
+        if param.param_type_name != "option" or not opts:
+            continue
+        longs = [o for o in opts if o.startswith("--")]
+        if len(longs) > 1:
+            for alias in longs[1:]:
+                aliases[canonical(alias)] = canonical(longs[0])
+            param.opts = [o for o in opts if not o.startswith("--")] + longs[:1]
+    settings = dict(command.context_settings or {})
+    settings["token_normalize_func"] = normaliser(aliases)
+    settings.setdefault("max_content_width", 80)
+    command.context_settings = settings
+    for sub in getattr(command, "commands", {}).values():
+        hide_aliases(sub)
 
 
 def unknown_option_hint(option: str, command_path: str) -> str | None:
