@@ -88,11 +88,13 @@ def unknown_option_hint(option: str, command_path: str) -> str | None:
     name = canonical(option)
     mode = ORIGINAL_MODE_OPTIONS.get(name)
     if mode is not None:
+        option = "--" + name.replace("-", "_")  # the original's spelling
         return (
             f"{option} belongs to the original's {mode} mode (whole-slide images), not to "
             f"`{command_path}`: use `hovernet infer ... {mode} {option}=...`"
         )
     if name in INFER_GROUP_OPTIONS and command_path.startswith("hovernet infer "):
+        option = "--" + name.replace("-", "_")
         return (
             f"{option} is an option of `hovernet infer`: put it before the sub-command "
             f"(hovernet infer {option}=... tile ...)"

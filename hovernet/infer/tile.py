@@ -504,12 +504,12 @@ def run_tile(
         with lock:
             in_flight.pop(name, None)
             count = len(summary.done) + len(summary.failed) + 1
-            _record(summary, name, future, count, total, bar.log, fatal)
+            _record(summary, name, future, count, total, log, fatal)
             status()
 
     interrupted = True
     try:
-        images = _read_ahead(todo, config.read_workers, summary, bar.log)
+        images = _read_ahead(todo, config.read_workers, summary, log)
         stream = predict_stream(model, images, config.batch_size, config.precision, geometry)
         t_net = time.perf_counter()
         for path, image, maps in stream:
