@@ -164,7 +164,7 @@ def test_sigint_and_sigterm_stop_cleanly_and_reruns_continue(tmp_path):
     model = HoVerNet("fast", nr_types=3).eval()
     ckpt = tmp_path / "net.tar"
     torch.save({"desc": model.state_dict()}, ckpt)
-    files = _tiles(tmp_path / "in", 5, size=80)
+    files = _tiles(tmp_path / "in", 10, size=160)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "hovernet", "infer", f"--model_path={ckpt}",
            f"--type_info_path={TYPE_INFO}", "--nr_post_proc_workers=1", "--threads=1",
@@ -188,6 +188,7 @@ def test_sigint_and_sigterm_stop_cleanly_and_reruns_continue(tmp_path):
         assert last.startswith("interrupted (") and "images finished in" in last, stderr
         assert "rerun the same command" in last and "Traceback" not in stderr
         assert not list(out.rglob(".*")), "temporary files left"
+        assert before < len(done()) < len(files)
         if sig == signal.SIGTERM:
             assert "already done" in stderr  # the rerun skipped the images of the first run
     finished = done()
@@ -195,7 +196,7 @@ def test_sigint_and_sigterm_stop_cleanly_and_reruns_continue(tmp_path):
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert done() == sorted(p.stem for p in files)
-    assert f"{len(finished)} of 5 images already done" in result.stderr
+    assert f"{len(finished)} of 10 images already done" in result.stderr
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
 
 
