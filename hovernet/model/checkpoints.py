@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +63,14 @@ def _read_file(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's message suggests loading with weights_only=False: never do that here
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" (it needs {found.group(1)})" if found else ""
         raise HoverNetError(
-            f"{path} holds Python objects other than tensors and plain containers, which are "
-            f"not loaded for safety ({str(exc).splitlines()[0]}): re-save it as "
-            '`torch.save({"desc": model.state_dict()}, path)`'
+            f"{path} was refused: besides tensors it contains Python code or objects{what}, "
+            "which are never loaded because loading them could run that code. Re-save the "
+            'weights only, where the file comes from: torch.save({"desc": '
+            "model.state_dict()}, path)"
         ) from None
     except Exception as exc:  # torch raises many types for non-checkpoint bytes
         raise HoverNetError(
