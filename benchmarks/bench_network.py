@@ -25,7 +25,7 @@ at most 50), the configurations interleaved so that load from other
 processes hits all alike, after one warm-up round at batch 1; batch 4 is timed for MONAI, plain
 and prepared only. "max rel diff" compares each variant's outputs with `plain` on the same
 random input. The default run takes about 4 minutes on 2 idle cores; `--quick` (about 30 s there)
-times only `prepared` at batch 1, once after the warm-up (cheap models: for 1 s), and skips
+times only `prepared` at batch 1, once after the warm-up (cheap models: more often), and skips
 MONAI. On a loaded machine, timings of small models (lite) suffer most: rerun when it is idle.
 """
 
@@ -203,9 +203,8 @@ def main() -> None:
     parser.add_argument(
         "--min-seconds",
         type=float,
-        default=None,
-        help="repeat timing rounds of cheap models until this much was timed (best is kept; "
-        "default 3, --quick 1)",
+        default=3.0,
+        help="repeat timing rounds of cheap models until this much was timed (best is kept)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="prepared only, batch 1, one timed call, no MONAI"
@@ -217,7 +216,6 @@ def main() -> None:
     batches = args.batches or ([1] if args.quick else [1, 4])
     reps = args.reps or (1 if args.quick else 2)
     names = ("prepared",) if args.quick else VARIANTS
-    min_seconds = args.min_seconds if args.min_seconds is not None else 1.0 if args.quick else 3.0
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {args.threads} threads, best of {reps}"
@@ -225,7 +223,7 @@ def main() -> None:
     )
     all_rows = []
     for mode in args.modes:
-        all_rows += run(mode, batches, reps, names, min_seconds)
+        all_rows += run(mode, batches, reps, names, args.min_seconds)
     print_summary([summary(mode, all_rows) for mode in args.modes])
     print()
     print(
