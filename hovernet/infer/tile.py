@@ -16,12 +16,11 @@ probability, h, v] without type branch; `type_softmax` (H x W x nr_types) is kep
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -340,13 +339,6 @@ def _finish(job: _Job) -> tuple[str, int, float, float]:
     return job.name, len(nuclei), mid - start, time.perf_counter() - mid
 
 
-def _worker_init() -> None:
-    # one thread per worker: the pool itself is the parallelism, and torch needs the cores
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 # ----------------------------------------------------------------------------------------------
 # the folder runner
 
@@ -376,13 +368,6 @@ class TileSummary:
     postprocess_s: float = 0.0  # summed over workers
     write_s: float = 0.0  # summed over workers
     wall_s: float = 0.0
-
-
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
 
 
 def _read_ahead(
@@ -423,64 +408,43 @@ def run_tile(
     (unreadable input, post-processing or writing error) are logged by name and collected in
     the summary; the caller decides the exit status.
     """
+    from hovernet.infer.engine import EngineConfig, physical_memory, run_engine
+
     files = list_inputs(config.inputs)
     for kind in OUTPUT_KINDS:
         (config.output_dir / kind).mkdir(parents=True, exist_ok=True)
-    geometry = model.geometry
-    budget = max(1, int(config.mem_usage * _physical_memory()))
     summary = TileSummary()
     total = len(files)
     start = time.perf_counter()
-    pool = None
-    if config.post_proc_workers > 0:
-        # spawn: forking a process that has started torch's thread pools can deadlock
-        ctx = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(config.post_proc_workers, ctx, initializer=_worker_init)
-    in_flight: deque[tuple[str, int, Future]] = deque()
 
-    def collect(block: bool) -> None:
-        while in_flight and (block or in_flight[0][2].done()):
-            name, _, future = in_flight.popleft()
-            _record(summary, name, future, len(summary.done) + len(summary.failed) + 1, total, log)
+    def make_job(path: Path, image: np.ndarray, maps: PredMaps) -> tuple[_Job, int]:
+        job = _Job(
+            path.stem,
+            image,
+            maps,
+            model.nr_types,
+            config.output_dir,
+            config.type_info,
+            config.draw_dot,
+            config.save_raw_map,
+        )
+        return job, job.nbytes
 
-    try:
-        images = _read_ahead(files, config.read_workers, summary, log)
-        stream = predict_stream(model, images, config.batch_size, config.precision, geometry)
-        t_net = time.perf_counter()
-        for path, image, maps in stream:
-            summary.network_s += time.perf_counter() - t_net
-            summary.n_patches += len(
-                TileGrid(image.shape[:2], geometry.input_size, geometry.output_size)
-            )
-            job = _Job(
-                path.stem,
-                image,
-                maps,
-                model.nr_types,
-                config.output_dir,
-                config.type_info,
-                config.draw_dot,
-                config.save_raw_map,
-            )
-            if pool is None:
-                done: Future = Future()
-                try:
-                    done.set_result(_finish(job))
-                except Exception as exc:
-                    done.set_exception(exc)
-                in_flight.append((job.name, job.nbytes, done))
-            else:
-                # keep the maps waiting for workers under the memory budget (at least one job)
-                while in_flight and sum(n for _, n, _ in in_flight) + job.nbytes > budget:
-                    wait([in_flight[0][2]])
-                    collect(block=False)
-                in_flight.append((job.name, job.nbytes, pool.submit(_finish, job)))
-            collect(block=False)
-            t_net = time.perf_counter()
-        collect(block=True)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    def on_result(path: Path, result: Any, exc: BaseException | None) -> None:
+        _record(
+            summary, path.stem, result, exc, len(summary.done) + len(summary.failed) + 1, total, log
+        )
+
+    engine = EngineConfig(
+        batch_size=config.batch_size,
+        precision=config.precision,
+        workers=config.post_proc_workers,
+        mem_budget=max(1, int(config.mem_usage * physical_memory())),
+    )
+    images = _read_ahead(files, config.read_workers, summary, log)
+    stats = run_engine(model, images, make_job, _finish, on_result, engine)
+    summary.n_patches = stats.n_windows
+    summary.network_s = stats.network_s
     summary.wall_s = time.perf_counter() - start
     return summary
 
@@ -488,17 +452,17 @@ def run_tile(
 def _record(
     summary: TileSummary,
     name: str,
-    future: Future,
+    result: Any,
+    exc: BaseException | None,
     count: int,
     total: int,
     log: Callable[[str], None],
 ) -> None:
-    try:
-        _, n_nuclei, post_s, write_s = future.result()
-    except Exception as exc:
+    if exc is not None:
         summary.failed[name] = f"{type(exc).__name__}: {exc}"
         log(f"[{count}/{total}] {name}: FAILED ({type(exc).__name__}: {exc})")
         return
+    _, n_nuclei, post_s, write_s = result
     summary.done[name] = n_nuclei
     summary.postprocess_s += post_s
     summary.write_s += write_s
