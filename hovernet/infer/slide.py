@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import math
 import os
 import time
 from collections import deque
@@ -256,6 +257,10 @@ def _open_default(path: Path, config: SlideConfig):
 
 
 def _proc_mpp(model: torch.nn.Module, config: SlideConfig) -> float:
+    if config.proc_mpp is not None and config.proc_mag is None:
+        if not (math.isfinite(config.proc_mpp) and config.proc_mpp > 0):
+            raise HoverNetError(f"--proc_mpp must be a positive number, got {config.proc_mpp}")
+        return float(config.proc_mpp)
     from hovernet.io.wsi import resolve_proc_mpp
 
     meta = getattr(model, "meta", None)
@@ -403,7 +408,7 @@ def run_slide(
                     regions_total=len(plan),
                     regions_tissue=len(tissue_idx),
                     regions_this_run=len(todo),
-                    tissue_mm2=round(tissue_mm2, 4),
+                    tissue_mm2=round(tissue_mm2, 6),
                     nuclei_per_mm2=round(summary["nuclei"] / tissue_mm2, 2) if tissue_mm2 else 0.0,
                     wall_s=round(wall, 3),
                     regions_per_s=round(len(todo) / wall, 4) if wall else 0.0,
