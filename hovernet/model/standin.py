@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from hovernet.config import GEOMETRY, ModelGeometry
 
-
 ANCHOR = 36  # three stripes of 12 px: wider than the 21-px Sobel's half-width
 
 
