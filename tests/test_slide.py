@@ -7,6 +7,7 @@ too slow on a CPU for slide-sized tests); slides are in-memory `ArraySlide`s wit
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import json
@@ -135,6 +136,33 @@ def test_finished_slide_is_skipped_and_overwrite_redoes_it(disk_run, tmp_path):
     cv2.circle(image, (60, 60), 7, (40, 40, 40), -1)
     result, _ = run(image, tmp_path, post_proc_workers=0, overwrite=True)
     assert result.status == "done" and result.n_nuclei == 1
+
+
+def test_interrupted_slide_resumes_to_the_same_exports(disk_run, tmp_path):
+    _, ref, centres = disk_run
+
+    class Failing(ArraySlide):
+        reads = 0
+
+        def read(self, *args):
+            Failing.reads += 1
+            if Failing.reads > 4:
+                raise OSError("disk gone")
+            return super().read(*args)
+
+    image = disk_image((690, 700), centres)
+    config = SlideConfig(tmp_path, proc_mpp=MPP, region_size=328, quiet=True, post_proc_workers=0)
+    for cls in (Failing, ArraySlide):
+        slide = cls(Path("slide.svs"), image, MPP)
+        (result,) = run_slides(
+            BlobNet(), [slide.path], config, lambda line: None, lambda p, c, s=slide: s, dark_tissue
+        )
+        if cls is Failing:
+            assert result.status == "failed" and "disk gone" in result.reason
+            with NucleusStore(output_paths(tmp_path, "slide")["store"], {}) as store:
+                assert 0 < len(store.done_regions()) <= 4
+    assert result.status == "done" and result.summary["regions_this_run"] < 8
+    assert exports_of(output_paths(tmp_path, "slide")) == exports_of(ref)
 
 
 def test_changed_settings_are_refused_on_resume(tmp_path):
@@ -266,3 +294,95 @@ def test_failing_slide_is_reported_and_others_go_on(tmp_path):
     assert "bad.svs: cannot read the slide" in results[0].reason
     assert "bad: FAILED" in lines[0] and "good: 1 nuclei" in lines[1]
     assert replace(config, overwrite=True).overwrite
+
+
+# ----------------------------------------------------------------------------------------------
+# separate processes: resume after SIGKILL, ranks sharing slides
+
+
+WORKER = Path(__file__).with_name("slide_worker.py")
+
+
+def worker(slide_dir, out, region_size=328, workers=1, env=None, **kw):
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
+    args = [sys.executable, str(WORKER), str(slide_dir), str(out), str(region_size), str(workers)]
+    return subprocess.Popen(args, env=full_env, stdout=subprocess.PIPE, text=True, **kw)
+
+
+def exports_of(paths) -> dict:
+    return {
+        key: gzip.decompress(paths[key].read_bytes())
+        if key == "geojson"
+        else paths[key].read_bytes()
+        for key in ("geojson", "json", "csv")
+    }
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_moment_then_resume_gives_the_same_exports(tmp_path):
+    import random
+    import signal
+    import sqlite3
+    import time
+
+    slide_dir = tmp_path / "slides"
+    slide_dir.mkdir()
+    np.save(slide_dir / "s.npy", mosaic(2)[:1312, :1148])
+    reference = worker(slide_dir, tmp_path / "ref", workers=0)
+    assert reference.wait(timeout=300) == 0
+    ref = output_paths(tmp_path / "ref", "s")
+    n_regions = json.loads(ref["summary"].read_text())["regions_tissue"]
+
+    out = tmp_path / "out"
+    proc = worker(slide_dir, out, workers=1)
+    store = output_paths(out, "s")["store"]
+    target = random.Random().randint(1, n_regions - 2)  # a random number of stored regions
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if store.exists():
+            with contextlib.closing(sqlite3.connect(store)) as db:
+                with contextlib.suppress(sqlite3.OperationalError):
+                    if db.execute("SELECT COUNT(*) FROM regions").fetchone()[0] >= target:
+                        break
+        time.sleep(random.uniform(0.0, 0.3))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not output_paths(out, "s")["summary"].exists()  # killed before the end
+
+    resumed = worker(slide_dir, out, workers=1)
+    stdout, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stdout
+    summary = json.loads(output_paths(out, "s")["summary"].read_text())
+    assert 0 < summary["regions_this_run"] < n_regions  # it went on from the stored regions
+    assert exports_of(output_paths(out, "s")) == exports_of(ref)
+
+
+@pytest.mark.slow  # two processes importing torch: ~15 s on 2 cores
+def test_two_ranks_share_slides_without_double_work(tmp_path):
+    import socket
+
+    slide_dir = tmp_path / "slides"
+    slide_dir.mkdir()
+    for i in range(3):
+        np.save(slide_dir / f"s{i}.npy", disk_image((200, 200), [(60 + 20 * i, 100)]))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    procs = [
+        worker(slide_dir, tmp_path / "out", workers=0, env={**env, "RANK": str(r)})
+        for r in range(2)
+    ]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    mine = [
+        {line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("[")}
+        for out in outs
+    ]
+    assert mine[0] | mine[1] == {"s0", "s1", "s2"} and not mine[0] & mine[1]
+    results = json.loads(outs[0].split("RESULTS ", 1)[1])
+    assert results == {f"s{i}": ["done", 1] for i in range(3)}
