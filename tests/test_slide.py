@@ -386,3 +386,98 @@ def test_two_ranks_share_slides_without_double_work(tmp_path):
     assert mine[0] | mine[1] == {"s0", "s1", "s2"} and not mine[0] & mine[1]
     results = json.loads(outs[0].split("RESULTS ", 1)[1])
     assert results == {f"s{i}": ["done", 1] for i in range(3)}
+
+
+# ----------------------------------------------------------------------------------------------
+# the command line, on a TIFF slide with a small real network
+
+
+@pytest.fixture(scope="module")
+def lite_checkpoint(tmp_path_factory) -> Path:
+    import torch
+
+    from hovernet.model.checkpoints import save_checkpoint
+    from hovernet.model.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lite", 3).eval()
+    path = tmp_path_factory.mktemp("model") / "lite.pth"
+    save_checkpoint(path, model, mpp=0.5)
+    return path
+
+
+def tiff_slide(path: Path, image: np.ndarray, mpp: float | None = 0.25) -> Path:
+    import tifffile
+
+    kw = {}
+    if mpp is not None:
+        kw = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
+    tifffile.imwrite(path, image, tile=(256, 256), **kw)
+    return path
+
+
+def cli(args):
+    from test_infer import run_cli
+
+    return run_cli(args)
+
+
+def test_cli_wsi_end_to_end_skip_and_missing_mpp(tmp_path, lite_checkpoint):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    image = mosaic(1)[:700, :640]
+    tiff_slide(slides / "a.tif", image)
+    tiff_slide(slides / "nompp.tif", image[:300, :300], mpp=None)
+    out = tmp_path / "out"
+    args = [
+        "infer",
+        f"--model_path={lite_checkpoint}",
+        "--batch_size=4",
+        "--nr_post_proc_workers=0",
+        "wsi",
+        f"--input_dir={slides}",
+        f"--output_dir={out}",
+        "--save_thumb",
+        "--save_mask",
+        "--save_label_map",
+        "--region_size=448",
+        "--quiet",
+    ]
+    code, stdout, stderr = cli(args)
+    assert code == 2, stdout + stderr
+    assert "nompp" in stderr and "--slide_mpp" in stderr and "1 slide(s) failed" in stderr
+    assert "a: " in stdout and "1 slides done" in stdout
+    summary = json.loads((out / "a.summary.json").read_text())
+    assert summary["proc_mpp"] == 0.5 and summary["dimensions"] == [640, 700]
+    assert summary["mag"] == pytest.approx(20.0)
+    for suffix in (
+        ".geojson.gz",
+        ".json",
+        ".csv",
+        ".overlay.png",
+        ".thumb.png",
+        ".mask.png",
+        ".instances.tif",
+        ".types.tif",
+        ".db",
+    ):
+        assert (out / f"a{suffix}").is_file(), suffix
+    import tifffile
+
+    from hovernet.io.pyramid import decode_rgb24
+
+    with tifffile.TiffFile(out / "a.instances.tif") as tif:
+        labels = decode_rgb24(tif.pages[0].asarray())
+    assert labels.shape == (350, 320) and labels.max() == summary["nuclei"]
+    # the geojson is in level-0 pixels: twice the processing coordinates
+    doc = json.loads(gzip.open(out / "a.geojson.gz", "rt").read())
+    orig = json.loads((out / "a.json").read_text())
+    if doc["features"]:
+        xs = np.array(doc["features"][0]["geometry"]["coordinates"][0])[:, 0]
+        cx = orig["nuc"]["1"]["centroid"][0]
+        assert xs.min() <= 2 * cx + 1 and 2 * cx - 1 <= xs.max()
+
+    # again, with the MPP given: a is skipped, nompp runs
+    code, stdout, stderr = cli([*args[:-1], "--slide_mpp=0.25"])
+    assert code == 0, stderr
+    assert "a: skipped" in stdout and "nompp: " in stdout

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
-import math
 import os
 import time
 from collections import deque
@@ -36,6 +35,7 @@ from hovernet.infer.engine import EngineConfig, make_pool, maps_nbytes, run_engi
 from hovernet.infer.regions import Region, owned_nuclei, plan_regions
 from hovernet.io.slides import IMAGE_SUFFIXES
 from hovernet.io.type_info import TypeInfo
+from hovernet.progress import Progress
 
 SLIDE_FILE_SUFFIXES = IMAGE_SUFFIXES | {".dcm"}
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
@@ -243,11 +243,14 @@ def _default_tissue(slide, name: str, config: SlideConfig):
                 f"no mask for {name} in {config.mask_dir}: add {name}.png (tissue white) or "
                 "leave out --input_mask_dir"
             )
-        mask = tissue.mask_from_user_image(read_rgb(candidates[0]))
-        mask_mpp = slide.dimensions[0] * slide.mpp / mask.shape[1]
+        try:
+            mask = tissue.mask_from_user_image(read_rgb(candidates[0]))
+            mask_mpp = tissue.mask_mpp(mask.shape, slide.dimensions, slide.mpp)
+        except ValueError as exc:
+            raise HoverNetError(f"{candidates[0]}: {exc}") from None
         return thumb, thumb_mpp, mask, mask_mpp
     params = config.tissue if config.tissue is not None else tissue.TissueParams()
-    return thumb, thumb_mpp, tissue.tissue_mask(thumb, params), thumb_mpp
+    return thumb, thumb_mpp, tissue.tissue_mask(thumb, params, mpp=thumb_mpp), thumb_mpp
 
 
 def _open_default(path: Path, config: SlideConfig):
@@ -257,10 +260,6 @@ def _open_default(path: Path, config: SlideConfig):
 
 
 def _proc_mpp(model: torch.nn.Module, config: SlideConfig) -> float:
-    if config.proc_mpp is not None and config.proc_mag is None:
-        if not (math.isfinite(config.proc_mpp) and config.proc_mpp > 0):
-            raise HoverNetError(f"--proc_mpp must be a positive number, got {config.proc_mpp}")
-        return float(config.proc_mpp)
     from hovernet.io.wsi import resolve_proc_mpp
 
     meta = getattr(model, "meta", None)
@@ -319,6 +318,7 @@ def run_slide(
     tissue_fn: Callable[[Any, str, SlideConfig], tuple] | None = None,
 ) -> SlideResult:
     """Segment one slide into `config.output_dir` (see the module docstring); errors raise."""
+    from hovernet.infer.tissue import tissue_area_mm2
     from hovernet.io.store import NucleusStore
 
     name = path.stem
@@ -344,7 +344,7 @@ def run_slide(
             thumb, thumb_mpp, mask, mask_mpp = (tissue_fn or _default_tissue)(slide, name, config)
             plan = plan_regions(width, height, model.geometry, config.region_size, config.margin)
             tissue_idx = plan.tissue_indices(mask, mask_mpp / proc_mpp, config.min_tissue_fraction)
-            tissue_mm2 = float(np.count_nonzero(mask)) * (mask_mpp / 1000.0) ** 2
+            tissue_mm2 = tissue_area_mm2(mask, mask_mpp)
             if not tissue_idx:
                 log(f"warning: {name}: no tissue found; exporting no nuclei (check the mask)")
             meta = {
@@ -364,8 +364,9 @@ def run_slide(
                 done = store.done_regions()
                 todo = [plan.region(i) for i in tissue_idx if i not in done]
                 failures: list[str] = []
-                with _progress(len(tissue_idx), name, config.quiet) as bar:
-                    bar.advance(len(tissue_idx) - len(todo), store.count())
+                nuclei_so_far = store.count()
+                with Progress(len(tissue_idx), name, "regions", config.quiet) as bar:
+                    bar.advance(len(tissue_idx) - len(todo), nuclei=nuclei_so_far)
                     nr_types = getattr(model, "nr_types", None)
 
                     def make_job(region: Region, image: np.ndarray, maps) -> tuple[Any, int]:
@@ -375,12 +376,14 @@ def run_slide(
                         return job, maps_nbytes(maps.pred_map, maps.type_softmax)
 
                     def on_result(region: Region, result, exc: BaseException | None) -> None:
+                        nonlocal nuclei_so_far
                         if exc is not None:
                             failures.append(f"region {region.index}: {type(exc).__name__}: {exc}")
                             return
                         nuclei, cut = result
                         store.add_region(region.index, region.core, nuclei, cut)
-                        bar.advance(1, len(nuclei))
+                        nuclei_so_far += len(nuclei)
+                        bar.advance(1, nuclei=nuclei_so_far)
 
                     engine = EngineConfig(
                         config.batch_size,
@@ -401,7 +404,7 @@ def run_slide(
                     else 10.0 / proc_mpp
                 )
                 summary = _export(
-                    store, slide, paths, config, name, thumb, thumb_mpp, mask, proc_mpp, mag
+                    store, slide, paths, config, name, thumb, thumb_mpp, mask, proc_mpp, mag, log
                 )
                 wall = time.perf_counter() - start
                 summary.update(
@@ -424,7 +427,7 @@ def run_slide(
     return SlideResult(name, "done", "", summary["nuclei"], summary)
 
 
-def _export(store, slide, paths, config, name, thumb, thumb_mpp, mask, proc_mpp, mag) -> dict:
+def _export(store, slide, paths, config, name, thumb, thumb_mpp, mask, proc_mpp, mag, log) -> dict:
     from hovernet.io import slide_exports as ex
     from hovernet.io.writers import class_of
 
@@ -437,13 +440,13 @@ def _export(store, slide, paths, config, name, thumb, thumb_mpp, mask, proc_mpp,
     if config.save_thumb:
         ex.write_png(paths["thumb"], thumb)
     if config.save_label_map:
-        _write_label_maps(store, paths, proc_mpp)
+        _write_label_maps(store, paths, slide.size_at(proc_mpp), proc_mpp)
     per_class: dict[str, int] = {}
     for t, n in sorted(store.counts_by_type().items(), key=lambda kv: (kv[0] is None, kv[0])):
         per_class[class_of({"type": t}, config.type_info)[0]] = n
     n_cut = store.n_cut()
     if n_cut:
-        print(f"warning: {name}: {n_cut} nuclei touch a region border; use a larger margin")
+        log(f"warning: {name}: {n_cut} nuclei touch a region border; use a larger margin")
     return {
         "slide": str(slide.path),
         "dimensions": list(slide.dimensions),
@@ -457,74 +460,29 @@ def _export(store, slide, paths, config, name, thumb, thumb_mpp, mask, proc_mpp,
     }
 
 
-def _write_label_maps(store, paths: dict[str, Path], proc_mpp: float) -> None:
+def _write_label_maps(store, paths: dict[str, Path], size: tuple[int, int], mpp: float) -> None:
     """Instance ids (export numbering) and types as tiled pyramidal TIFFs at proc resolution."""
     import cv2
 
     from hovernet.io.pyramid import write_label_pyramid
 
-    width, height = (int(v / store.meta["scale"]) for v in store.meta["dimensions"])
+    width, height = size
     ids = {rec["store_id"]: n for n, rec in enumerate(store.nuclei(), start=1)}
 
     def tile_fn(kind: str):
         def read_tile(x: int, y: int, w: int, h: int) -> np.ndarray:
-            out = np.zeros((h, w), np.int32 if kind == "instances" else np.uint8)
+            out = np.zeros((h, w), np.int32)
             for rec in store.nuclei((x, y, x + w, y + h)):
                 value = ids[rec["store_id"]] if kind == "instances" else (rec["type"] or 0)
                 pts = (rec["contour"] - np.array([x, y], np.int32)).reshape(-1, 1, 2)
                 cv2.fillPoly(out, [pts], int(value))
-            return out
+            return out.astype(np.uint32 if kind == "instances" else np.uint8)
 
         return read_tile
 
     for kind in ("instances", "types"):
-        write_label_pyramid(paths[kind], (height, width), tile_fn(kind), proc_mpp)
-
-
-# ----------------------------------------------------------------------------------------------
-# progress (rich; swap for hovernet.progress once it exists)
-
-
-class _Bar:
-    def __init__(self, total: int, desc: str, quiet: bool):
-        self.total, self.desc, self.quiet = total, desc, quiet
-        self.done = self.nuclei = 0
-        self._progress = None
-
-    def __enter__(self) -> _Bar:
-        if not self.quiet:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("regions, {task.fields[nuclei]} nuclei"),
-                TimeRemainingColumn(),
-            )
-            self._progress.__enter__()
-            self._task = self._progress.add_task(self.desc, total=self.total, nuclei=0)
-        return self
-
-    def advance(self, n: int, nuclei: int) -> None:
-        self.done += n
-        self.nuclei += nuclei
-        if self._progress is not None:
-            self._progress.update(self._task, advance=n, nuclei=self.nuclei)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-
-
-def _progress(total: int, desc: str, quiet: bool) -> _Bar:
-    return _Bar(total, desc, quiet)
+        dtype = np.uint32 if kind == "instances" else np.uint8
+        write_label_pyramid(paths[kind], (height, width), tile_fn(kind), mpp, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------
