@@ -393,7 +393,9 @@ def run_slide(
                         max_in_flight=max(2, 2 * config.post_proc_workers),
                     )
                     items = _read_regions(slide, todo, proc_mpp, config.read_workers)
-                    run_engine(model, items, make_job, _region_work, on_result, engine, pool)
+                    stats = run_engine(
+                        model, items, make_job, _region_work, on_result, engine, pool
+                    )
                 if failures:
                     raise HoverNetError(
                         f"{len(failures)} region(s) failed (rerun to retry them): {failures[0]}"
@@ -411,6 +413,8 @@ def run_slide(
                     regions_total=len(plan),
                     regions_tissue=len(tissue_idx),
                     regions_this_run=len(todo),
+                    network_windows_this_run=stats.n_windows,
+                    network_s=round(stats.network_s, 3),
                     tissue_mm2=round(tissue_mm2, 6),
                     nuclei_per_mm2=round(summary["nuclei"] / tissue_mm2, 2) if tissue_mm2 else 0.0,
                     wall_s=round(wall, 3),
