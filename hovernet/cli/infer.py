@@ -13,7 +13,6 @@ checkpoint is an error.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +50,9 @@ class InferOptions:
     def post_proc_workers(self) -> int:
         if self.nr_post_proc_workers is not None:
             return self.nr_post_proc_workers
-        return min(2, max(0, (os.cpu_count() or 1) - 1))
+        from hovernet.infer.engine import available_cpus
+
+        return min(2, max(0, available_cpus() - 1))
 
 
 def load_for_inference(opts: InferOptions):
@@ -239,6 +240,9 @@ def register(app: typer.Typer) -> None:
         )
         run_and_report(opts, config, quiet=quiet)
 
+    from hovernet.cli.infer_wsi import register_wsi
+
+    register_wsi(infer_app)
     app.add_typer(infer_app, name="infer")
 
 

@@ -17,14 +17,12 @@ probability, h, v] without type branch; `type_softmax` (H x W x nr_types) is kep
 from __future__ import annotations
 
 import errno
-import multiprocessing
 import os
-import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -351,15 +349,6 @@ def _finish(job: _Job) -> tuple[str, int, float, float]:
     return job.name, len(nuclei), mid - start, time.perf_counter() - mid
 
 
-def _worker_init() -> None:
-    # one thread per worker: the pool itself is the parallelism, and torch needs the cores
-    import cv2
-
-    cv2.setNumThreads(1)
-    # Ctrl-C reaches the whole process group: the main process ends the workers itself
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 # ----------------------------------------------------------------------------------------------
 # the folder runner
 
@@ -391,13 +380,6 @@ class TileSummary:
     postprocess_s: float = 0.0  # summed over workers
     write_s: float = 0.0  # summed over workers
     wall_s: float = 0.0
-
-
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
 
 
 def _read_ahead(
@@ -448,6 +430,7 @@ def run_tile(
     exception goes on; `hovernet.progress.current_status()` then says what was finished.
     `progress` (optional) is advanced by network patches, with the nuclei found so far.
     """
+    from hovernet.infer.engine import EngineConfig, physical_memory, run_engine
     from hovernet.io.atomic import check_writable_dir, remove_empty_dirs, remove_temporaries
 
     files = list_inputs(config.inputs)
@@ -474,7 +457,7 @@ def run_tile(
         return len(TileGrid(shape, geometry.input_size, geometry.output_size))
 
     bar.set_total(sum(patches_of(s) for s in sizes.values() if s is not None))
-    budget = max(1, int(config.mem_usage * _physical_memory()))
+    budget = max(1, int(config.mem_usage * physical_memory()))
     total = len(todo)
     lock = threading.Lock()
     fatal: list[str] = []
@@ -489,86 +472,49 @@ def run_tile(
 
     status()
     start = time.perf_counter()
-    pool = None
-    if config.post_proc_workers > 0 and todo:
-        # spawn: forking a process that has started torch's thread pools can deadlock
-        ctx = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(config.post_proc_workers, ctx, initializer=_worker_init)
-    in_flight: dict[str, tuple[int, Future]] = {}
 
-    stopping: list[bool] = []
-
-    def finished(name: str, future: Future) -> None:
-        if stopping:  # the workers were ended on an interrupt: nothing to report
-            return
-        with lock:
-            in_flight.pop(name, None)
-            count = len(summary.done) + len(summary.failed) + 1
-            _record(summary, name, future, count, total, log, fatal)
-            status()
-
-    interrupted = True
-    try:
-        images = _read_ahead(todo, config.read_workers, summary, log)
-        stream = predict_stream(model, images, config.batch_size, config.precision, geometry)
-        t_net = time.perf_counter()
-        for path, image, maps in stream:
-            summary.network_s += time.perf_counter() - t_net
-            n_patches = patches_of(image.shape[:2])
-            summary.n_patches += n_patches
-            if sizes.get(path) is None:
-                bar.set_total((bar.total or 0) + n_patches)
-            job = _Job(
-                path.stem,
-                image,
-                maps,
-                model.nr_types,
-                out,
-                config.type_info,
-                config.draw_dot,
-                config.save_raw_map,
-            )
-            if pool is None:
-                done: Future = Future()
-                try:
-                    done.set_result(_finish(job))
-                except Exception as exc:
-                    done.set_exception(exc)
-                in_flight[job.name] = (job.nbytes, done)
-                finished(job.name, done)
-            else:
-                # keep the maps waiting for workers under the memory budget (at least one job)
-                while True:
-                    with lock:
-                        waiting = [f for _, f in in_flight.values()]
-                        used = sum(n for n, _ in in_flight.values())
-                    if not waiting or used + job.nbytes <= budget:
-                        break
-                    wait(waiting, return_when="FIRST_COMPLETED")
-                future = pool.submit(_finish, job)
-                with lock:
-                    in_flight[job.name] = (job.nbytes, future)
-                future.add_done_callback(lambda f, name=job.name: finished(name, f))
-            with lock:
-                nuclei = sum(summary.done.values())
-            bar.advance(n_patches, nuclei=nuclei)
-            if fatal:
-                raise HoverNetError(fatal[0])
-            t_net = time.perf_counter()
-        if pool is not None:
-            pool.shutdown(wait=True)
+    def make_job(path: Path, image: np.ndarray, maps: PredMaps) -> tuple[_Job, int]:
         if fatal:
             raise HoverNetError(fatal[0])
-        interrupted = False
+        n_patches = patches_of(image.shape[:2])
+        if sizes.get(path) is None:
+            bar.set_total((bar.total or 0) + n_patches)
+        with lock:
+            nuclei = sum(summary.done.values())
+        bar.advance(n_patches, nuclei=nuclei)
+        job = _Job(
+            path.stem,
+            image,
+            maps,
+            model.nr_types,
+            out,
+            config.type_info,
+            config.draw_dot,
+            config.save_raw_map,
+        )
+        return job, job.nbytes
+
+    def on_result(path: Path, result: Any, exc: BaseException | None) -> None:
+        with lock:
+            count = len(summary.done) + len(summary.failed) + 1
+            _record(summary, path.stem, result, exc, count, total, log, fatal)
+            status()
+
+    engine = EngineConfig(
+        batch_size=config.batch_size,
+        precision=config.precision,
+        workers=config.post_proc_workers if todo else 0,
+        mem_budget=budget,
+        report_as_done=True,
+    )
+    try:
+        images = _read_ahead(todo, config.read_workers, summary, log)
+        stats = run_engine(model, images, make_job, _finish, on_result, engine)
+        summary.n_patches = stats.n_windows
+        summary.network_s = stats.network_s
+        if fatal:
+            raise HoverNetError(fatal[0])
     finally:
-        if pool is not None:
-            if interrupted:
-                stopping.append(True)
-                # end the workers now: an image they were writing is not done (not all five
-                # outputs exist) and is redone by the next run
-                for process in list(getattr(pool, "_processes", {}).values()):
-                    process.terminate()
-            pool.shutdown(wait=True, cancel_futures=True)
         remove_temporaries(out)
         if created and not summary.done:
             remove_empty_dirs(out)
@@ -579,15 +525,14 @@ def run_tile(
 def _record(
     summary: TileSummary,
     name: str,
-    future: Future,
+    result: Any,
+    exc: BaseException | None,
     count: int,
     total: int,
     log: Callable[[str], None],
     fatal: list[str] | None = None,
 ) -> None:
-    try:
-        _, n_nuclei, post_s, write_s = future.result()
-    except Exception as exc:
+    if exc is not None:
         if isinstance(exc, OSError) and exc.errno in FATAL_ERRNOS and fatal is not None:
             where = exc.filename or "the output folder"
             fatal.append(
@@ -597,6 +542,7 @@ def _record(
         summary.failed[name] = f"{type(exc).__name__}: {exc}"
         log(f"[{count}/{total}] {name}: FAILED ({type(exc).__name__}: {exc})")
         return
+    _, n_nuclei, post_s, write_s = result
     summary.done[name] = n_nuclei
     summary.postprocess_s += post_s
     summary.write_s += write_s

@@ -155,11 +155,61 @@ def _prob_names(nuclei: Nuclei, type_info: TypeInfo | None) -> list[str]:
         n = max(type_info) + 1 if type_info else 0
     else:
         n = len(first.get("type_probs") or [])
+    return prob_names(n, type_info)
+
+
+def prob_names(n: int, type_info: TypeInfo | None) -> list[str]:
+    """Names of `n` per-class probabilities: the type_info names, else "type <c>"."""
     names = []
     for c in range(n):
         name = type_info[c][0] if type_info and c in type_info else f"type {c}"
         names.append(str(name))
     return names
+
+
+def nucleus_feature(
+    key: str,
+    nid: int,
+    rec: Mapping[str, Any],
+    type_info: TypeInfo | None,
+    shapes: Mapping[int, Mapping[str, float]] | None,
+    class_names: list[str],
+    scale: float = 1.0,
+) -> dict[str, Any]:
+    """One QuPath detection Feature (see `write_geojson`); `key` seeds its deterministic UUID.
+
+    `scale` multiplies the coordinates (after the outline is built from the pixel contour),
+    for nuclei found at a lower resolution than the image the GeoJSON refers to.
+    """
+    from shapely import affinity
+    from shapely.geometry import mapping
+
+    name, colour = class_of(rec, type_info)
+    values: dict[str, float] = {"Nucleus ID": nid}
+    if rec.get("type_prob") is not None:
+        values["Type probability"] = float(rec["type_prob"])
+    if shapes is not None:
+        for key_, unit in MEASUREMENTS.items():
+            label = key_.capitalize() + (f" ({unit})" if unit else "")
+            values[label] = float(shapes[nid][key_])
+    for cname, p in zip(class_names, rec.get("type_probs") or [], strict=False):
+        values[f"Probability {cname}"] = float(p)
+    outline = shapes[nid].get("outline") if shapes is not None else None
+    # the outer boundary of the nucleus pixels in corner coordinates when measured (exact in
+    # QuPath); else the pixel-centre contour of the records
+    poly = _outline_geometry(outline) if outline else _polygon(rec["contour"])
+    if scale != 1.0:
+        poly = affinity.scale(poly, scale, scale, origin=(0, 0))
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid5(_UUID_NAMESPACE, key)),
+        "geometry": mapping(poly),
+        "properties": {
+            "objectType": "detection",
+            "classification": {"name": name, "color": list(colour)},
+            "measurements": values,
+        },
+    }
 
 
 def write_geojson(
@@ -181,41 +231,13 @@ def write_geojson(
     `measurements` (or `inst_map`, to compute them) adds area, perimeter, eccentricity and
     solidity; "Nucleus ID" and "Type probability" are always there.
     """
-    from shapely.geometry import mapping
-
     stem = os.fspath(path).replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
     shapes = _measurements(inst_map, nuclei, measurements)
-    prob_names = _prob_names(nuclei, type_info)
-    features = []
-    for nid, rec in nuclei.items():
-        nid = int(nid)
-        name, colour = class_of(rec, type_info)
-        values: dict[str, float] = {"Nucleus ID": nid}
-        if rec.get("type_prob") is not None:
-            values["Type probability"] = float(rec["type_prob"])
-        if shapes is not None:
-            for key, unit in MEASUREMENTS.items():
-                label = key.capitalize() + (f" ({unit})" if unit else "")
-                values[label] = float(shapes[nid][key])
-        for cname, p in zip(prob_names, rec.get("type_probs") or [], strict=False):
-            values[f"Probability {cname}"] = float(p)
-        outline = shapes[nid].get("outline") if shapes is not None else None
-        if outline:
-            geometry = _outline_geometry(outline)
-        else:
-            geometry = _polygon(rec["contour"])
-        features.append(
-            {
-                "type": "Feature",
-                "id": str(uuid.uuid5(_UUID_NAMESPACE, f"{stem}/{nid}")),
-                "geometry": mapping(geometry),
-                "properties": {
-                    "objectType": "detection",
-                    "classification": {"name": name, "color": list(colour)},
-                    "measurements": values,
-                },
-            }
-        )
+    names = _prob_names(nuclei, type_info)
+    features = [
+        nucleus_feature(f"{stem}/{int(nid)}", int(nid), rec, type_info, shapes, names)
+        for nid, rec in nuclei.items()
+    ]
     doc = {"type": "FeatureCollection", "features": features}
     write_text_atomic(path, json.dumps(doc, default=_plain))
 
@@ -235,6 +257,25 @@ CSV_COLUMNS = [
 ]
 
 
+def csv_header(class_names: list[str]) -> list[str]:
+    return CSV_COLUMNS + [f"prob_{n}" for n in class_names]
+
+
+def csv_row(
+    nid: int, rec: Mapping[str, Any], type_info: TypeInfo | None, shapes: Mapping[str, float]
+) -> list:
+    """One CSV row (see `write_csv`) of a nucleus record and its measurements."""
+    (rmin, cmin), (rmax, cmax) = rec["bbox"]
+    t, p = rec.get("type"), rec.get("type_prob")
+    row = [nid, "" if t is None else int(t), class_of(rec, type_info)[0]]
+    row += ["" if p is None else repr(float(p))]
+    row += [repr(float(c)) for c in rec["centroid"]]
+    row += [repr(shapes[k]) for k in MEASUREMENTS]
+    row += [int(rmin), int(cmin), int(rmax), int(cmax)]
+    row += [repr(float(v)) for v in rec.get("type_probs") or []]
+    return row
+
+
 def write_csv(
     path: PathLike,
     inst_map: np.ndarray,
@@ -245,21 +286,12 @@ def write_csv(
     """One row per nucleus: CSV_COLUMNS, then `prob_<class>` columns when records have
     `type_probs`. Type and probability are empty for an untyped model; sizes are in pixels."""
     shapes = _measurements(inst_map, nuclei, measurements)
-    prob_names = _prob_names(nuclei, type_info)
+    names = _prob_names(nuclei, type_info)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS + [f"prob_{n}" for n in prob_names])
+    writer.writerow(csv_header(names))
     for nid, rec in nuclei.items():
-        nid = int(nid)
-        (rmin, cmin), (rmax, cmax) = rec["bbox"]
-        t, p = rec.get("type"), rec.get("type_prob")
-        row = [nid, "" if t is None else int(t), class_of(rec, type_info)[0]]
-        row += ["" if p is None else repr(float(p))]
-        row += [repr(float(c)) for c in rec["centroid"]]
-        row += [repr(shapes[nid][k]) for k in MEASUREMENTS]
-        row += [int(rmin), int(cmin), int(rmax), int(cmax)]
-        row += [repr(float(v)) for v in rec.get("type_probs") or []]
-        writer.writerow(row)
+        writer.writerow(csv_row(int(nid), rec, type_info, shapes[int(nid)]))
     write_text_atomic(path, buf.getvalue())
 
 
