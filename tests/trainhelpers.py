@@ -1,0 +1,51 @@
+"""Test helpers for the trainer: a tiny registered test double and small patch folders."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from hovernet.config import geometry_for
+from hovernet.model import registry
+from hovernet.model.network import centre_crop
+
+
+class TinyNet(nn.Module):
+    """A few convolutions with the `fast` geometry (256 -> 164) and the registry's interface."""
+
+    def __init__(self, nr_types: int | None = None, norm: bool = True) -> None:
+        super().__init__()
+        self.mode = "tiny" if norm else "tiny_nonorm"
+        self.nr_types = nr_types or None
+        self.geometry = geometry_for("fast")
+        self.channels_last = False
+        layers: list[tuple[str, nn.Module]] = []
+        ch = 3
+        for i in range(2):
+            layers.append((f"conv{i}", nn.Conv2d(ch, 8, 3, padding=1)))
+            if norm:
+                layers.append((f"bn{i}", nn.BatchNorm2d(8)))
+            layers.append((f"relu{i}", nn.ReLU()))
+            ch = 8
+        self.d0 = nn.Sequential(OrderedDict(layers))  # "encoder" (frozen by the first phase)
+        heads = {"np": 2, "hv": 2} | ({"tp": self.nr_types} if self.nr_types else {})
+        self.heads = nn.ModuleDict({k: nn.Conv2d(8, c, 1) for k, c in heads.items()})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = centre_crop(self.d0(x / 255.0), (164, 164))
+        return {k: self.heads[k](f) for k in ("np", "hv", "tp") if k in self.heads}
+
+
+class _TinyArch(registry.Architecture):
+    @property
+    def geometry(self):
+        return geometry_for("fast")
+
+
+def register_tiny(monkeypatch) -> None:
+    """Register `tiny` (with BatchNorm) and `tiny_nonorm` for the duration of a test."""
+    for name, norm in (("tiny", True), ("tiny_nonorm", False)):
+        arch = _TinyArch(name, lambda n, norm=norm: TinyNet(n, norm), "test double")
+        monkeypatch.setitem(registry.ARCHITECTURES, name, arch)
