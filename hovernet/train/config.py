@@ -41,6 +41,7 @@ class TrainConfig:
     balance_classes: bool = False  # the class-balanced sampler (typed data)
     steps_per_epoch: int | None = None  # None: one pass over the data; N: N steps, with replacement
     time_limit: float | None = None  # minutes; stop cleanly (resumable) when spent
+    stop_after_steps: int | None = None  # stop (resumable) after this many steps of this call
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto = bf16 (or fp16) on CUDA, fp32 on CPU

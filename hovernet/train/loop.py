@@ -285,6 +285,7 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
     writer = _tensorboard(cfg, run) if dist.main else None
     started = time.monotonic()
     seconds_before = state.train_seconds
+    steps_this_call = 0
     limit_s = None if cfg.time_limit is None else cfg.time_limit * 60.0
     stopped = "done"
     record: dict = {}
@@ -329,16 +330,21 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
                 bar.advance(1, loss=values["loss"])
                 if writer is not None:
                     writer.add_scalar("train/loss_step", values["loss"], state.global_step)
+                steps_this_call += 1
                 if limit_s is not None and _time_up(started, limit_s, dist):
                     stopped = "time"
                     break
+                if cfg.stop_after_steps and steps_this_call >= cfg.stop_after_steps:
+                    stopped = "steps"
+                    break
         state.train_seconds = seconds_before + time.monotonic() - started
-        if stopped == "time" and state.step_in_epoch < sampler.steps:
+        if stopped != "done" and state.step_in_epoch < sampler.steps:
             if dist.main:
                 save_run_checkpoint(
                     run / "last.pth", net, data, cfg, state, optimizer, scaler, device
                 )
-            _log(cfg, dist, f"time limit reached at step {state.global_step}: saved last.pth")
+            why = "time limit reached" if stopped == "time" else "step limit reached"
+            _log(cfg, dist, f"{why} at step {state.global_step}: saved last.pth (--resume)")
             break
         record = _end_epoch(cfg, dist, state, lr, sampler.steps, epoch)
         validate_now = cfg.valid_every and (epoch + 1) % cfg.valid_every == 0 and data.valid
