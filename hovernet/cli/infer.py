@@ -122,7 +122,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--model_mode",
             "--model-mode",
-            help="original or fast; read from the checkpoint if left out (checked if given).",
+            help="original, fast or lite; read from the checkpoint if left out (checked if given).",
         ),
         nr_types: int | None = typer.Option(
             None,
