@@ -50,8 +50,37 @@ class _TinyArch(registry.Architecture):
         return geometry_for("fast")
 
 
+def tiny_architectures() -> dict[str, registry.Architecture]:
+    """`tiny` (with BatchNorm) and `tiny_nonorm` as registry entries."""
+    return {
+        name: _TinyArch(
+            name,
+            lambda n, norm=norm: TinyNet(n, norm),
+            "test double",
+            lambda sd: registry.NOT_MINE,  # never claims a checkpoint
+            "test double",
+        )
+        for name, norm in (("tiny", True), ("tiny_nonorm", False))
+    }
+
+
 def register_tiny(monkeypatch) -> None:
-    """Register `tiny` (with BatchNorm) and `tiny_nonorm` for the duration of a test."""
-    for name, norm in (("tiny", True), ("tiny_nonorm", False)):
-        arch = _TinyArch(name, lambda n, norm=norm: TinyNet(n, norm), "test double")
+    """Register the test doubles for the duration of a test."""
+    for name, arch in tiny_architectures().items():
         monkeypatch.setitem(registry.ARCHITECTURES, name, arch)
+
+
+def ddp_worker(rank: int, cfg, world: int) -> None:
+    """One process of a CPU (gloo) run: the test double must be registered in each process."""
+    import os
+
+    from hovernet.train.loop import Dist, train
+
+    registry.ARCHITECTURES.update(tiny_architectures())
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0")
+    torch.set_num_threads(1)
+    try:
+        train(cfg, Dist(rank, world, 0))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -39,6 +39,7 @@ class TrainConfig:
     msge_variant: str = "paper"
     class_weights: list[float] | None = None  # per type id, for the type cross-entropy
     balance_classes: bool = False  # the class-balanced sampler (typed data)
+    augment: bool = True  # False: centre crops, no augmentation (overfitting checks)
     steps_per_epoch: int | None = None  # None: one pass over the data; N: N steps, with replacement
     time_limit: float | None = None  # minutes; stop cleanly (resumable) when spent
     stop_after_steps: int | None = None  # stop (resumable) after this many steps of this call

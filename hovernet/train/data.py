@@ -51,7 +51,7 @@ def _has_split(folder: Path, split: str) -> bool:
 
 
 def load_training_data(
-    folders: Sequence[Path], geometry: ModelGeometry, seed: int = 0
+    folders: Sequence[Path], geometry: ModelGeometry, seed: int = 0, augment: bool = True
 ) -> TrainingData:
     if not folders:
         raise HoverNetError("no --data folder given: pass a folder written by extract-patches")
@@ -67,7 +67,8 @@ def load_training_data(
                 f"{folder} has no training patches (no 'train' split): run extract-patches "
                 "with --valid-fraction below 1, or pass another folder"
             )
-        ds = PatchDataset.from_folder(folder, "train", geometry=geometry, augment=True, seed=seed)
+        kw = {"geometry": geometry, "seed": seed}
+        ds = PatchDataset.from_folder(folder, "train", augment=augment, **kw)
         train.append(ds)
         if _has_split(folder, "valid"):
             valid.append(

@@ -63,6 +63,7 @@ class TrainResult:
     state: TrainState
     stopped: str  # "done", "time", "steps"
     last_metrics: dict = field(default_factory=dict)
+    step_losses: list[float] = field(default_factory=list)  # total loss of each step of this call
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,7 @@ def _log(cfg: TrainConfig, dist: Dist, line: str) -> None:
 def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
     """Train (or resume with `cfg.resume`) the run in `cfg.out`; see the module docstring."""
     from hovernet.infer.tile import autocast_dtype
-    from hovernet.train.progress import epoch_progress
+    from hovernet.progress import Progress
     from hovernet.train.validate import instance_metrics, patch_metrics
 
     dist = dist or dist_from_env()
@@ -240,7 +241,8 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
         torch.distributed.barrier()
 
     torch.manual_seed(cfg.seed)
-    data = load_training_data(cfg.data, get_architecture(cfg.arch).geometry, cfg.seed)
+    geometry = get_architecture(cfg.arch).geometry
+    data = load_training_data(cfg.data, geometry, cfg.seed, cfg.augment)
     net = build_model(cfg.arch, data.nr_types)
     if cfg.pretrained is not None and not cfg.resume:
         from hovernet.model.pretrained import load_encoder_weights
@@ -286,6 +288,7 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
     started = time.monotonic()
     seconds_before = state.train_seconds
     steps_this_call = 0
+    step_losses: list[float] = []
     limit_s = None if cfg.time_limit is None else cfg.time_limit * 60.0
     stopped = "done"
     record: dict = {}
@@ -314,10 +317,10 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
             group["lr"] = lr
         net.train()
         sampler.set_epoch(epoch, state.step_in_epoch)
-        with epoch_progress(
-            sampler.steps, f"epoch {epoch + 1}/{total_epochs}", cfg.quiet or not dist.main
-        ) as bar:
-            bar.advance(state.step_in_epoch)
+        desc = f"epoch {epoch + 1}/{total_epochs}"
+        with Progress(sampler.steps, desc, "steps", cfg.quiet or not dist.main) as bar:
+            if state.step_in_epoch:
+                bar.advance(state.step_in_epoch)
             for batch in loader:
                 values = _train_step(
                     model, batch, cfg, device, amp_dtype, channels_last, optimizer, scaler,
@@ -327,6 +330,7 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
                     state.sums[k] = state.sums.get(k, 0.0) + v
                 state.step_in_epoch += 1
                 state.global_step += 1
+                step_losses.append(values["loss"])
                 bar.advance(1, loss=values["loss"])
                 if writer is not None:
                     writer.add_scalar("train/loss_step", values["loss"], state.global_step)
@@ -373,7 +377,7 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
         writer.close()
     if dist.world > 1:
         torch.distributed.barrier()
-    return TrainResult(run, state, stopped, record)
+    return TrainResult(run, state, stopped, record, step_losses)
 
 
 def _time_up(started: float, limit_s: float, dist: Dist) -> bool:
