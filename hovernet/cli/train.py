@@ -73,6 +73,12 @@ def register(app: typer.Typer) -> None:
         valid_images: int | None = typer.Option(
             None, "--valid-images", help="Validation patches scored by PQ (0 = none)."
         ),
+        valid_patches: int | None = typer.Option(
+            None, "--valid-patches", help="Validation patches for loss/Dice (default all)."
+        ),
+        no_augment: bool = typer.Option(
+            False, "--no-augment", help="Centre crops without augmentation."
+        ),
         sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm across GPUs."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar or epoch lines."),
     ) -> None:
@@ -87,7 +93,9 @@ def register(app: typer.Typer) -> None:
             view=view, pretrained=pretrained, freeze_encoder=freeze_encoder, mpp=mpp,
             time_limit=time_limit, steps_per_epoch=steps_per_epoch, msge_variant=msge,
             device=device, precision=precision, workers=workers, seed=seed,
-            valid_images=valid_images, resume=resume or None, overwrite=overwrite or None,
+            valid_images=valid_images, valid_patches=valid_patches,
+            augment=False if no_augment else None, resume=resume or None,
+            overwrite=overwrite or None,
             balance_classes=balance_classes or None, sync_bn=sync_bn or None, quiet=quiet or None,
         )  # fmt: skip
         yaml_path = config

@@ -52,6 +52,7 @@ class TrainConfig:
     sync_bn: bool = False
     mpp: float | None = None  # microns per pixel of the training images, recorded in checkpoints
     valid_every: int = 1  # epochs between validations (0 = never)
+    valid_patches: int | None = None  # validation patches for the patch figures (None = all)
     valid_images: int = 32  # validation patches scored through tile inference (PQ, AJI...)
     valid_crop: int = 256  # centre crop of each such patch, pixels
     resume: bool = False

@@ -355,8 +355,16 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
         if dist.main and validate_now:
             record.update(
                 patch_metrics(
-                    net, data.valid, device, cfg.batch, cfg.weights, cfg.msge_variant, amp_dtype
-                )
+                    net,
+                    data.valid,
+                    device,
+                    cfg.batch,
+                    cfg.weights,
+                    cfg.msge_variant,
+                    amp_dtype,
+                    cfg.valid_patches,
+                    workers,
+                )  # fmt: skip
             )
             if cfg.valid_images > 0:
                 record.update(

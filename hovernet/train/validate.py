@@ -24,11 +24,13 @@ from hovernet.metrics.instance import instance_stats, pool_instance_stats
 from hovernet.train.losses import IGNORE, LossWeights, hovernet_losses
 
 
-def _batches(datasets: Sequence[PatchDataset], batch: int):
-    items = [(ds, i) for ds in datasets for i in range(len(ds))]
-    for lo in range(0, len(items), batch):
-        samples = [ds[i] for ds, i in items[lo : lo + batch]]
-        yield {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+def _loader(datasets: Sequence[PatchDataset], batch: int, limit: int | None, workers: int):
+    from torch.utils.data import ConcatDataset, DataLoader, Subset
+
+    data = ConcatDataset(datasets)
+    if limit is not None:
+        data = Subset(data, range(min(limit, len(data))))
+    return DataLoader(data, batch_size=batch, num_workers=workers, shuffle=False)
 
 
 @torch.no_grad()
@@ -40,7 +42,10 @@ def patch_metrics(
     weights: LossWeights = LossWeights(),
     msge_variant: str = "paper",
     amp_dtype: torch.dtype | None = None,
+    limit: int | None = None,
+    workers: int = 0,
 ) -> dict[str, float]:
+    """The validation figures over the first `limit` (None: all) validation patches."""
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -50,7 +55,7 @@ def patch_metrics(
     nr_types = getattr(model, "nr_types", None)
     tp_inter = np.zeros(nr_types or 0)
     tp_total = np.zeros(nr_types or 0)
-    for b in _batches(datasets, batch):
+    for b in _loader(datasets, batch, limit, workers):
         img = b["img"].to(device).float()
         tgt = {k: v.to(device) for k, v in b.items() if k != "img"}
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)):
