@@ -184,7 +184,15 @@ def test_config_yaml_and_seed_spellings(tmp_path, folders):
     assert code == 0
     grid = out / "view_train.png"
     assert grid.is_file() and grid.stat().st_size > 10_000
+    code = _cli(["train", f"--data={folders[0]}", f"--out={out}", "--arch=tiny", "--view=valid"])
+    assert code == 0 and (out / "view_valid.png").is_file()
     assert _cli(["train", f"--data={folders[0]}", f"--out={out}", "--gpu=0,1"]) == 2
+    assert _cli(["train", f"--data={folders[0]}", f"--out={out}", "--img=300"]) == 2
+
+
+def test_class_weights_must_match_the_types(folders, tmp_path):
+    with pytest.raises(HoverNetError, match="class_weights has 2 values but the model has 5"):
+        train(_cfg(folders, tmp_path / "run", class_weights=[1.0, 2.0]))
 
 
 def test_time_limit_stops_cleanly_and_resumes(folders, tmp_path):

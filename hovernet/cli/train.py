@@ -60,6 +60,9 @@ def register(app: typer.Typer) -> None:
         steps_per_epoch: int | None = typer.Option(
             None, "--steps-per-epoch", help="Steps per epoch (draws with replacement)."
         ),
+        class_weights: str | None = typer.Option(
+            None, "--class-weights", help="Type cross-entropy weight per type id, e.g. 1,1,4."
+        ),
         balance_classes: bool = typer.Option(
             False, "--balance-classes", help="Class-balanced sampling of typed patches."
         ),
@@ -88,6 +91,14 @@ def register(app: typer.Typer) -> None:
 
         if img is not None:
             arch = _arch_for_img(img, arch)
+        weights = None
+        if class_weights is not None:
+            try:
+                weights = [float(w) for w in class_weights.split(",")]
+            except ValueError:
+                raise HoverNetError(
+                    f"--class-weights {class_weights!r}: give numbers separated by commas"
+                ) from None
         overrides = dict(
             data=data or None, out=out, arch=arch, epochs=epochs, batch=batch, lr=lr, gpu=gpu,
             view=view, pretrained=pretrained, freeze_encoder=freeze_encoder, mpp=mpp,
@@ -96,7 +107,8 @@ def register(app: typer.Typer) -> None:
             valid_images=valid_images, valid_patches=valid_patches,
             augment=False if no_augment else None, resume=resume or None,
             overwrite=overwrite or None,
-            balance_classes=balance_classes or None, sync_bn=sync_bn or None, quiet=quiet or None,
+            balance_classes=balance_classes or None, class_weights=weights,
+            sync_bn=sync_bn or None, quiet=quiet or None,
         )  # fmt: skip
         yaml_path = config
         if yaml_path is None and resume and out is not None and (out / CONFIG_NAME).is_file():

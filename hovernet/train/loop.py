@@ -279,9 +279,14 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
         persistent_workers=workers > 0,
         drop_last=False,
     )
-    class_weights = (
-        torch.tensor(cfg.class_weights, dtype=torch.float32) if cfg.class_weights else None
-    )
+    class_weights = None
+    if cfg.class_weights:
+        if data.nr_types is None or len(cfg.class_weights) != data.nr_types:
+            raise HoverNetError(
+                f"class_weights has {len(cfg.class_weights)} values but the model has "
+                f"{data.nr_types or 0} types (background included): give one per type id"
+            )
+        class_weights = torch.tensor(cfg.class_weights, dtype=torch.float32)
     phases = n_phases(cfg)
     total_epochs = cfg.epochs * phases
     writer = _tensorboard(cfg, run) if dist.main else None
@@ -335,7 +340,7 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
                 if writer is not None:
                     writer.add_scalar("train/loss_step", values["loss"], state.global_step)
                 steps_this_call += 1
-                if limit_s is not None and _time_up(started, limit_s, dist):
+                if limit_s is not None and _time_up(started, limit_s, dist, device):
                     stopped = "time"
                     break
                 if cfg.stop_after_steps and steps_this_call >= cfg.stop_after_steps:
@@ -388,10 +393,13 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
     return TrainResult(run, state, stopped, record, step_losses)
 
 
-def _time_up(started: float, limit_s: float, dist: Dist) -> bool:
-    up = torch.tensor([float(time.monotonic() - started >= limit_s)])
-    if dist.world > 1:
-        torch.distributed.broadcast(up, 0)
+def _time_up(started: float, limit_s: float, dist: Dist, device: torch.device) -> bool:
+    spent = time.monotonic() - started >= limit_s
+    if dist.world == 1:
+        return spent
+    # rank 0's clock decides, so that every process stops after the same step
+    up = torch.tensor([float(spent)], device=device)
+    torch.distributed.broadcast(up, 0)
     return bool(up.item())
 
 
