@@ -199,8 +199,12 @@ def test_time_limit_stops_cleanly_and_resumes(folders, tmp_path):
     cfg = _cfg(folders, tmp_path / "run", epochs=50, steps_per_epoch=2, time_limit=1e-6)
     result = train(cfg)
     assert result.stopped == "time" and result.state.global_step == 1
-    resumed = train(_cfg(folders, tmp_path / "run", epochs=1, steps_per_epoch=2, resume=True))
-    assert resumed.stopped == "done" and resumed.state.global_step == 2
+    # the command line resumes with the run's own config.yaml (same time limit: one more step)
+    assert _cli(["train", "--out", str(tmp_path / "run"), "--resume"]) == 0
+    state = torch.load(tmp_path / "run" / "last.pth", weights_only=True)["train_state"]
+    assert state["global_step"] == 2 and state["epoch"] == 1
+    resumed = train(_cfg(folders, tmp_path / "run", epochs=2, steps_per_epoch=2, resume=True))
+    assert resumed.stopped == "done" and resumed.state.global_step == 4
 
 
 @pytest.mark.slow
