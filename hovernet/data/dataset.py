@@ -9,7 +9,8 @@ Each sample is a dict of tensors for a network of the given geometry (input S, o
 - ``img``: uint8, 3 x S x S, RGB 0..255 (cast with ``.float()``; the network divides by 255)
 - ``np_map``: int64, s x s, 1 on nuclei
 - ``hv_map``: float32, 2 x s x s, channel 0 horizontal (x), channel 1 vertical (y)
-- ``tp_map``: int64, s x s, type ids (only for typed data)
+- ``tp_map``: int64, s x s, type ids (only for typed data; for untyped patches when
+  ``untyped_fill`` is set, filled with that value, e.g. -1 = "no type label" for the loss)
 
 Randomness: each process draws from its own ``numpy.random.Generator``. In the main process it
 is seeded with ``seed``; in a DataLoader worker with ``(seed, torch worker seed)``, so workers
@@ -121,6 +122,7 @@ class PatchDataset(Dataset):
         seed: int | None = None,
         aug_config: AugmentConfig | None = None,
         manifest_rows: Sequence[dict[str, str]] | None = None,
+        untyped_fill: int | None = None,
     ) -> None:
         self.files = [Path(f) for f in files]
         if not self.files:
@@ -131,6 +133,7 @@ class PatchDataset(Dataset):
         self.aug_config = aug_config or AugmentConfig()
         self.manifest_rows = list(manifest_rows) if manifest_rows else None
         self.with_type = load_patch(self.files[0])[1].shape[-1] > 1
+        self.untyped_fill = untyped_fill
         self._rng: np.random.Generator | None = None
         self._rng_owner: int | None = None
 
@@ -158,22 +161,37 @@ class PatchDataset(Dataset):
             self._rng_owner = owner
         return self._rng
 
-    def sample_arrays(self, index: int) -> dict[str, np.ndarray]:
-        """The sample as NumPy arrays (HWC image, HW maps, HW x 2 HV): for viewing and tests."""
+    def sample_arrays(
+        self, index: int, rng: np.random.Generator | None = None
+    ) -> dict[str, np.ndarray]:
+        """The sample as NumPy arrays (HWC image, HW maps, HW x 2 HV): for viewing and tests.
+
+        `rng` replaces this process's generator for this one sample (the trainer passes one
+        per sample, so a sample's augmentation does not depend on workers or on resuming).
+        """
         img, labels = load_patch(self.files[index])
         if self.with_type and labels.shape[-1] < 2:
             raise HoverNetError(f"{self.files[index]} has no type map but the first patch does")
-        rng = self.rng() if self.augment else None
+        if self.augment:
+            rng = rng if rng is not None else self.rng()
+        else:
+            rng = None
         size, out = self.geometry.input_size, self.geometry.output_size
         img, labels = augment_sample(img, labels, size, rng, self.aug_config)
         hv, np_map = hv_targets(labels[..., 0], (out, out))
         sample = {"img": img, "np_map": np_map, "hv_map": hv}
         if self.with_type:
             sample["tp_map"] = np.ascontiguousarray(crop_center(labels[..., 1], (out, out)))
+        elif self.untyped_fill is not None:
+            sample["tp_map"] = np.full((out, out), self.untyped_fill, np.int64)
         return sample
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        s = self.sample_arrays(index)
+        return self.tensors(self.sample_arrays(index))
+
+    @staticmethod
+    def tensors(s: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """A sample of NumPy arrays (`sample_arrays`) as the tensors `__getitem__` returns."""
         item = {
             "img": torch.from_numpy(s["img"]).permute(2, 0, 1).contiguous(),
             "np_map": torch.from_numpy(s["np_map"]).long(),

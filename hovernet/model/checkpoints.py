@@ -228,11 +228,14 @@ def save_checkpoint(
     model: nn.Module,
     type_info: dict | None = None,
     mpp: float | None = None,
+    extra: dict | None = None,
 ) -> None:
     """Write `model` with its mode, nr_types, type names/colours and mpp, atomically.
 
     `type_info` is `{id: (name, (r, g, b))}` (ids 0..nr_types-1, 0 = background) or the
     original's type_info.json form; `mpp` is the resolution the model was trained at.
+    `extra` adds keys (tensors and plain containers only, e.g. the trainer's resume state);
+    loaders ignore them.
     """
     if getattr(model, "prepared_for_inference", False):
         raise HoverNetError(
@@ -262,5 +265,9 @@ def save_checkpoint(
         "mpp": None if mpp is None else float(mpp),
         "desc": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
+    clash = sorted(set(extra or {}) & set(payload))
+    if clash:
+        raise HoverNetError(f"extra checkpoint keys {clash} would replace the model's own")
+    payload.update(extra or {})
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

@@ -1,0 +1,483 @@
+"""The training loop: `train(cfg)` runs (or resumes) one run in `cfg.out`.
+
+Run folder:
+
+    config.yaml     the resolved configuration
+    last.pth        the latest state: model (the project's checkpoint format, so `hovernet infer`
+                    reads it as it is) + optimiser, scaler, epoch, step and RNG state for --resume
+    best.pth        the model of the epoch with the best validation PQ (or loss without PQ)
+    metrics.jsonl   one line per epoch: epoch, train_loss, each term, lr, the validation figures
+    plots/*.png     loss terms, validation Dice, accuracy, PQ, learning rate
+    tensorboard/    TensorBoard logs
+
+Exact resume: an epoch's sample order and every sample's augmentation are drawn from (seed,
+epoch) alone (`EpochSampler`), the learning rate is a function of the epoch, and the checkpoint
+holds model, optimiser, scaler, the step inside the epoch, the epoch's running sums and the
+torch RNG state. So stopping anywhere and resuming gives the same weights as running straight.
+
+Several processes (torchrun, or `--gpu 0,1` via `launch`): DistributedDataParallel, each
+process takes its share of every global batch; logs and checkpoints on rank 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from hovernet.errors import HoverNetError
+from hovernet.io.atomic import write_text_atomic
+from hovernet.model.checkpoints import save_checkpoint
+from hovernet.model.registry import build_model, get_architecture
+from hovernet.train.config import CONFIG_NAME, TrainConfig, config_to_dict, config_yaml
+from hovernet.train.data import EpochSampler, SeededConcat, balanced_weights, load_training_data
+from hovernet.train.losses import hovernet_losses
+
+RUN_FILES = ("config.yaml", "last.pth", "best.pth", "metrics.jsonl")
+ENCODER_PREFIXES = ("d0.", "d1.", "d2.", "d3.")  # frozen in the first phase (the original's)
+
+
+class TrainingDiverged(HoverNetError):
+    """A loss term became NaN or infinite."""
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed; the epoch in progress is this one (0-based)
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    sums: dict[str, float] = field(default_factory=dict)  # running sums of the epoch's terms
+    train_seconds: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    state: TrainState
+    stopped: str  # "done", "time", "steps"
+    last_metrics: dict = field(default_factory=dict)
+    step_losses: list[float] = field(default_factory=list)  # total loss of each step of this call
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_from_env() -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def default_workers() -> int:
+    """DataLoader workers: the CPUs this process may use, minus one for the main loop, <= 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus - 1))
+
+
+def pick_device(cfg: TrainConfig, dist: Dist) -> torch.device:
+    from hovernet.infer.tile import resolve_device
+
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and dist.world > 1:
+        device = torch.device("cuda", dist.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of a (0-based) epoch: drops once per phase, at `lr_drop_epoch`."""
+    in_phase = epoch % cfg.epochs
+    return cfg.lr * (cfg.lr_drop_factor if in_phase >= cfg.lr_drop_epoch else 1.0)
+
+
+def n_phases(cfg: TrainConfig) -> int:
+    freeze = cfg.freeze_encoder if cfg.freeze_encoder is not None else cfg.pretrained is not None
+    return 2 if freeze else 1
+
+
+def set_encoder_frozen(model: torch.nn.Module, frozen: bool) -> None:
+    prefixes = getattr(model, "encoder_prefixes", ENCODER_PREFIXES)
+    names = [n for n, _ in model.named_parameters() if n.startswith(tuple(prefixes))]
+    if frozen and not names:
+        raise HoverNetError(
+            f"architecture {model.mode!r} has no encoder layers to freeze: train without "
+            "--freeze-encoder"
+        )
+    for name, param in model.named_parameters():
+        param.requires_grad_(not (frozen and name.startswith(tuple(prefixes))))
+
+
+def prepare_run_folder(cfg: TrainConfig) -> Path:
+    out = cfg.out
+    if out is None:
+        raise HoverNetError("no run folder: pass --out RUN")
+    existing = [n for n in RUN_FILES if (out / n).exists()]
+    if cfg.resume:
+        if not (out / "last.pth").is_file():
+            raise HoverNetError(
+                f"--resume: {out}/last.pth does not exist: start the run without --resume"
+            )
+    elif existing and not cfg.overwrite:
+        raise HoverNetError(
+            f"run folder {out} already holds a run ({', '.join(existing)}): continue it with "
+            "--resume, pass --overwrite to start again, or choose another --out"
+        )
+    elif existing:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_run_checkpoint(path, net, data, cfg, state, optimizer, scaler, device) -> None:
+    extra = {
+        "train_state": asdict(state),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": _rng_state(device),
+        "config": config_to_dict(cfg),
+    }
+    save_checkpoint(path, net, type_info=data.type_info, mpp=cfg.mpp, extra=extra)
+
+
+def load_run_checkpoint(path: Path, net, optimizer, scaler, device) -> TrainState:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if "train_state" not in obj:
+        raise HoverNetError(f"{path} holds no training state: it cannot be resumed")
+    state_dict = {k.removeprefix("module."): v for k, v in obj["desc"].items()}
+    try:
+        net.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise HoverNetError(
+            f"{path} does not fit the configured model ({net.mode}, nr_types={net.nr_types}): "
+            f"{str(exc).splitlines()[0]}; resume with the run's own settings"
+        ) from None
+    optimizer.load_state_dict(obj["optimizer"])
+    if scaler is not None and obj.get("scaler"):
+        scaler.load_state_dict(obj["scaler"])
+    _set_rng_state(obj["rng"], device)
+    return TrainState(**obj["train_state"])
+
+
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln)["epoch"] <= epochs_done]
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(ln + "\n" for ln in kept))
+
+
+def _append_line(path: Path, record: dict) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _make_optimizer(cfg: TrainConfig, net: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _wrap(net: torch.nn.Module, dist: Dist, device: torch.device) -> torch.nn.Module:
+    if dist.world == 1:
+        return net
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(net, device_ids=ids, broadcast_buffers=True)
+
+
+def _log(cfg: TrainConfig, dist: Dist, line: str) -> None:
+    if dist.main and not cfg.quiet:
+        print(line, flush=True)
+
+
+def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
+    """Train (or resume with `cfg.resume`) the run in `cfg.out`; see the module docstring."""
+    from hovernet.infer.tile import autocast_dtype
+    from hovernet.progress import Progress
+    from hovernet.train.validate import instance_metrics, patch_metrics
+
+    dist = dist or dist_from_env()
+    if dist.world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend, rank=dist.rank, world_size=dist.world)
+    device = pick_device(cfg, dist)
+    amp_dtype = autocast_dtype(device, cfg.precision)
+    run = prepare_run_folder(cfg) if dist.main else cfg.out
+    if dist.world > 1:
+        torch.distributed.barrier()
+
+    torch.manual_seed(cfg.seed)
+    geometry = get_architecture(cfg.arch).geometry
+    data = load_training_data(cfg.data, geometry, cfg.seed, cfg.augment)
+    net = build_model(cfg.arch, data.nr_types)
+    if cfg.pretrained is not None and not cfg.resume:
+        from hovernet.model.pretrained import load_encoder_weights
+
+        _log(cfg, dist, f"encoder: {load_encoder_weights(net, cfg.pretrained).summary()}")
+    if cfg.sync_bn and dist.world > 1:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    net.to(device)
+    channels_last = cfg.channels_last and device.type == "cuda"
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    optimizer = _make_optimizer(cfg, net)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    state = TrainState()
+    if cfg.resume:
+        state = load_run_checkpoint(run / "last.pth", net, optimizer, scaler, device)
+        if dist.main:
+            _truncate_metrics(run / "metrics.jsonl", state.epoch)
+    if dist.main:
+        write_text_atomic(run / CONFIG_NAME, config_yaml(cfg))
+
+    train_set = SeededConcat(data.train)
+    weights = balanced_weights(data.train) if cfg.balance_classes else None
+    sampler = EpochSampler(
+        len(train_set), cfg.batch, cfg.seed, dist.rank, dist.world, cfg.steps_per_epoch, weights
+    )
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=cfg.batch,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        drop_last=False,
+    )
+    class_weights = None
+    if cfg.class_weights:
+        if data.nr_types is None or len(cfg.class_weights) != data.nr_types:
+            raise HoverNetError(
+                f"class_weights has {len(cfg.class_weights)} values but the model has "
+                f"{data.nr_types or 0} types (background included): give one per type id"
+            )
+        class_weights = torch.tensor(cfg.class_weights, dtype=torch.float32)
+    phases = n_phases(cfg)
+    total_epochs = cfg.epochs * phases
+    writer = _tensorboard(cfg, run) if dist.main else None
+    started = time.monotonic()
+    seconds_before = state.train_seconds
+    steps_this_call = 0
+    step_losses: list[float] = []
+    limit_s = None if cfg.time_limit is None else cfg.time_limit * 60.0
+    stopped = "done"
+    record: dict = {}
+    _log(
+        cfg,
+        dist,
+        f"training {cfg.arch} (nr_types={data.nr_types}) on {len(train_set)} patches from "
+        f"{len(cfg.data)} folder(s), {sampler.steps} steps/epoch x {total_epochs} epochs, "
+        f"batch {cfg.batch} x {dist.world} process(es), {device}, "
+        f"{'fp32' if amp_dtype is None else str(amp_dtype).split('.')[-1]}, {workers} workers",
+    )
+
+    frozen_now = None
+    model = net
+    while state.epoch < total_epochs and stopped == "done":
+        epoch = state.epoch
+        frozen = phases == 2 and epoch < cfg.epochs
+        if phases == 2 and epoch == cfg.epochs and state.step_in_epoch == 0:
+            optimizer = _make_optimizer(cfg, net)  # the original starts phase 2 afresh
+        if frozen != frozen_now:
+            set_encoder_frozen(net, frozen)
+            model = _wrap(net, dist, device)
+            frozen_now = frozen
+        lr = lr_at(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        net.train()
+        sampler.set_epoch(epoch, state.step_in_epoch)
+        desc = f"epoch {epoch + 1}/{total_epochs}"
+        with Progress(sampler.steps, desc, "steps", cfg.quiet or not dist.main) as bar:
+            if state.step_in_epoch:
+                bar.advance(state.step_in_epoch)
+            for batch in loader:
+                values = _train_step(
+                    model, batch, cfg, device, amp_dtype, channels_last, optimizer, scaler,
+                    class_weights, dist, state,
+                )  # fmt: skip
+                for k, v in values.items():
+                    state.sums[k] = state.sums.get(k, 0.0) + v
+                state.step_in_epoch += 1
+                state.global_step += 1
+                step_losses.append(values["loss"])
+                bar.advance(1, loss=values["loss"])
+                if writer is not None:
+                    writer.add_scalar("train/loss_step", values["loss"], state.global_step)
+                steps_this_call += 1
+                if limit_s is not None and _time_up(started, limit_s, dist, device):
+                    stopped = "time"
+                    break
+                if cfg.stop_after_steps and steps_this_call >= cfg.stop_after_steps:
+                    stopped = "steps"
+                    break
+        state.train_seconds = seconds_before + time.monotonic() - started
+        if stopped != "done" and state.step_in_epoch < sampler.steps:
+            if dist.main:
+                save_run_checkpoint(
+                    run / "last.pth", net, data, cfg, state, optimizer, scaler, device
+                )
+            why = "time limit reached" if stopped == "time" else "step limit reached"
+            _log(cfg, dist, f"{why} at step {state.global_step}: saved last.pth (--resume)")
+            break
+        record = _end_epoch(cfg, dist, state, lr, sampler.steps, epoch)
+        validate_now = cfg.valid_every and (epoch + 1) % cfg.valid_every == 0 and data.valid
+        if dist.main and validate_now:
+            record.update(
+                patch_metrics(
+                    net,
+                    data.valid,
+                    device,
+                    cfg.batch,
+                    cfg.weights,
+                    cfg.msge_variant,
+                    amp_dtype,
+                    cfg.valid_patches,
+                    workers,
+                )  # fmt: skip
+            )
+            if cfg.valid_images > 0:
+                record.update(
+                    instance_metrics(
+                        net, data.valid, cfg.valid_images, cfg.valid_crop, cfg.batch,
+                        cfg.precision,
+                    )
+                )  # fmt: skip
+        state.epoch += 1
+        state.step_in_epoch = 0
+        state.sums = {}
+        if dist.main:
+            _finish_epoch(cfg, run, net, data, state, optimizer, scaler, device, record, writer)
+            _log(cfg, dist, _summary(record))
+        if dist.world > 1:
+            torch.distributed.barrier()
+    if writer is not None:
+        writer.close()
+    if dist.world > 1:
+        torch.distributed.barrier()
+    return TrainResult(run, state, stopped, record, step_losses)
+
+
+def _time_up(started: float, limit_s: float, dist: Dist, device: torch.device) -> bool:
+    spent = time.monotonic() - started >= limit_s
+    if dist.world == 1:
+        return spent
+    # rank 0's clock decides, so that every process stops after the same step
+    up = torch.tensor([float(spent)], device=device)
+    torch.distributed.broadcast(up, 0)
+    return bool(up.item())
+
+
+def _train_step(
+    model, batch, cfg, device, amp_dtype, channels_last, optimizer, scaler, class_weights,
+    dist, state,
+) -> dict[str, float]:  # fmt: skip
+    img = batch["img"].to(device, non_blocking=True).float()
+    if channels_last:
+        img = img.contiguous(memory_format=torch.channels_last)
+    target = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "img"}
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)):
+        out = model(img)
+    total, terms = hovernet_losses(out, target, cfg.weights, cfg.msge_variant, class_weights)
+    names = ["loss", *terms]
+    values = torch.stack([total.detach(), *(t.detach() for t in terms.values())]).float()
+    if dist.world > 1:
+        torch.distributed.all_reduce(values)
+        values /= dist.world
+    values = values.cpu()
+    if not bool(torch.isfinite(values).all()):
+        bad = [n for n, v in zip(names, values.tolist(), strict=True) if not math.isfinite(v)]
+        term = next((n for n in bad if n != "loss"), bad[0])
+        raise TrainingDiverged(
+            f"loss term {term} is {values[names.index(term)].item()} at step "
+            f"{state.global_step + 1} (epoch {state.epoch + 1}): training stopped, "
+            f"{cfg.out}/last.pth keeps the last good state; lower --lr or check the data"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        total.backward()
+        optimizer.step()
+    return dict(zip(names, values.tolist(), strict=True))
+
+
+def _end_epoch(cfg, dist, state, lr, steps, epoch) -> dict:
+    n = max(state.step_in_epoch, 1)
+    means = {k: v / n for k, v in state.sums.items()}
+    record = {"epoch": epoch + 1, "train_loss": means.pop("loss", float("nan"))}
+    record.update(means)
+    record.update(lr=lr, steps=state.global_step, time_s=round(state.train_seconds, 2))
+    return record
+
+
+def _finish_epoch(cfg, run, net, data, state, optimizer, scaler, device, record, writer):
+    from hovernet.train.plots import write_plots
+
+    score = record.get("valid_pq", -record.get("valid_loss", math.inf))
+    if "valid_pq" in record or "valid_loss" in record:
+        if score > state.best_score:
+            state.best_score, state.best_epoch = float(score), state.epoch
+            save_run_checkpoint(run / "best.pth", net, data, cfg, state, optimizer, scaler, device)
+    record["best_epoch"] = state.best_epoch
+    _append_line(run / "metrics.jsonl", record)
+    save_run_checkpoint(run / "last.pth", net, data, cfg, state, optimizer, scaler, device)
+    if writer is not None:
+        for k, v in record.items():
+            if isinstance(v, (int, float)) and k != "epoch":
+                writer.add_scalar(f"epoch/{k}", v, state.epoch)
+        writer.flush()
+    write_plots(run / "metrics.jsonl", run / "plots")
+
+
+def _summary(record: dict) -> str:
+    keys = ("train_loss", "valid_loss", "valid_np_dice", "valid_pq", "valid_aji", "lr")
+    parts = [f"{k}={record[k]:.4g}" for k in keys if k in record]
+    return f"epoch {record.get('epoch')}: " + " ".join(parts)
+
+
+def _tensorboard(cfg: TrainConfig, run: Path):
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: logs are optional
+        return None
+    return SummaryWriter(str(run / "tensorboard"))

@@ -1,0 +1,220 @@
+"""The training loop: exact resume, NaN stop, mixed typed/untyped folders, run folder, config.
+
+Uses `tiny`, a few-convolution test double registered only inside these tests (trainhelpers),
+on small folders of real CoNSeP patches (patchdata)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from patchdata import make_patch_folder
+from trainhelpers import register_tiny
+
+from hovernet.cli import main
+from hovernet.errors import HoverNetError
+from hovernet.model.checkpoints import load_model
+from hovernet.train import loop
+from hovernet.train.config import TrainConfig, config_from_dict, resolve_config
+from hovernet.train.data import EpochSampler, load_training_data
+from hovernet.train.loop import train
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    typed = make_patch_folder(root / "typed", train=[0, 1, 2], valid=[3], size=300)
+    untyped = make_patch_folder(root / "untyped", train=[4, 5], valid=[6], size=300, typed=False)
+    return typed, untyped
+
+
+@pytest.fixture(autouse=True)
+def tiny(monkeypatch):
+    register_tiny(monkeypatch)
+
+
+def _cfg(folders, out, **kw) -> TrainConfig:
+    base = dict(
+        data=list(folders), out=out, arch="tiny", epochs=1, batch=2, workers=0, lr=1e-3,
+        steps_per_epoch=4, valid_images=0, quiet=True, tensorboard=False, mpp=0.5, valid_every=0,
+    )  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _cli(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["desc"]
+
+
+def test_resume_mid_epoch_is_exact(folders, tmp_path):
+    straight = train(_cfg(folders, tmp_path / "a"))
+    assert straight.stopped == "done" and straight.state.global_step == 4
+    first = train(_cfg(folders, tmp_path / "b", stop_after_steps=2))
+    assert first.stopped == "steps" and first.state.step_in_epoch == 2
+    second = train(_cfg(folders, tmp_path / "b", resume=True))
+    assert second.state.global_step == 4
+    a, b = _weights(tmp_path / "a" / "last.pth"), _weights(tmp_path / "b" / "last.pth")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+    ma = json.loads((tmp_path / "a" / "metrics.jsonl").read_text())
+    mb = json.loads((tmp_path / "b" / "metrics.jsonl").read_text())
+    assert ma["train_loss"] == mb["train_loss"] and ma["hv_msge"] == mb["hv_msge"]
+    # the checkpoint records what inference needs: types, colours, mpp
+    obj = torch.load(tmp_path / "a" / "last.pth", weights_only=True)
+    assert obj["mode"] == "tiny" and obj["nr_types"] == 5 and obj["mpp"] == 0.5
+    assert obj["type_info"]["2"][0] == "inflammatory"
+
+
+def test_training_lowers_the_loss_and_writes_the_run(folders, tmp_path):
+    cfg = _cfg(folders, tmp_path / "run", epochs=3, lr=3e-3, tensorboard=True, valid_images=2)
+    cfg.valid_every = 1
+    result = train(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    assert lines[-1]["np_bce"] < lines[0]["np_bce"]
+    terms = ("np_bce", "np_dice", "hv_mse", "hv_msge", "tp_bce", "tp_dice", "lr")
+    valid = ("valid_np_dice", "valid_np_acc", "valid_hv_mse", "valid_pq", "valid_aji")
+    for key in terms + valid:
+        assert key in lines[-1], key
+    assert result.state.best_epoch in (1, 2, 3)
+    best = torch.load(tmp_path / "run" / "best.pth", weights_only=True)
+    assert best["train_state"]["epoch"] == result.state.best_epoch
+    assert {p.name for p in (tmp_path / "run" / "plots").iterdir()} >= {
+        "loss.png", "valid_dice.png", "valid_accuracy.png", "valid_pq.png", "lr.png"
+    }  # fmt: skip
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+    saved = config_from_dict(
+        __import__("yaml").safe_load((tmp_path / "run" / "config.yaml").read_text())
+    )
+    assert saved.epochs == 3 and saved.arch == "tiny"
+    # an existing run is never overwritten unless asked
+    with pytest.raises(HoverNetError, match="already holds a run"):
+        train(cfg)
+
+
+def test_nan_stops_with_step_and_term_and_keeps_last_good(folders, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = loop.hovernet_losses
+
+    def poisoned(out, batch, *args, **kw):
+        total, terms = real(out, batch, *args, **kw)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            terms["hv_msge"] = terms["hv_msge"] * float("nan")
+            total = total + terms["hv_msge"]
+        return total, terms
+
+    monkeypatch.setattr(loop, "hovernet_losses", poisoned)
+    cfg = _cfg(folders, tmp_path / "run", epochs=2, steps_per_epoch=2, valid_every=0)
+    with pytest.raises(HoverNetError, match=r"hv_msge is nan at step 3 \(epoch 2\)"):
+        train(cfg)
+    obj = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    assert obj["train_state"]["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in obj["desc"].values() if v.is_floating_point())
+
+
+def test_typed_and_untyped_folders_train_together(folders):
+    from hovernet.config import geometry_for
+
+    data = load_training_data(folders, geometry_for("fast"))
+    assert data.nr_types == 5 and data.type_info[1][0] == "other"
+    typed_ds, untyped_ds = data.train
+    assert typed_ds.with_type and not untyped_ds.with_type
+    s = untyped_ds[0]
+    assert s["tp_map"].shape == (164, 164) and bool((s["tp_map"] == -1).all())
+    t = typed_ds[0]["tp_map"]
+    assert t.min() >= 0 and t.max() >= 1
+    # only untyped data: no type branch at all
+    assert load_training_data([folders[1]], geometry_for("fast")).nr_types is None
+
+
+def test_different_type_info_is_refused(folders, tmp_path):
+    other = make_patch_folder(tmp_path / "other", train=[7], valid=[], size=300)
+    (other / "type_info.json").write_text(
+        json.dumps({"0": ["bg", [0, 0, 0]], "1": ["x", [1, 2, 3]]})
+    )
+    from hovernet.config import geometry_for
+
+    with pytest.raises(HoverNetError, match="must use the same classes"):
+        load_training_data([folders[0], other], geometry_for("fast"))
+
+
+def test_sampler_shards_global_batches_and_is_reproducible():
+    one = EpochSampler(10, 4, seed=3)
+    one.set_epoch(2)
+    order = list(one)
+    two = [EpochSampler(10, 2, seed=3, rank=r, world=2) for r in range(2)]
+    for s in two:
+        s.set_epoch(2)
+    parts = [list(s) for s in two]
+    merged = [x for step in range(2) for p in parts for x in p[2 * step : 2 * step + 2]]
+    assert merged == order
+    resumed = EpochSampler(10, 4, seed=3)
+    resumed.set_epoch(2, start_step=1)
+    assert list(resumed) == order[4:]
+    assert len(set(i for i, _ in order)) == 8  # a permutation without replacement
+    other = EpochSampler(10, 4, seed=3)
+    other.set_epoch(3)
+    assert list(other) != order
+
+
+def test_config_yaml_and_seed_spellings(tmp_path, folders):
+    yml = tmp_path / "run.yaml"
+    yml.write_text("epochs: 7\nbatch: 4\nloss-weights: {hv_mse: 2}\nlr: 0.001\n")
+    cfg = resolve_config(yml, {"batch": 2, "epochs": None, "data": [str(folders[0])]})
+    assert (cfg.epochs, cfg.batch, cfg.lr, cfg.weights.hv_mse) == (7, 2, 0.001, 2.0)
+    yml.write_text("epoch: 7\n")
+    with pytest.raises(HoverNetError, match="unknown setting 'epoch'"):
+        resolve_config(yml, {})
+    # the seed's spellings on the command line: --gpu=..., --view=train, --img, --batch, --epochs
+    out = tmp_path / "run"
+    data = [f"--data={folders[0]}", f"--data={folders[1]}"]
+    seed_style = ["--img=256", "--arch=tiny", "--batch=2", "--epochs=1", "--view=train"]
+    code = _cli(["train", *data, f"--out={out}", *seed_style])
+    assert code == 0
+    grid = out / "view_train.png"
+    assert grid.is_file() and grid.stat().st_size > 10_000
+    code = _cli(["train", f"--data={folders[0]}", f"--out={out}", "--arch=tiny", "--view=valid"])
+    assert code == 0 and (out / "view_valid.png").is_file()
+    assert _cli(["train", f"--data={folders[0]}", f"--out={out}", "--gpu=0,1"]) == 2
+    assert _cli(["train", f"--data={folders[0]}", f"--out={out}", "--img=300"]) == 2
+
+
+def test_class_weights_must_match_the_types(folders, tmp_path):
+    with pytest.raises(HoverNetError, match="class_weights has 2 values but the model has 5"):
+        train(_cfg(folders, tmp_path / "run", class_weights=[1.0, 2.0]))
+
+
+def test_time_limit_stops_cleanly_and_resumes(folders, tmp_path):
+    cfg = _cfg(folders, tmp_path / "run", epochs=50, steps_per_epoch=2, time_limit=1e-6)
+    result = train(cfg)
+    assert result.stopped == "time" and result.state.global_step == 1
+    # the command line resumes with the run's own config.yaml (same time limit: one more step)
+    assert _cli(["train", "--out", str(tmp_path / "run"), "--resume"]) == 0
+    state = torch.load(tmp_path / "run" / "last.pth", weights_only=True)["train_state"]
+    assert state["global_step"] == 2 and state["epoch"] == 1
+    resumed = train(_cfg(folders, tmp_path / "run", epochs=2, steps_per_epoch=2, resume=True))
+    assert resumed.stopped == "done" and resumed.state.global_step == 4
+
+
+@pytest.mark.slow
+def test_checkpoint_loads_for_inference(folders, tmp_path, monkeypatch):
+    """With a real architecture the run's checkpoint is what `hovernet infer` loads."""
+    monkeypatch.setattr(loop, "set_encoder_frozen", lambda *a: None)
+    cfg = _cfg(folders, tmp_path / "run", arch="fast", batch=1, steps_per_epoch=1,
+               valid_every=0, epochs=1)  # fmt: skip
+    train(cfg)
+    model = load_model(tmp_path / "run" / "last.pth")
+    assert model.mode == "fast" and model.nr_types == 5
+    assert model.meta.mpp == 0.5 and model.meta.type_info[4][0] == "spindle-shaped"
+    assert np.isfinite(next(model.parameters()).detach().numpy()).all()
