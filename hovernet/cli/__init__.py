@@ -14,7 +14,7 @@ import typer
 from hovernet.errors import HoverNetError
 
 # module names under hovernet.cli, in the order they appear in --help
-COMMAND_MODULES = ["convert", "extract", "view_dataset", "infer", "stats"]
+COMMAND_MODULES = ["convert", "extract", "view_dataset", "infer", "export_onnx", "stats"]
 
 
 def build_app() -> typer.Typer:
