@@ -63,13 +63,13 @@ class OnnxRuntimeBackend:
         self.threads = threads or available_cpus()
         self.input_name = INPUT_NAME
         self.outputs = output_names(model)
-        self.onnx_bytes, self.export_s = timed_export(model)
+        onnx_bytes, self.export_s = timed_export(model)
         self.fingerprint = _fingerprint(model)
         start = time.perf_counter()
-        self.session = self._session()
+        self.session = self._session(onnx_bytes)  # the session keeps its own copy
         self.session_s = time.perf_counter() - start
 
-    def _session(self):
+    def _session(self, onnx_bytes: bytes):
         ort = self.ort
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
@@ -79,7 +79,7 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3  # errors only
         # no busy-waiting between ops: post-processing workers get the cores meanwhile
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(self.onnx_bytes, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
 
     def describe(self) -> str:
         return (
