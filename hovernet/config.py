@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from hovernet.errors import HoverNetError
 
-MODES = ("original", "fast")
+# the architectures' names (hovernet.model.registry), each with its geometry in GEOMETRY below
+MODES = ("original", "fast", "lite")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ GEOMETRY = {
     "original": ModelGeometry("original", 270, 80),
     # fast mode: "same" padding in the decoder, 256 -> 164
     "fast": ModelGeometry("fast", 256, 164),
+    # lite (hovernet.model.lite): "same" padding, a 16-pixel margin cropped away, 256 -> 224
+    "lite": ModelGeometry("lite", 256, 224),
 }
 
 
@@ -47,5 +50,5 @@ def geometry_for(mode: str) -> ModelGeometry:
         return GEOMETRY[mode]
     except KeyError:
         raise HoverNetError(
-            f"unknown model mode {mode!r}: use --model_mode original or --model_mode fast"
+            f"unknown model mode {mode!r}: use one of {', '.join(MODES)} (--model_mode)"
         ) from None

@@ -13,6 +13,7 @@ checkpoint is an error.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def load_for_inference(opts: InferOptions):
     else:
         type_info = None
     prepare_for_inference(model, channels_last=True)
-    use_backend(model, opts.backend, opts.precision, opts.threads, log=_log)
+    use_backend(model, opts.backend, opts.precision, opts.threads, log=_warn)
     return model, type_info
 
 
@@ -134,7 +135,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--model_mode",
             "--model-mode",
-            help="original or fast; read from the checkpoint if left out (checked if given).",
+            help="original, fast or lite; read from the checkpoint if left out (checked if given).",
         ),
         nr_types: int | None = typer.Option(
             None,
@@ -202,9 +203,15 @@ def register(app: typer.Typer) -> None:
             ...,
             "--input_dir",
             "--input-dir",
+            metavar="<path>",
             help="Folder of PNG/JPEG/TIFF images, or an image file; repeat for several.",
         ),
-        output_dir: Path = typer.Option(..., "--output_dir", "--output-dir"),
+        output_dir: Path = typer.Option(
+            ...,
+            "--output_dir",
+            "--output-dir",
+            help="Folder for json/, mat/, overlay/, qupath/ and csv/ (created if missing).",
+        ),
         draw_dot: bool = typer.Option(
             False, "--draw_dot", "--draw-dot", help="Centroid dots on the overlay."
         ),
@@ -224,6 +231,14 @@ def register(app: typer.Typer) -> None:
             "--mem-usage",
             help="Share of memory for network maps waiting for post-processing.",
         ),
+        overwrite: bool = typer.Option(
+            False,
+            "--overwrite",
+            help="Redo every image; by default images with all five outputs are skipped.",
+        ),
+        quiet: bool = typer.Option(
+            False, "--quiet", help="No progress bar or per-image lines; errors only."
+        ),
     ) -> None:
         """Segment image tiles: json/, mat/, overlay/, qupath/ (GeoJSON) and csv/ per image."""
         from hovernet.infer.tile import TileConfig
@@ -241,31 +256,37 @@ def register(app: typer.Typer) -> None:
             post_proc_workers=opts.post_proc_workers,
             read_workers=opts.nr_inference_workers,
             mem_usage=mem_usage,
+            overwrite=overwrite,
         )
-        run_and_report(opts, config)
+        run_and_report(opts, config, quiet=quiet)
 
     app.add_typer(infer_app, name="infer")
 
 
-def run_and_report(opts: InferOptions, config) -> None:
+def run_and_report(opts: InferOptions, config, quiet: bool = False) -> None:
     """Load the model, run the tiles, print a summary; HoverNetError (exit 2) on any failure."""
     from dataclasses import replace
 
     from hovernet.infer.tile import list_inputs, run_tile
+    from hovernet.progress import Progress
 
     list_inputs(config.inputs)  # fail on a missing input before loading the model
     model, type_info = load_for_inference(opts)
-    print(_describe(model, type_info, opts), flush=True)
-    summary = run_tile(model, replace(config, type_info=type_info), log=_log)
-    print(
-        f"{len(summary.done)} images, {sum(summary.done.values())} nuclei, "
-        f"{summary.n_patches} patches in {summary.wall_s:.1f} s; outputs in {config.output_dir}",
-        flush=True,
-    )
+    with Progress(None, "infer tile", unit="patches", quiet=quiet) as bar:
+        bar.log(_describe(model, type_info, opts))
+        summary = run_tile(model, replace(config, type_info=type_info), log=bar.log, progress=bar)
+    if not quiet:
+        print(
+            f"{len(summary.done)} images, {sum(summary.done.values())} nuclei, "
+            f"{summary.n_patches} patches in {summary.wall_s:.1f} s"
+            + (f" ({len(summary.skipped)} done before, skipped)" if summary.skipped else "")
+            + f"; outputs in {config.output_dir}",
+            flush=True,
+        )
     if summary.failed:
         listed = "; ".join(f"{name}: {why}" for name, why in summary.failed.items())
         raise HoverNetError(f"{len(summary.failed)} input(s) failed and were skipped: {listed}")
 
 
-def _log(line: str) -> None:
-    print(line, flush=True)
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)

@@ -16,8 +16,11 @@ probability, h, v] without type branch; `type_softmax` (H x W x nr_types) is kep
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -32,9 +35,10 @@ import torch
 from hovernet.config import ModelGeometry
 from hovernet.errors import HoverNetError
 from hovernet.infer.tiling import Stitcher, TileGrid
-from hovernet.io.slides import PLAIN_SUFFIXES, TIFF_SUFFIXES
+from hovernet.io.slides import PLAIN_SUFFIXES, TIFF_SUFFIXES, image_size
 from hovernet.io.type_info import TypeInfo
 from hovernet.io.type_info import load_type_info as read_type_info_file
+from hovernet.progress import Progress, set_status
 
 TILE_SUFFIXES = PLAIN_SUFFIXES | TIFF_SUFFIXES
 OUTPUT_KINDS = ("json", "mat", "overlay", "qupath", "csv")
@@ -334,6 +338,11 @@ def output_paths(output_dir: Path, name: str) -> dict[str, Path]:
     return {kind: output_dir / kind / f"{name}.{suffix[kind]}" for kind in OUTPUT_KINDS}
 
 
+def is_done(output_dir: Path, name: str) -> bool:
+    """An image is done when all five of its outputs exist (each is written atomically)."""
+    return all(p.is_file() for p in output_paths(output_dir, name).values())
+
+
 def _finish(job: _Job) -> tuple[str, int, float, float]:
     """Post-process one image and write its five outputs: (name, nuclei, post s, write s).
 
@@ -350,7 +359,9 @@ def _finish(job: _Job) -> tuple[str, int, float, float]:
     paths = output_paths(job.output_dir, job.name)
     raw_map = job.maps.pred_map if job.save_raw_map else None
     writers.write_json(paths["json"], nuclei, mag=None)
-    writers.write_mat(paths["mat"], inst_map, nuclei, raw_map=raw_map)
+    writers.write_mat(
+        paths["mat"], inst_map, nuclei, raw_map=raw_map, typed=job.nr_types is not None
+    )
     writers.write_overlay(paths["overlay"], job.image, nuclei, job.type_info, draw_dot=job.draw_dot)
     writers.write_geojson(paths["qupath"], nuclei, job.type_info, measurements=shapes)
     writers.write_csv(paths["csv"], inst_map, nuclei, job.type_info, measurements=shapes)
@@ -362,6 +373,8 @@ def _worker_init() -> None:
     import cv2
 
     cv2.setNumThreads(1)
+    # Ctrl-C reaches the whole process group: the main process ends the workers itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,11 +395,13 @@ class TileConfig:
     post_proc_workers: int = 1  # 0 = post-process in this process
     read_workers: int = 1  # threads that read the next images ahead
     mem_usage: float = 0.2  # share of physical memory for maps waiting for post-processing
+    overwrite: bool = False  # redo images whose five outputs exist already
 
 
 @dataclass
 class TileSummary:
     done: dict[str, int] = field(default_factory=dict)  # name -> number of nuclei
+    skipped: list[str] = field(default_factory=list)  # done before (all outputs exist)
     failed: dict[str, str] = field(default_factory=dict)  # input path -> reason
     n_patches: int = 0
     network_s: float = 0.0  # main process: waiting for reads, padding, network, stitching
@@ -424,57 +439,108 @@ def _read_ahead(
                 image = future.result()
             except Exception as exc:  # report any unreadable file and go on with the rest
                 summary.failed[str(path)] = str(exc)
-                log(f"skipped {path}: {exc}")
+                # a HoverNetError names the file already
+                log(f"skipped {exc}" if str(path) in str(exc) else f"skipped {path}: {exc}")
                 continue
             yield path, image
+
+
+FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
 def run_tile(
     model: torch.nn.Module,
     config: TileConfig,
     log: Callable[[str], None] = print,
+    progress: Progress | None = None,
 ) -> TileSummary:
     """Segment every input image and write its five outputs under `config.output_dir`.
 
-    Existing outputs of other images are left alone; each file is replaced atomically. Failures
-    (unreadable input, post-processing or writing error) are logged by name and collected in
-    the summary; the caller decides the exit status.
+    An image whose five outputs all exist is done and skipped (`config.overwrite` redoes it);
+    existing outputs of other images are left alone; each file is replaced atomically.
+    Failures (unreadable input, post-processing or writing error) are logged by name and
+    collected in the summary; the caller decides the exit status. A full disk or an unwritable
+    output stops the run with a HoverNetError. On an interrupt (KeyboardInterrupt or
+    hovernet.errors.Interrupted) the workers are ended and temporary files removed before the
+    exception goes on; `hovernet.progress.current_status()` then says what was finished.
+    `progress` (optional) is advanced by network patches, with the nuclei found so far.
     """
+    from hovernet.io.atomic import check_writable_dir, remove_empty_dirs, remove_temporaries
+
     files = list_inputs(config.inputs)
-    for kind in OUTPUT_KINDS:
-        (config.output_dir / kind).mkdir(parents=True, exist_ok=True)
-    geometry = model.geometry
-    budget = max(1, int(config.mem_usage * _physical_memory()))
+    out = config.output_dir
+    created = check_writable_dir(out)
+    remove_temporaries(out)  # left by a run that was killed
     summary = TileSummary()
-    total = len(files)
+    todo = []
+    for path in files:
+        if not config.overwrite and is_done(out, path.stem):
+            summary.skipped.append(path.stem)
+        else:
+            todo.append(path)
+    if summary.skipped:
+        log(
+            f"{len(summary.skipped)} of {len(files)} images already done in {out} (all five "
+            "outputs exist), skipped; --overwrite redoes them"
+        )
+    geometry = model.geometry
+    sizes = {p: image_size(p) for p in todo}
+    bar = progress if progress is not None else Progress(None, "", quiet=True)
+
+    def patches_of(shape) -> int:
+        return len(TileGrid(shape, geometry.input_size, geometry.output_size))
+
+    bar.set_total(sum(patches_of(s) for s in sizes.values() if s is not None))
+    budget = max(1, int(config.mem_usage * _physical_memory()))
+    total = len(todo)
+    lock = threading.Lock()
+    fatal: list[str] = []
+
+    def status() -> None:
+        finished = len(summary.done) + len(summary.skipped)
+        set_status(
+            f"{finished} of {len(files)} images finished in {out}"
+            + (f" ({len(summary.skipped)} from before)" if summary.skipped else "")
+            + "; rerun the same command to do the rest (finished images are skipped)"
+        )
+
+    status()
     start = time.perf_counter()
     pool = None
-    if config.post_proc_workers > 0:
+    if config.post_proc_workers > 0 and todo:
         # spawn: forking a process that has started torch's thread pools can deadlock
         ctx = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(config.post_proc_workers, ctx, initializer=_worker_init)
-    in_flight: deque[tuple[str, int, Future]] = deque()
+    in_flight: dict[str, tuple[int, Future]] = {}
 
-    def collect(block: bool) -> None:
-        while in_flight and (block or in_flight[0][2].done()):
-            name, _, future = in_flight.popleft()
-            _record(summary, name, future, len(summary.done) + len(summary.failed) + 1, total, log)
+    stopping: list[bool] = []
 
+    def finished(name: str, future: Future) -> None:
+        if stopping:  # the workers were ended on an interrupt: nothing to report
+            return
+        with lock:
+            in_flight.pop(name, None)
+            count = len(summary.done) + len(summary.failed) + 1
+            _record(summary, name, future, count, total, log, fatal)
+            status()
+
+    interrupted = True
     try:
-        images = _read_ahead(files, config.read_workers, summary, log)
+        images = _read_ahead(todo, config.read_workers, summary, log)
         stream = predict_stream(model, images, config.batch_size, config.precision, geometry)
         t_net = time.perf_counter()
         for path, image, maps in stream:
             summary.network_s += time.perf_counter() - t_net
-            summary.n_patches += len(
-                TileGrid(image.shape[:2], geometry.input_size, geometry.output_size)
-            )
+            n_patches = patches_of(image.shape[:2])
+            summary.n_patches += n_patches
+            if sizes.get(path) is None:
+                bar.set_total((bar.total or 0) + n_patches)
             job = _Job(
                 path.stem,
                 image,
                 maps,
                 model.nr_types,
-                config.output_dir,
+                out,
                 config.type_info,
                 config.draw_dot,
                 config.save_raw_map,
@@ -485,19 +551,44 @@ def run_tile(
                     done.set_result(_finish(job))
                 except Exception as exc:
                     done.set_exception(exc)
-                in_flight.append((job.name, job.nbytes, done))
+                in_flight[job.name] = (job.nbytes, done)
+                finished(job.name, done)
             else:
                 # keep the maps waiting for workers under the memory budget (at least one job)
-                while in_flight and sum(n for _, n, _ in in_flight) + job.nbytes > budget:
-                    wait([in_flight[0][2]])
-                    collect(block=False)
-                in_flight.append((job.name, job.nbytes, pool.submit(_finish, job)))
-            collect(block=False)
+                while True:
+                    with lock:
+                        waiting = [f for _, f in in_flight.values()]
+                        used = sum(n for n, _ in in_flight.values())
+                    if not waiting or used + job.nbytes <= budget:
+                        break
+                    wait(waiting, return_when="FIRST_COMPLETED")
+                future = pool.submit(_finish, job)
+                with lock:
+                    in_flight[job.name] = (job.nbytes, future)
+                future.add_done_callback(lambda f, name=job.name: finished(name, f))
+            with lock:
+                nuclei = sum(summary.done.values())
+            bar.advance(n_patches, nuclei=nuclei)
+            if fatal:
+                raise HoverNetError(fatal[0])
             t_net = time.perf_counter()
-        collect(block=True)
+        if pool is not None:
+            pool.shutdown(wait=True)
+        if fatal:
+            raise HoverNetError(fatal[0])
+        interrupted = False
     finally:
         if pool is not None:
+            if interrupted:
+                stopping.append(True)
+                # end the workers now: an image they were writing is not done (not all five
+                # outputs exist) and is redone by the next run
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.terminate()
             pool.shutdown(wait=True, cancel_futures=True)
+        remove_temporaries(out)
+        if created and not summary.done:
+            remove_empty_dirs(out)
     summary.wall_s = time.perf_counter() - start
     return summary
 
@@ -509,10 +600,17 @@ def _record(
     count: int,
     total: int,
     log: Callable[[str], None],
+    fatal: list[str] | None = None,
 ) -> None:
     try:
         _, n_nuclei, post_s, write_s = future.result()
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in FATAL_ERRNOS and fatal is not None:
+            where = exc.filename or "the output folder"
+            fatal.append(
+                f"cannot write {where}: {exc.strerror}; free some space or choose an output "
+                "folder you can write to, then rerun (finished images are skipped)"
+            )
         summary.failed[name] = f"{type(exc).__name__}: {exc}"
         log(f"[{count}/{total}] {name}: FAILED ({type(exc).__name__}: {exc})")
         return

@@ -7,8 +7,13 @@ Two formats load:
   types are not recorded; they are read off the weights' shapes (decoder kernels 5x5 =
   `original`, 3x3 = `fast`; output channels of `decoder.tp.u0.conv` = number of types).
 - this project's: the same `"desc"` state dict (so the original code can load it too) plus
-  `"hovernet_format"`, `"mode"`, `"nr_types"`, `"type_info"` and `"mpp"`, so inference needs
+  `"hovernet_format"`, `"mode"` (the architecture's name in hovernet.model.registry:
+  `original`, `fast`, `lite`), `"nr_types"`, `"type_info"` and `"mpp"`, so inference needs
   no extra flags.
+
+Every architecture is built through `hovernet.model.registry.build_model`; which one a file
+holds is read off its keys and shapes (each registry entry recognises its own state dicts) and
+checked against the recorded mode.
 
 Files are always read with `torch.load(weights_only=True)`: nothing but tensors and plain
 containers is ever unpickled.
@@ -19,22 +24,22 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from hovernet.config import MODES
 from hovernet.errors import HoverNetError
 from hovernet.io.atomic import atomic_path
 from hovernet.io.type_info import TypeInfo, parse_type_info
-from hovernet.model.network import HoVerNet
+from hovernet.model.lite import SIGNATURE_KEY as LITE_KEY
+from hovernet.model.registry import HOVERNET_KERNEL_KEY, build_model, get_architecture, recognise
 
 FORMAT_NAME = "hovernet-checkpoint"
 FORMAT_VERSION = 1
-_KERNEL_KEY = "decoder.np.u3.conva.weight"
-_TYPE_KEY = "decoder.tp.u0.conv.weight"
-_KERNEL_MODE = {5: "original", 3: "fast"}
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,14 @@ def _read_file(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's message suggests loading with weights_only=False: never do that here
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" (it needs {found.group(1)})" if found else ""
         raise HoverNetError(
-            f"{path} holds Python objects other than tensors and plain containers, which are "
-            f"not loaded for safety ({str(exc).splitlines()[0]}): re-save it as "
-            '`torch.save({"desc": model.state_dict()}, path)`'
+            f"{path} was refused: besides tensors it contains Python code or objects{what}, "
+            "which are never loaded because loading them could run that code. Re-save the "
+            'weights only, where the file comes from: torch.save({"desc": '
+            "model.state_dict()}, path)"
         ) from None
     except Exception as exc:  # torch raises many types for non-checkpoint bytes
         raise HoverNetError(
@@ -90,33 +99,32 @@ def _state_dict_of(obj: dict, path: Path) -> dict[str, torch.Tensor]:
 def infer_architecture(
     sd: dict[str, torch.Tensor], source: str = "checkpoint"
 ) -> tuple[str, int | None]:
-    """(mode, nr_types) from the shapes of a HoVer-Net state dict."""
-    kernel = sd.get(_KERNEL_KEY)
-    if kernel is None or kernel.ndim != 4:
-        hint = ""
-        if "d0.units.0.conv1.weight" in sd or "conv1.weight" in sd:
-            hint = " (it looks like encoder-only weights: load those with load_encoder_weights)"
-        raise HoverNetError(
-            f"{source} is not a HoVer-Net checkpoint: it has no {_KERNEL_KEY}{hint}"
-        )
-    mode = _KERNEL_MODE.get(int(kernel.shape[-1]))
-    if mode is None:
+    """(mode, nr_types) from the keys and shapes of a state dict (registry recognisers)."""
+    found = recognise(sd)
+    if found is not None:
+        return found[0].name, found[1]
+    kernel = sd.get(HOVERNET_KERNEL_KEY)
+    if kernel is not None and kernel.ndim == 4:
         raise HoverNetError(
             f"{source}: decoder kernels are {kernel.shape[-1]}x{kernel.shape[-1]}, "
             "but HoVer-Net uses 5x5 (original mode) or 3x3 (fast mode)"
         )
-    tp = sd.get(_TYPE_KEY)
-    return mode, None if tp is None else int(tp.shape[0])
+    hint = ""
+    if "d0.units.0.conv1.weight" in sd or "conv1.weight" in sd:
+        hint = " (it looks like encoder-only weights: load those with load_encoder_weights)"
+    raise HoverNetError(
+        f"{source} is not a HoVer-Net checkpoint: it has no {HOVERNET_KERNEL_KEY} "
+        f"(original/fast) nor {LITE_KEY} (lite){hint}"
+    )
 
 
 def _check_requested(source: str, found: tuple, mode: str | None, nr_types: int | None) -> None:
     found_mode, found_types = found
     if mode is not None and mode != found_mode:
-        if mode not in MODES:
-            raise HoverNetError(f"unknown model mode {mode!r}: use original or fast")
-        k = 5 if found_mode == "original" else 3
+        get_architecture(mode)  # unknown names: HoverNetError listing the known ones
+        article = "an" if found_mode[0] in "aeiou" else "a"
         raise HoverNetError(
-            f"{source}: decoder kernels are {k}x{k}: this is a{'n' if k == 5 else ''} "
+            f"{source}: {get_architecture(found_mode).signature}: this is {article} "
             f"{found_mode}-mode checkpoint, use --model_mode {found_mode}"
         )
     if nr_types is None or nr_types == found_types:
@@ -142,6 +150,11 @@ def _meta_of(obj: dict, found: tuple, path: Path) -> ModelMeta:
             f"{path} was written by a newer hovernet (format {obj['hovernet_format']!r} "
             f"version {obj.get('format_version')}): upgrade hovernet"
         )
+    if obj.get("mode") not in (mode, None) and obj.get("mode") not in MODES:
+        raise HoverNetError(
+            f"{path} is a {obj.get('mode')!r} checkpoint, an architecture this hovernet does "
+            f"not know ({', '.join(MODES)}): upgrade hovernet"
+        )
     if obj.get("mode") != mode or obj.get("nr_types") != nr_types:
         raise HoverNetError(
             f"{path}: recorded mode/nr_types ({obj.get('mode')}, {obj.get('nr_types')}) do not "
@@ -152,7 +165,7 @@ def _meta_of(obj: dict, found: tuple, path: Path) -> ModelMeta:
     return ModelMeta(mode, nr_types, type_info, None if mpp is None else float(mpp))
 
 
-def load_state_dict_into(model: HoVerNet, sd: dict[str, torch.Tensor], source: str) -> None:
+def load_state_dict_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
     """Strictly load an original-layout state dict; fills in missing `num_batches_tracked`.
 
     The tensors are assigned, not copied, so `model` may be built on the meta device (no time
@@ -190,8 +203,8 @@ def load_model(
     device: str | torch.device = "cpu",
     mode: str | None = None,
     nr_types: int | None = None,
-) -> HoVerNet:
-    """Load a checkpoint (original or own format) into a HoVer-Net in eval mode on `device`.
+) -> nn.Module:
+    """Load a checkpoint (original or own format) into its architecture, eval mode, on `device`.
 
     `mode` and `nr_types` are read from the file; pass them only to check (a mismatch raises
     HoverNetError naming it). `nr_types=0` asks for a model without type branch. The result has
@@ -204,7 +217,7 @@ def load_model(
     _check_requested(str(path), found, mode, nr_types)
     meta = _meta_of(obj, found, path)
     with torch.device("meta"):  # weights come from the file: skip random initialisation
-        model = HoVerNet(found[0], found[1])
+        model = build_model(*found)
     load_state_dict_into(model, sd, str(path))
     model.meta = meta
     return model.to(device).eval()
@@ -212,7 +225,7 @@ def load_model(
 
 def save_checkpoint(
     path: str | os.PathLike,
-    model: HoVerNet,
+    model: nn.Module,
     type_info: dict | None = None,
     mpp: float | None = None,
 ) -> None:

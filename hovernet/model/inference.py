@@ -1,14 +1,16 @@
-"""Make a HoVer-Net faster for inference without changing its outputs beyond float rounding.
+"""Make a network faster for inference without changing its outputs beyond float rounding.
 
-`prepare_for_inference(model)`:
+`prepare_for_inference(model)` works for every registered architecture:
 
-- folds every BatchNorm that directly follows a convolution into that convolution (`conv0`,
-  and `conv1`/`conv2` of each residual unit and `conv1` of each dense unit). Exact in eval mode:
-  the BN is an affine map of the conv output. The pre-activation BNs (BN before ReLU before
-  conv) cannot be folded and stay;
+- folds every BatchNorm that directly follows a convolution into that convolution. Exact in
+  eval mode: the BN is an affine map of the conv output. The pairs are found generically:
+  consecutive Conv2d -> BatchNorm2d children of any `nn.Sequential` (where child order is
+  execution order), plus the pairs a module lists in its `FOLD_PAIRS` class attribute (HoVer-Net's
+  residual and dense units, whose children are not run in sequence). HoVer-Net's pre-activation
+  BNs (BN before ReLU before conv) cannot be folded and stay;
 - optionally switches to channels-last memory layout (NHWC), which oneDNN convs prefer on CPU.
 
-The prepared model is for inference only: its state dict no longer has the original's layout
+The prepared model is for inference only: its state dict no longer has the trained layout
 (so `save_checkpoint` refuses it) and it must not be trained.
 """
 
@@ -18,7 +20,17 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from hovernet.model.network import DenseUnit, HoVerNet, ResidualUnit
+
+def _fold_pairs(module: nn.Module) -> list[tuple[str, str]]:
+    pairs = list(getattr(module, "FOLD_PAIRS", ()))
+    if isinstance(module, nn.Sequential):
+        names = list(module._modules)
+        pairs += [
+            (a, b)
+            for a, b in zip(names, names[1:], strict=False)
+            if type(module._modules[a]) is nn.Conv2d and type(module._modules[b]) is nn.BatchNorm2d
+        ]
+    return pairs
 
 
 def _fold(module: nn.Module, conv_name: str, bn_name: str) -> None:
@@ -28,17 +40,13 @@ def _fold(module: nn.Module, conv_name: str, bn_name: str) -> None:
 
 
 @torch.no_grad()
-def prepare_for_inference(model: HoVerNet, channels_last: bool = True) -> HoVerNet:
+def prepare_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
     """Fold BatchNorm into the preceding convs, optionally go channels-last; in place, eval."""
     model.eval()
     if not getattr(model, "prepared_for_inference", False):
-        _fold(model.conv0, "/", "bn")
-        for module in model.modules():
-            if isinstance(module, ResidualUnit):
-                _fold(module, "conv1", "conv1/bn")
-                _fold(module, "conv2", "conv2/bn")
-            elif isinstance(module, DenseUnit):
-                _fold(module, "conv1", "conv1/bn")
+        for module in list(model.modules()):
+            for conv_name, bn_name in _fold_pairs(module):
+                _fold(module, conv_name, bn_name)
         model.prepared_for_inference = True
     if channels_last:
         model.to(memory_format=torch.channels_last)

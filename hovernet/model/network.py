@@ -36,6 +36,20 @@ ENCODER_GROUPS = ((3, 64, 256, 1), (4, 128, 512, 2), (6, 256, 1024, 2), (3, 512,
 BRANCH_ORDER = ("tp", "np", "hv")  # the original's decoder order (matters for state-dict order)
 
 
+HOVERNET_MODES = ("original", "fast")
+
+
+def check_nr_types(nr_types: int | None) -> int | None:
+    """The number of type channels (None = no type branch; 0 means None, as the original's
+    --nr_types=0); HoverNetError unless None, 0 or at least 2."""
+    nr_types = nr_types or None
+    if nr_types is not None and (isinstance(nr_types, bool) or nr_types < 2):
+        raise HoverNetError(
+            f"nr_types must be at least 2 (background + 1 class) or None, got {nr_types!r}"
+        )
+    return nr_types
+
+
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=1e-5)
 
@@ -68,6 +82,9 @@ class ResidualUnit(_Named):
     The first unit of a group has no pre-activation: its input is already normalised by the
     previous group's final BN-ReLU (`blk_bna`).
     """
+
+    # conv -> BN pairs that prepare_for_inference folds (this module is not a Sequential)
+    FOLD_PAIRS = (("conv1", "conv1/bn"), ("conv2", "conv2/bn"))
 
     def __init__(self, in_ch: int, mid_ch: int, out_ch: int, stride: int, preact: bool):
         super().__init__()
@@ -121,6 +138,8 @@ class ResidualGroup(nn.Module):
 
 class DenseUnit(_Named):
     """BN-ReLU conv1x1 (-> 128) BN-ReLU grouped conv kxk (-> 32, 4 groups, valid)."""
+
+    FOLD_PAIRS = (("conv1", "conv1/bn"),)
 
     def __init__(self, in_ch: int, ksize: int):
         super().__init__()
@@ -196,12 +215,13 @@ class HoVerNet(nn.Module):
 
     def __init__(self, mode: str = "original", nr_types: int | None = None):
         super().__init__()
-        self.geometry: ModelGeometry = geometry_for(mode)
-        nr_types = nr_types or None  # 0 means no type branch, as the original's --nr_types=0
-        if nr_types is not None and (isinstance(nr_types, bool) or nr_types < 2):
+        if mode not in HOVERNET_MODES:
             raise HoverNetError(
-                f"nr_types must be at least 2 (background + 1 class) or None, got {nr_types!r}"
+                f"unknown HoVer-Net mode {mode!r}: use one of {', '.join(HOVERNET_MODES)} "
+                "(other architectures: hovernet.model.registry.build_model)"
             )
+        self.geometry: ModelGeometry = geometry_for(mode)
+        nr_types = check_nr_types(nr_types)
         self.mode = mode
         self.nr_types = nr_types
 
