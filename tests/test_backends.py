@@ -18,7 +18,6 @@ from hovernet.infer.backends import OnnxRuntimeBackend, backend_of, resolve_back
 from hovernet.infer.tile import TileConfig, logits_to_maps, run_tile, segment_image
 from hovernet.io.slides import read_rgb
 from hovernet.model.inference import prepare_for_inference
-from hovernet.model.network import HoVerNet
 from hovernet.model.onnx_export import export_onnx, read_onnx_metadata
 from hovernet.model.registry import build_model
 from hovernet.resources import _cgroup_quota, available_cpus
@@ -122,32 +121,49 @@ def test_export_onnx_command_writes_metadata_and_a_dynamic_batch_model(tmp_path)
     from hovernet.model.checkpoints import save_checkpoint
 
     torch.manual_seed(1)
-    model = HoVerNet("fast", nr_types=3).eval()
+    model = build_model("lite", 3).eval()  # cheap to export; original and fast: golden tests
     ckpt, out = tmp_path / "net.pth", tmp_path / "out" / "net.onnx"
     info = load_type_info(TYPE_INFO)
     save_checkpoint(ckpt, model, type_info=info, mpp=0.25)
     code, stdout, stderr = run_cli(["export-onnx", str(ckpt), str(out)])
     assert code == 0, stderr
-    assert "fast mode, nr_types=3" in stdout and str(out) in stdout
+    assert "lite mode, nr_types=3" in stdout and str(out) in stdout
     assert [p.name for p in out.parent.iterdir()] == ["net.onnx"]  # no temporary files left
 
     meta = read_onnx_metadata(out)
-    assert (meta["mode"], meta["nr_types"], meta["mpp"]) == ("fast", 3, 0.25)
+    assert (meta["mode"], meta["nr_types"], meta["mpp"]) == ("lite", 3, 0.25)
     assert meta["type_info"] == info
-    assert (meta["input_size"], meta["output_size"]) == (256, 164)
+    assert (meta["input_size"], meta["output_size"]) == (256, 224)
 
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    assert session.get_modelmeta().custom_metadata_map["mode"] == '"fast"'
-    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 255
-    np_logits, hv, tp = session.run(["np", "hv", "tp"], {"image": x.numpy()})  # batch 2
+    assert session.get_modelmeta().custom_metadata_map["mode"] == '"lite"'
+    x = torch.rand(3, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 255
+    np_logits, hv, tp = session.run(["np", "hv", "tp"], {"image": x.numpy()})  # batch 3
     with torch.inference_mode():
         ref = model(x)
     for name, got in (("np", np_logits), ("hv", hv), ("tp", tp)):
         assert relative_error(got, ref[name].numpy()) < 1e-4, name
 
     # --mpp overrides the checkpoint's value; a checkpoint path that is missing is named
+    code, _, stderr = run_cli(["export-onnx", str(ckpt), str(out), "--mpp", "0.5"])
+    assert code == 0, stderr
+    assert read_onnx_metadata(out)["mpp"] == 0.5
     code, _, stderr = run_cli(["export-onnx", str(tmp_path / "nope.pth"), str(out)])
     assert code == 2 and "nope.pth does not exist" in stderr
+
+
+@pytest.mark.parametrize("nr_types", [None, 4])
+def test_lite_through_onnxruntime_matches_torch(nr_types):
+    torch.manual_seed(2)
+    model = prepare_for_inference(build_model("lite", nr_types).eval())
+    assert use_backend(model, "auto", log=pytest.fail) == "onnxruntime"
+    windows = np.random.default_rng(0).integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
+    got = backend_of(model).run(windows)  # batch 3 through a graph traced at batch 1
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(windows).permute(0, 3, 1, 2).float())
+    expected = logits_to_maps(logits).numpy()
+    assert got.shape == (3, 224, 224, 3 + (nr_types or 0))
+    assert relative_error(got, expected) < 1e-5
 
 
 def test_read_onnx_metadata_names_a_foreign_file(tmp_path):
@@ -271,35 +287,29 @@ def test_threads_come_from_the_usable_cores(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def standin_checkpoint(tmp_path_factory) -> Path:
+def lite_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    model = HoVerNet("fast", nr_types=3).eval()
-    with torch.no_grad():
-        model.decoder["np"].u0.conv.bias[1] += 1.0
-    path = tmp_path_factory.mktemp("model") / "net.tar"
-    torch.save({"desc": model.state_dict()}, path)
+    path = tmp_path_factory.mktemp("model") / "lite.tar"
+    torch.save({"desc": build_model("lite", 3).state_dict()}, path)
     return path
 
 
-def test_cli_backend_option(tmp_path, standin_checkpoint, monkeypatch):
+def test_cli_backend_option(tmp_path, lite_checkpoint):
     image = tmp_path / "in" / "a.png"
     image.parent.mkdir()
     image.write_bytes((CONSEP / "test_10_000.png").read_bytes())
-    calls: list[tuple] = []
-    real = backends.use_backend
+    base = ["infer", f"--model_path={lite_checkpoint}", "--batch_size=4"]
 
-    def spy(model, backend="auto", precision="auto", threads=None, log=print):
-        calls.append((backend, precision, threads))
-        return real(model, "torch", precision, threads, log)  # keep the run cheap
+    def tile(name: str) -> list[str]:
+        return ["tile", f"--input_dir={image.parent}", f"--output_dir={tmp_path / name}"]
 
-    monkeypatch.setattr(backends, "use_backend", spy)
-    base = ["infer", f"--model_path={standin_checkpoint}", "--batch_size=4"]
-    tile = ["tile", f"--input_dir={image.parent}", f"--output_dir={tmp_path / 'out'}"]
-    code, stdout, stderr = run_cli([*base, "--backend=onnxruntime", "--threads=1", *tile])
+    code, stdout, stderr = run_cli([*base, "--backend=onnxruntime", "--threads=1", *tile("o")])
     assert code == 0, stderr
-    assert calls == [("onnxruntime", "auto", 1)]
-    code, _, _ = run_cli([*base, *tile])
-    assert code == 0 and calls[-1] == ("auto", "auto", None)  # auto is the default
-    code, _, stderr = run_cli([*base, "--backend", "tvm", *tile])
+    assert "ONNX Runtime" in stdout + stderr and "1 threads" in stdout + stderr
+    code, stdout, stderr = run_cli([*base, "--backend", "torch", *tile("t")])
+    assert code == 0, stderr
+    assert "PyTorch" in stdout + stderr and "ONNX Runtime" not in stdout + stderr
+    code, stdout, stderr = run_cli([*base, *tile("a")])  # auto on a CPU: ONNX Runtime
+    assert code == 0 and "ONNX Runtime" in stdout + stderr
+    code, _, stderr = run_cli([*base, "--backend", "tvm", *tile("x")])
     assert code == 2 and "unknown --backend 'tvm'" in stderr
-    assert stderr.count("\n") == 1
