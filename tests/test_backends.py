@@ -57,7 +57,7 @@ def standardised(t: torch.Tensor) -> torch.Tensor:
 
 
 class NetworkOnBlobs(torch.nn.Module):
-    """A seeded fast-mode HoVer-Net whose maps are steered towards nucleus-like blobs.
+    """A seeded network (fast or lite) whose maps are steered towards nucleus-like blobs.
 
     Random weights alone give a flat nucleus probability and HV maps without the gradients the
     watershed needs, hence no nuclei. Here the real network decides the types and moves the
@@ -65,11 +65,12 @@ class NetworkOnBlobs(torch.nn.Module):
     so its rounding differences between backends reach the instance maps.
     """
 
-    def __init__(self, arch: str = "fast"):
+    def __init__(self, arch: str):
         super().__init__()
         torch.manual_seed(0)
         self.net = prepare_for_inference(build_model(arch, 3).eval())
         self.blobs = DarkBlobNet()
+        self.blobs.geometry = self.net.geometry  # it crops its maps to the margin
         self.mode, self.nr_types, self.geometry = arch, 3, self.net.geometry
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -81,9 +82,10 @@ class NetworkOnBlobs(torch.nn.Module):
         }
 
 
-def test_segment_image_same_instances_through_both_backends():
+@pytest.mark.parametrize("arch", ["lite", pytest.param("fast", marks=pytest.mark.slow)])
+def test_segment_image_same_instances_through_both_backends(arch):
     image = read_rgb(CONSEP / "test_10_000.png")  # 256 x 256: 2 x 2 windows
-    model = NetworkOnBlobs()
+    model = NetworkOnBlobs(arch)
     inst_t, nuclei_t, pred_t = segment_image(model, image, batch_size=4, backend="torch")
     assert backend_of(model) is None
     inst_o, nuclei_o, pred_o = segment_image(model, image, batch_size=4, backend="onnxruntime")

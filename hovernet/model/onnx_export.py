@@ -127,7 +127,8 @@ def export_onnx(model: nn.Module) -> bytes:
     buf = io.BytesIO()
     was_training = model.training
     model.eval()
-    failure: HoverNetError | None = None
+    failure: Exception | None = None
+    layer: str | None = None
     try:
         with (
             _layer_tracker(model) as stack,
