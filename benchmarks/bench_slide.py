@@ -256,7 +256,7 @@ def _table(rows: list[dict], real: bool) -> str:
 
 
 def main() -> None:
-    from hovernet.infer.engine import available_cpus
+    from hovernet.resources import available_cpus
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="10k^2 only")

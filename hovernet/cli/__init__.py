@@ -25,7 +25,7 @@ from hovernet.cli.options import hide_aliases, unknown_option_hint
 from hovernet.errors import HoverNetError, Interrupted
 
 # module names under hovernet.cli, in the order they appear in --help
-COMMAND_MODULES = ["convert", "extract", "view_dataset", "train", "infer", "stats"]
+COMMAND_MODULES = ["convert", "extract", "view_dataset", "train", "infer", "export_onnx", "stats"]
 PROG = "hovernet"
 
 

@@ -13,12 +13,14 @@ checkpoint is an error.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
 from hovernet.errors import HoverNetError
+from hovernet.resources import available_cpus
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class InferOptions:
     device: str = "auto"
     threads: int | None = None
     precision: str = "auto"
+    backend: str = "auto"  # auto, torch or onnxruntime (hovernet.infer.backends)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -45,13 +48,17 @@ class InferOptions:
             raise HoverNetError(f"--threads must be at least 1, got {self.threads}")
         if self.nr_post_proc_workers is not None and self.nr_post_proc_workers < 0:
             raise HoverNetError("--nr_post_proc_workers must be 0 (post-process inline) or more")
+        from hovernet.infer.backends import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise HoverNetError(
+                f"unknown --backend {self.backend!r}: use one of {', '.join(BACKENDS)}"
+            )
 
     @property
     def post_proc_workers(self) -> int:
         if self.nr_post_proc_workers is not None:
             return self.nr_post_proc_workers
-        from hovernet.infer.engine import available_cpus
-
         return min(2, max(0, available_cpus() - 1))
 
 
@@ -59,6 +66,7 @@ def load_for_inference(opts: InferOptions):
     """(model prepared for inference, type_info) from the options; checks flags vs checkpoint."""
     import torch
 
+    from hovernet.infer.backends import use_backend
     from hovernet.infer.tile import (
         check_type_info,
         default_type_info,
@@ -88,13 +96,17 @@ def load_for_inference(opts: InferOptions):
     else:
         type_info = None
     prepare_for_inference(model, channels_last=True)
+    use_backend(model, opts.backend, opts.precision, opts.threads, log=_warn)
     return model, type_info
 
 
 def _describe(model, type_info, opts: InferOptions) -> str:
+    from hovernet.infer.backends import backend_of
     from hovernet.infer.tile import autocast_dtype, model_device
 
     device = model_device(model)
+    backend = backend_of(model)
+    runner = "PyTorch" if backend is None else backend.describe()
     dtype = autocast_dtype(device, opts.precision)
     types = "no types" if model.nr_types is None else f"{model.nr_types} types"
     names = ""
@@ -103,7 +115,7 @@ def _describe(model, type_info, opts: InferOptions) -> str:
     precision = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
     return (
         f"model {opts.model_path}: {model.mode} mode, {types}{names}; "
-        f"{device}, {precision}, batch {opts.batch_size}"
+        f"{device}, {precision}, batch {opts.batch_size}, {runner}"
     )
 
 
@@ -156,7 +168,14 @@ def register(app: typer.Typer) -> None:
         gpu: str | None = typer.Option(
             None, "--gpu", hidden=True, help="The original's GPU list: the first id is used."
         ),
-        threads: int | None = typer.Option(None, "--threads", help="CPU threads for the network."),
+        threads: int | None = typer.Option(
+            None, "--threads", help="CPU threads for the network (default: the usable cores)."
+        ),
+        backend: str = typer.Option(
+            "auto",
+            "--backend",
+            help="auto (ONNX Runtime on CPU, PyTorch on CUDA), torch or onnxruntime.",
+        ),
         precision: str = typer.Option(
             "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16."
         ),
@@ -174,6 +193,7 @@ def register(app: typer.Typer) -> None:
             device=device,
             threads=threads,
             precision=precision,
+            backend=backend,
         )
 
     @infer_app.command("tile")
@@ -269,3 +289,7 @@ def run_and_report(opts: InferOptions, config, quiet: bool = False) -> None:
     if summary.failed:
         listed = "; ".join(f"{name}: {why}" for name, why in summary.failed.items())
         raise HoverNetError(f"{len(summary.failed)} input(s) failed and were skipped: {listed}")
+
+
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)

@@ -540,6 +540,6 @@ def _describe(k: int, total: int, r: SlideResult) -> str:
 
 def default_workers() -> int:
     """Post-processing processes: the CPUs this process may use, less one for the network."""
-    from hovernet.infer.engine import available_cpus
+    from hovernet.resources import available_cpus
 
     return max(1, min(8, available_cpus() - 1))

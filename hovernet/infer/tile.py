@@ -90,7 +90,13 @@ def model_device(model: torch.nn.Module) -> torch.device:
 def _run_batch(
     model: torch.nn.Module, patches: np.ndarray, dtype: torch.dtype | None
 ) -> np.ndarray:
-    """N x S x S x 3 uint8 windows -> N x s x s x (3 + C) float32 [np prob, h, v, softmax...]."""
+    """N x S x S x 3 uint8 windows -> N x s x s x (3 + C) float32 [np prob, h, v, softmax...].
+
+    Runs through the backend attached by `hovernet.infer.backends.use_backend`, else PyTorch.
+    """
+    backend = getattr(model, "inference_backend", None)
+    if backend is not None:
+        return backend.run(patches)
     device = model_device(model)
     x = torch.from_numpy(patches)
     if device.type == "cuda":
@@ -99,14 +105,18 @@ def _run_batch(
     x = x.permute(0, 3, 1, 2).float()
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = model(x)
+    return logits_to_maps(out).to("cpu").numpy()
+
+
+def logits_to_maps(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Network logits {np, hv[, tp]} (N x C x s x s) -> N x s x s x (3 + C) [np prob, h, v, ...]."""
     parts = [
         torch.softmax(out["np"].float(), dim=1)[:, 1:],
         out["hv"].float(),
     ]
     if "tp" in out:
         parts.append(torch.softmax(out["tp"].float(), dim=1))
-    maps = torch.cat(parts, dim=1).permute(0, 2, 3, 1)
-    return maps.to("cpu").numpy()
+    return torch.cat(parts, dim=1).permute(0, 2, 3, 1)
 
 
 def _to_pred_maps(channels: np.ndarray, typed: bool) -> PredMaps:
@@ -200,15 +210,22 @@ def segment_image(
     image: np.ndarray,
     batch_size: int = 8,
     precision: str = "auto",
+    backend: str | None = None,
 ) -> tuple[np.ndarray, dict[int, dict], np.ndarray]:
     """Nuclei of one RGB uint8 image of any size: (inst_map, nuclei, pred_map).
 
     `inst_map` and `nuclei` are as `hovernet.postprocess` returns them (with `type_probs`, the
     mean per-class softmax, for a typed model); `pred_map` is the stitched network output in the
-    original's layout. The model runs on the device of its parameters.
+    original's layout. The model runs on the device of its parameters. `backend` ("auto",
+    "torch", "onnxruntime"; see `hovernet.infer.backends.use_backend`) is attached to the model
+    and kept for later calls; None runs the backend already attached, else PyTorch.
     """
     from hovernet.infer.postprocess import postprocess
 
+    if backend is not None:
+        from hovernet.infer.backends import use_backend
+
+        use_backend(model, backend, precision)
     maps = predict_maps(model, image, batch_size, precision)
     inst_map, nuclei = postprocess(maps.pred_map, model.nr_types, maps.type_softmax)
     return inst_map, nuclei, maps.pred_map
