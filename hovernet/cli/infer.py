@@ -62,6 +62,15 @@ class InferOptions:
         return min(2, max(0, available_cpus() - 1))
 
 
+def model_label(opts: InferOptions) -> str:
+    """The model's name in messages: its path, or the bundled model's name."""
+    if opts.model_path is None:
+        from hovernet.model.bundled import BUNDLED_NAME
+
+        return f"{BUNDLED_NAME} (bundled)"
+    return str(opts.model_path)
+
+
 def load_for_inference(opts: InferOptions):
     """(model prepared for inference, type_info) from the options; checks flags vs checkpoint."""
     import torch
@@ -77,10 +86,12 @@ def load_for_inference(opts: InferOptions):
     from hovernet.model.inference import prepare_for_inference
 
     if opts.model_path is None:
-        raise HoverNetError(
-            "no model given: pass --model_path=<checkpoint> before the sub-command "
-            "(hovernet infer --model_path=net.tar tile ...)"
-        )
+        from dataclasses import replace
+
+        from hovernet.model.bundled import BUNDLED_SUMMARY, bundled_model_path
+
+        opts = replace(opts, model_path=bundled_model_path())
+        print(f"no --model_path: using {BUNDLED_SUMMARY}", file=sys.stderr, flush=True)
     device = resolve_device(opts.device)
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
@@ -114,7 +125,7 @@ def _describe(model, type_info, opts: InferOptions) -> str:
         names = " (" + ", ".join(name for i, (name, _) in type_info.items() if i) + ")"
     precision = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
     return (
-        f"model {opts.model_path}: {model.mode} mode, {types}{names}; "
+        f"model {model_label(opts)}: {model.mode} mode, {types}{names}; "
         f"{device}, {precision}, batch {opts.batch_size}, {runner}"
     )
 

@@ -125,7 +125,7 @@ def run_wsi(opts, input_dir: str, output_dir: Path, shard: str | None, fields: d
     """List and share out the slides, load the model, run, report; exit 2 if any failed."""
     from dataclasses import replace
 
-    from hovernet.cli.infer import _describe, load_for_inference
+    from hovernet.cli.infer import _describe, load_for_inference, model_label
     from hovernet.infer.engine import physical_memory
     from hovernet.infer.slide import (
         SlideConfig,
@@ -160,7 +160,7 @@ def run_wsi(opts, input_dir: str, output_dir: Path, shard: str | None, fields: d
         read_workers=max(1, opts.nr_inference_workers),
         mem_budget=int(mem_usage * physical_memory()),
         type_info=type_info,
-        model_name=f"{model.mode}, nr_types={model.nr_types}, {Path(opts.model_path).name}",
+        model_name=f"{model.mode}, nr_types={model.nr_types}, {Path(model_label(opts)).name}",
         **fields,
     )
     results = run_slides(model, mine, config, log=_log)

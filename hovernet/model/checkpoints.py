@@ -199,7 +199,7 @@ def load_state_dict_into(model: nn.Module, sd: dict[str, torch.Tensor], source: 
 
 
 def load_model(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     mode: str | None = None,
     nr_types: int | None = None,
@@ -209,7 +209,16 @@ def load_model(
     `mode` and `nr_types` are read from the file; pass them only to check (a mismatch raises
     HoverNetError naming it). `nr_types=0` asks for a model without type branch. The result has
     `model.meta`: a ModelMeta with mode, nr_types, type_info and mpp (None where unknown).
+    Without `path`, the model bundled with the package (`hovernet.model.bundled`), saying so in
+    one line on stderr.
     """
+    if path is None:
+        import sys
+
+        from hovernet.model.bundled import BUNDLED_SUMMARY, bundled_model_path
+
+        path = bundled_model_path()
+        print(f"using {BUNDLED_SUMMARY}", file=sys.stderr, flush=True)
     path = Path(path)
     obj = _read_file(path)
     sd = _state_dict_of(obj, path)
