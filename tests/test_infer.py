@@ -293,11 +293,21 @@ def test_missing_model_file_is_named(tmp_path):
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
 
-def test_no_model_given(tmp_path):
+def test_no_model_given_uses_the_bundled_model_and_says_so(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rgb = cv2.imread(str(DATA / "monuseg" / "images" / "TCGA-21-5784-01Z-00-DX1.png"))[:300, :300]
+    cv2.imwrite(str(folder / "crop.png"), rgb)
+    out = tmp_path / "o"
     code, _, err = run_cli(
-        ["infer", "tile", f"--input-dir={_one_image_dir(tmp_path)}", "--output-dir=o"]
+        ["infer", "--device=cpu", "tile", f"--input-dir={folder}", f"--output-dir={out}"]
     )
-    assert code == 2 and "--model_path" in err
+    assert code == 0, err
+    assert err.count("using the bundled CPU model lite-v1") == 1
+    assert "model lite-v1 (bundled): lite mode, 5 types" in err
+    csv_rows = (out / "csv" / "crop.csv").read_text().splitlines()
+    assert len(csv_rows) > 10  # a real model finds nuclei in a MoNuSeg crop
+    assert "prob_inflammatory" in csv_rows[0]
 
 
 @pytest.mark.parametrize(
