@@ -1,11 +1,17 @@
-"""Forward speed of HoVer-Net on CPU against MONAI's HoVerNet, measured in the same run.
+"""Forward cost of every registered architecture on CPU (original, fast, lite), and of this
+package's HoVer-Net against MONAI's HoVerNet, measured in the same run.
 
-    .venv/bin/python benchmarks/bench_network.py [--reps 2] [--threads N] [--modes original fast]
+    .venv/bin/python benchmarks/bench_network.py [--quick] [--reps 2] [--threads 2]
+        [--modes original fast lite] [--batches 1 4]
 
-For each mode: parameters, FLOPs per patch (convolutions, counted by torch's FlopCounterMode on
-the meta device: 2 FLOPs per multiply-add), and seconds per patch at batch 1 and 4 for
-MONAI (`monai.networks.nets.HoVerNet`, eval + inference_mode, same thread count) and for this
-package's variants:
+First table, one row per architecture: parameters, FLOPs per patch and per output pixel
+(convolutions and matrix products, counted by torch's FlopCounterMode on the meta device: 2 FLOPs
+per multiply-add), how many times fewer FLOPs per output pixel than `fast` it needs, and CPU
+milliseconds per megapixel of output (the `prepared` variant below at the largest batch timed),
+also as a speed-up over `fast`.
+
+Second table, seconds per patch at batch 1 and 4 for MONAI (`monai.networks.nets.HoVerNet`,
+original and fast only, eval + inference_mode, same thread count) and for this package's variants:
 
     plain       eval + torch.no_grad
     inference   eval + torch.inference_mode
@@ -14,10 +20,13 @@ package's variants:
     prepared    folded + channels-last (= prepare_for_inference(model))
 
 "vs MONAI" is MONAI's time / ours (> 1: ours is faster). Timings are the best of `--reps`
-calls (batch 4: `--reps` - 1), the configurations interleaved so that load from other
+calls (batch 4: `--reps` - 1; cheap models get more calls, until `--min-seconds` have been timed,
+at most 50), the configurations interleaved so that load from other
 processes hits all alike, after one warm-up round at batch 1; batch 4 is timed for MONAI, plain
-and prepared only, to keep the default run near 3 minutes on 2 cores.
-"max rel diff" compares each variant's outputs with `plain` on the same random input.
+and prepared only. "max rel diff" compares each variant's outputs with `plain` on the same
+random input. The default run takes about 4 minutes on 2 idle cores; `--quick` (about 30 s there)
+times only `prepared` at batch 1, once after the warm-up (cheap models: more often), and skips
+MONAI. On a loaded machine, timings of small models (lite) suffer most: rerun when it is idle.
 """
 
 from __future__ import annotations
@@ -35,10 +44,14 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hovernet.model.inference import prepare_for_inference  # noqa: E402
-from hovernet.model.network import HoVerNet  # noqa: E402
+from hovernet.model.registry import ARCHITECTURES, build_model  # noqa: E402
 
-NR_TYPES = {"original": 5, "fast": 6}  # CoNSeP- and PanNuke-like heads
+NR_TYPES = {"original": 5, "fast": 6, "lite": 6}  # CoNSeP- and PanNuke-like heads
+MONAI_MODES = ("original", "fast")  # the architectures MONAI implements
+VARIANTS = ("MONAI", "plain", "inference", "chlast", "folded", "prepared")
 BATCH4_VARIANTS = ("MONAI", "plain", "prepared")
+BASELINE = "fast"
+MAX_ROUNDS = 50
 
 
 def monai_model(mode: str, nr_types: int) -> torch.nn.Module:
@@ -49,26 +62,36 @@ def monai_model(mode: str, nr_types: int) -> torch.nn.Module:
         return MonaiHoVerNet(mode=mode, out_classes=nr_types).eval()
 
 
-def variants(mode: str) -> dict[str, tuple[torch.nn.Module, object, bool]]:
-    """name -> (model, grad context, input is 0..1 instead of 0..255)."""
-    base = HoVerNet(mode, NR_TYPES[mode]).eval()
-    chlast = copy.deepcopy(base).to(memory_format=torch.channels_last)
-    chlast.channels_last = True
-    return {
-        "MONAI": (monai_model(mode, NR_TYPES[mode]), torch.inference_mode, True),
-        "plain": (base, torch.no_grad, False),
-        "inference": (base, torch.inference_mode, False),
-        "chlast": (chlast, torch.inference_mode, False),
-        "folded": (
+def variants(mode: str, names: tuple[str, ...]) -> dict[str, tuple[torch.nn.Module, object, bool]]:
+    """name -> (model, grad context, input is 0..1 instead of 0..255), for the names asked."""
+    torch.manual_seed(0)
+    base = build_model(mode, NR_TYPES[mode]).eval()
+    makers = {
+        "MONAI": lambda: (monai_model(mode, NR_TYPES[mode]), torch.inference_mode, True),
+        "plain": lambda: (base, torch.no_grad, False),
+        "inference": lambda: (base, torch.inference_mode, False),
+        "chlast": lambda: (_chlast(base), torch.inference_mode, False),
+        "folded": lambda: (
             prepare_for_inference(copy.deepcopy(base), channels_last=False),
             torch.inference_mode,
             False,
         ),
-        "prepared": (prepare_for_inference(copy.deepcopy(base)), torch.inference_mode, False),
+        "prepared": lambda: (
+            prepare_for_inference(copy.deepcopy(base)),
+            torch.inference_mode,
+            False,
+        ),
     }
+    return {n: makers[n]() for n in names if n in makers and (n != "MONAI" or mode in MONAI_MODES)}
 
 
-def flops_per_patch(model: torch.nn.Module, size: int, scale: float) -> float:
+def _chlast(base: torch.nn.Module) -> torch.nn.Module:
+    model = copy.deepcopy(base).to(memory_format=torch.channels_last)
+    model.channels_last = True
+    return model
+
+
+def flops_per_patch(model: torch.nn.Module, size: int, scale: float = 1.0) -> float:
     meta_model = copy.deepcopy(model).to("meta")
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -76,19 +99,24 @@ def flops_per_patch(model: torch.nn.Module, size: int, scale: float) -> float:
     return counter.get_total_flops()
 
 
-def run(mode: str, batches: list[int], reps: int) -> list[dict]:
-    size = HoVerNet(mode).geometry.input_size
-    configs = variants(mode)
+def run(
+    mode: str, batches: list[int], reps: int, names: tuple[str, ...], min_seconds: float
+) -> list[dict]:
+    size = ARCHITECTURES[mode].geometry.input_size
+    configs = variants(mode, names)
     gen = torch.Generator().manual_seed(0)
     x = {b: torch.rand(b, 3, size, size, generator=gen) * 255 for b in batches}
     rows = []
     for batch in batches:
-        names = [n for n in configs if batch == 1 or n in BATCH4_VARIANTS]
-        times: dict[str, list[float]] = {n: [] for n in names}
+        timed = [n for n in configs if batch == 1 or n in BATCH4_VARIANTS]
+        times: dict[str, list[float]] = {n: [] for n in timed}
         outputs = {}
-        # the first batch-1 round warms up; batch 4 (4x the work) gets one round fewer
-        for rep in range(reps + 1 if batch == 1 else max(reps - 1, 1)):
-            for name in names:
+        # the first batch-1 round warms up; batch 4 (4x the work) gets one round fewer; cheap
+        # models get more rounds, until `min_seconds` have been timed (at most MAX_ROUNDS)
+        rounds = reps + 1 if batch == 1 else max(reps - 1, 1)
+        spent, rep = 0.0, 0
+        while rep < rounds or (spent < min_seconds and rep < MAX_ROUNDS):
+            for name in timed:
                 model, context, unit_range = configs[name]
                 inp = x[batch] / 255.0 if unit_range else x[batch]
                 with context():
@@ -99,11 +127,13 @@ def run(mode: str, batches: list[int], reps: int) -> list[dict]:
                     continue
                 times[name].append(elapsed / batch)
                 outputs[name] = out
-        monai_time = min(times["MONAI"])
-        for name in names:
+                spent += elapsed
+            rep += 1
+        monai_time = min(times["MONAI"]) if "MONAI" in times else None
+        for name in timed:
             model, _, unit_range = configs[name]
             diff = ""
-            if name != "MONAI":
+            if name != "MONAI" and "plain" in outputs:
                 diff = max(
                     float(
                         (outputs[name][k] - outputs["plain"][k]).norm() / outputs["plain"][k].norm()
@@ -111,6 +141,7 @@ def run(mode: str, batches: list[int], reps: int) -> list[dict]:
                     for k in outputs["plain"]
                 )
                 diff = f"{diff:.1e}"
+            seconds = min(times[name])
             rows.append(
                 {
                     "mode": mode,
@@ -118,34 +149,92 @@ def run(mode: str, batches: list[int], reps: int) -> list[dict]:
                     "variant": name,
                     "params": sum(p.numel() for p in model.parameters()) / 1e6,
                     "gflops": flops_per_patch(model, size, 1 / 255 if unit_range else 1) / 1e9,
-                    "seconds": min(times[name]),
-                    "ratio": monai_time / min(times[name]),
+                    "seconds": seconds,
+                    "ratio": "" if monai_time is None else f"{monai_time / seconds:.2f}",
                     "diff": diff,
                 }
             )
     return rows
 
 
+def summary(mode: str, rows: list[dict]) -> dict:
+    """One architecture's cost: parameters, FLOPs, and ms per megapixel of output (prepared)."""
+    geometry = ARCHITECTURES[mode].geometry
+    with torch.device("meta"):  # shapes only: no time spent on random initialisation
+        model = build_model(mode, NR_TYPES[mode])
+    flops = flops_per_patch(model, geometry.input_size)
+    prepared = [r for r in rows if r["mode"] == mode and r["variant"] == "prepared"]
+    best = max(prepared, key=lambda r: r["batch"]) if prepared else None
+    out_px = geometry.output_size**2
+    return {
+        "mode": mode,
+        "geometry": f"{geometry.input_size} -> {geometry.output_size}",
+        "params": sum(p.numel() for p in model.parameters()) / 1e6,
+        "gflops": flops / 1e9,
+        "flops_px": flops / out_px,
+        "ms_mp": None if best is None else best["seconds"] * 1e9 / out_px,
+        "batch": None if best is None else best["batch"],
+    }
+
+
+def print_summary(summaries: list[dict]) -> None:
+    base = next((s for s in summaries if s["mode"] == BASELINE), None)
+    print(
+        f"| arch | input -> output | params (M) | GFLOP/patch | MFLOP/output px | "
+        f"FLOPs/px: {BASELINE} / arch | ms per MP output (prepared) | speed vs {BASELINE} |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for s in summaries:
+        flop_ratio = f"{base['flops_px'] / s['flops_px']:.1f}" if base else ""
+        ms = "" if s["ms_mp"] is None else f"{s['ms_mp']:.0f} (batch {s['batch']})"
+        speed = f"{base['ms_mp'] / s['ms_mp']:.1f}" if base and base["ms_mp"] and s["ms_mp"] else ""
+        print(
+            f"| {s['mode']} | {s['geometry']} | {s['params']:.2f} | {s['gflops']:.1f} | "
+            f"{s['flops_px'] / 1e6:.3f} | {flop_ratio} | {ms} | {speed} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--modes", nargs="+", default=["original", "fast"])
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4])
-    parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--modes", nargs="+", default=list(ARCHITECTURES))
+    parser.add_argument("--batches", nargs="+", type=int, default=None)
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=3.0,
+        help="repeat timing rounds of cheap models until this much was timed (best is kept)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="prepared only, batch 1, one timed call, no MONAI"
+    )
     args = parser.parse_args()
+    unknown = [m for m in args.modes if m not in ARCHITECTURES]
+    if unknown:
+        parser.error(f"unknown modes {unknown}: use {', '.join(ARCHITECTURES)}")
+    batches = args.batches or ([1] if args.quick else [1, 4])
+    reps = args.reps or (1 if args.quick else 2)
+    names = ("prepared",) if args.quick else VARIANTS
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, best of {args.reps}\n")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, best of {reps}"
+        f"{' (quick)' if args.quick else ''}\n"
+    )
+    all_rows = []
+    for mode in args.modes:
+        all_rows += run(mode, batches, reps, names, args.min_seconds)
+    print_summary([summary(mode, all_rows) for mode in args.modes])
+    print()
     print(
         "| mode | batch | variant | params (M) | GFLOP/patch | s/patch | vs MONAI | max rel diff |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for mode in args.modes:
-        for r in run(mode, args.batches, args.reps):
-            print(
-                f"| {r['mode']} | {r['batch']} | {r['variant']} | {r['params']:.1f} | "
-                f"{r['gflops']:.1f} | {r['seconds']:.3f} | {r['ratio']:.2f} | {r['diff']} |",
-                flush=True,
-            )
+    for r in all_rows:
+        print(
+            f"| {r['mode']} | {r['batch']} | {r['variant']} | {r['params']:.2f} | "
+            f"{r['gflops']:.1f} | {r['seconds']:.3f} | {r['ratio']} | {r['diff']} |"
+        )
 
 
 if __name__ == "__main__":

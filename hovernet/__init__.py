@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     "HoVerNet": "hovernet.model.network",
+    "build_model": "hovernet.model.registry",
     "load_model": "hovernet.model.checkpoints",
     "save_checkpoint": "hovernet.model.checkpoints",
     "hv_targets": "hovernet.data.targets",

@@ -1,85 +1,77 @@
-"""A self-contained demo of the tile pipeline: `python -m hovernet.demo --output-dir demo_output`.
+"""The demo: `python -m hovernet.demo --output-dir demo_output` (what `make demo` runs).
 
-It segments the bundled CC0 sample tile (`hovernet/samples/dsb2018_00ae65c1.png`, Kaggle Data
-Science Bowl 2018) and writes the five outputs of `hovernet infer tile`. No weights ship with the
-package and nothing is downloaded, so by default the network is a seeded, randomly initialised
-fast-mode HoVer-Net with 2 types: the run exercises every step, but its "nuclei" are
-meaningless. Pass `--model-path` with trained weights for real results.
+It segments the bundled CC0 slide `hovernet/samples/CMU-1-Small-Region.svs` (Aperio, 20x,
+0.499 um/px, 2220 x 2967 px) in slide mode with the bundled CPU model (`lite-v1`, see
+docs/model-card.md), on the CPU unless told otherwise, and writes what `hovernet infer wsi` writes:
+an overlay PNG, a GeoJSON for QuPath, a CSV of nuclei, the original's JSON and a summary. Nothing is
+downloaded. `--slide` segments another slide, `--model-path` uses another checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 from hovernet.errors import HoverNetError
 
-SAMPLE = Path(__file__).resolve().parent / "samples" / "dsb2018_00ae65c1.png"
-RANDOM_TYPE_INFO = {0: ("background", (0, 0, 0)), 1: ("nucleus (random weights)", (255, 215, 0))}
+SAMPLES = Path(__file__).resolve().parent / "samples"
+SAMPLE_SLIDE = SAMPLES / "CMU-1-Small-Region.svs"
+SAMPLE = SAMPLES / "dsb2018_00ae65c1.png"  # a small CC0 tile, used by benchmarks and tests
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m hovernet.demo", description=__doc__)
     parser.add_argument("--output-dir", type=Path, default=Path("demo_output"))
-    parser.add_argument("--model-path", type=Path, default=None, help="trained checkpoint")
-    parser.add_argument("--image", type=Path, default=SAMPLE, help="image to segment")
+    parser.add_argument("--slide", type=Path, default=SAMPLE_SLIDE, help="slide to segment")
+    parser.add_argument(
+        "--model-path", type=Path, default=None, help="checkpoint (default: the bundled model)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the network")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--backend", default="auto", help="auto (default), torch or onnxruntime")
+    parser.add_argument("--overwrite", action="store_true", help="redo a slide already done")
     return parser.parse_args(argv)
 
 
-def random_model(seed: int = 0):
-    """A fast-mode, 2-type HoVer-Net with seeded random weights, ready for inference."""
-    import torch
-
-    from hovernet.model.inference import prepare_for_inference
-    from hovernet.model.network import HoVerNet
-
-    torch.manual_seed(seed)
-    return prepare_for_inference(HoVerNet("fast", nr_types=2).eval())
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from hovernet.cli.infer import InferOptions, load_for_inference
-    from hovernet.infer.tile import TileConfig, output_paths, resolve_device, run_tile
+    from hovernet.cli.infer import InferOptions, load_for_inference, model_label
+    from hovernet.infer.slide import SlideConfig, output_paths, run_slides
+    from hovernet.resources import available_cpus
 
     start = time.perf_counter()
-    if args.model_path is not None:
-        opts = InferOptions(model_path=args.model_path, device=args.device, threads=args.threads)
-        model, type_info = load_for_inference(opts)
-        print(f"model: {args.model_path} ({model.mode} mode, nr_types={model.nr_types})")
-    else:
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        model = random_model(args.seed).to(resolve_device(args.device))
-        type_info = RANDOM_TYPE_INFO
-        print(
-            "NOTE: no trained weights are bundled, so this demo uses a RANDOMLY INITIALISED "
-            f"fast-mode HoVer-Net (2 types, seed {args.seed}).\n"
-            "      Every step of the pipeline runs, but the nuclei it finds are meaningless. "
-            "Pass --model-path <checkpoint> for real results."
-        )
-    config = TileConfig(
-        inputs=(args.image,),
-        output_dir=args.output_dir,
-        batch_size=4,
-        type_info=type_info,
-        draw_dot=True,
-        post_proc_workers=0,  # one image: a worker process would only add its start-up time
+    if not args.slide.is_file():
+        raise HoverNetError(f"slide {args.slide} does not exist: pass --slide <file>")
+    opts = InferOptions(
+        model_path=args.model_path, device=args.device, threads=args.threads, backend=args.backend
     )
-    summary = run_tile(model, config)
-    if summary.failed:
-        for name, why in summary.failed.items():
-            print(f"error: {name}: {why}", file=sys.stderr)
+    model, type_info = load_for_inference(opts)
+    print(f"model: {model_label(opts)} ({model.mode}, nr_types={model.nr_types})", flush=True)
+    config = SlideConfig(
+        output_dir=args.output_dir,
+        type_info=type_info,
+        post_proc_workers=max(1, min(2, available_cpus() - 1)),
+        overwrite=args.overwrite,
+        model_name=model_label(opts),
+    )
+    (result,) = run_slides(model, [args.slide], config)
+    if result.status == "failed":
+        print(f"error: {args.slide}: {result.reason}", file=sys.stderr)
         return 2
-    print(f"segmented {args.image} in {time.perf_counter() - start:.1f} s; outputs:")
-    for kind, path in output_paths(args.output_dir, args.image.stem).items():
-        print(f"  {kind:8s} {path}")
+    paths = output_paths(args.output_dir, args.slide.stem)
+    summary = json.loads(paths["summary"].read_text())
+    print(
+        f"\nsegmented {args.slide.name} in {time.perf_counter() - start:.1f} s: "
+        f"{summary['nuclei']} nuclei in {summary['tissue_mm2']:.2f} mm^2 of tissue "
+        f"({summary['nuclei_per_mm2']:.0f} per mm^2)"
+    )
+    for name, count in summary["nuclei_per_class"].items():
+        print(f"  {name:16s} {count:6d}")
+    print("outputs:")
+    for kind in ("overlay", "geojson", "csv", "json", "summary"):
+        print(f"  {kind:8s} {paths[kind]}")
     return 0
 
 

@@ -181,3 +181,21 @@ class Progress:
     # internals --------------------------------------------------------------------------------
     def _write(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# what to say when a command is interrupted
+
+_status: str | None = None
+
+
+def set_status(text: str | None) -> None:
+    """Record what a command has finished so far and how to continue, e.g.
+    "3 of 10 images finished in out/; rerun the same command to do the rest". The command line
+    prints it as the one line after Ctrl-C / SIGTERM (see hovernet.cli.main)."""
+    global _status
+    _status = text
+
+
+def current_status() -> str | None:
+    return _status

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 
+import cv2
 import numpy as np
 import pytest
+import scipy.io
 import torch
 from conftest import DATA
 from torch.utils.flop_counter import FlopCounterMode
 
 import hovernet
+from hovernet.cli import main
 from hovernet.config import GEOMETRY, geometry_for
 from hovernet.errors import HoverNetError
 from hovernet.io.slides import read_rgb
@@ -214,3 +219,29 @@ def test_segment_image_with_lite():
     assert np.isfinite(pred_map).all()
     labels = set(np.unique(inst_map).tolist()) - {0}
     assert set(nuclei) == labels and len(labels) > 1
+
+
+def test_infer_cli_reads_a_lite_checkpoint_without_flags(tmp_path):
+    """`hovernet infer` takes mode, types and colours from a lite checkpoint: no flags needed."""
+    model = lite(3)
+    with torch.no_grad():
+        model.branches["np"].out.bias[1] += 1.0
+    save_checkpoint(tmp_path / "lite.pth", model, type_info=TYPE_INFO, mpp=0.5)
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    image = read_rgb(MONUSEG)[:250, :300]
+    cv2.imwrite(str(inputs / "a.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    args = ["infer", f"--model_path={tmp_path / 'lite.pth'}", "--nr_post_proc_workers=1"]
+    args += ["tile", f"--input_dir={inputs}", f"--output_dir={out}", "--save_raw_map"]
+    stderr = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
+        try:
+            main(args)
+        except SystemExit as exc:
+            assert exc.code in (0, None), stderr.getvalue()
+    mat = scipy.io.loadmat(out / "mat" / "a.mat")
+    assert mat["inst_map"].shape == (250, 300)
+    assert mat["raw_map"].shape == (250, 300, 4)  # type, nucleus probability, h, v
+    assert np.isfinite(mat["raw_map"]).all()
+    assert len(mat["inst_uid"]) > 0
+    assert set(mat["inst_type"].ravel().tolist()) <= {0, 1, 2}

@@ -218,7 +218,7 @@ def test_untyped_outputs(tmp_path) -> None:
     assert doc["mag"] is None and doc["nuc"]["1"]["type"] is None
 
 
-def test_geojson_repairs_degenerate_contours(tmp_path) -> None:
+def test_geojson_outlines_follow_pixel_edges_even_for_degenerate_shapes(tmp_path) -> None:
     inst = np.zeros((40, 40), np.int32)
     inst[2:8, 2:8] = 1  # two squares touching at one corner: a self-touching contour
     inst[8:14, 8:14] = 1
@@ -229,15 +229,17 @@ def test_geojson_repairs_degenerate_contours(tmp_path) -> None:
     write_geojson(tmp_path / "d.geojson", nuclei, None, inst_map=inst)
     features = json.loads((tmp_path / "d.geojson").read_text())["features"]
     for feature in features:
-        poly = shape(feature["geometry"])
-        assert poly.geom_type == "Polygon" and poly.is_valid and poly.exterior.is_ccw
-        assert poly.area > 0
-    # the repaired outlines follow the pixels' edges: area close to the pixel count
-    for feature, n_pixels in zip(features, (72, 39), strict=True):
-        assert shape(feature["geometry"]).area == pytest.approx(n_pixels, rel=0.05)
-    line = shape(features[1]["geometry"])
-    for x, y in [(5, 33.9), (20, 20), (28.9, 20), (5, 27)]:
-        assert line.contains(shape({"type": "Point", "coordinates": [x, y]}))
+        geom = shape(feature["geometry"])
+        assert geom.is_valid and geom.area > 0
+        for poly in getattr(geom, "geoms", [geom]):
+            assert poly.exterior.is_ccw
+    # pixel-corner outlines: the area is exactly the pixel count; the two squares that only
+    # touch at a corner are two polygons meeting at (8, 8)
+    squares, line = (shape(f["geometry"]) for f in features)
+    assert squares.geom_type == "MultiPolygon" and squares.area == 72
+    assert sorted(p.bounds for p in squares.geoms) == [(2, 2, 8, 8), (8, 8, 14, 14)]
+    assert line.geom_type == "Polygon" and line.area == 39
+    assert line.bounds == (5, 20, 30, 35)
 
 
 def test_empty_results_write_empty_files(tmp_path) -> None:
@@ -249,7 +251,39 @@ def test_empty_results_write_empty_files(tmp_path) -> None:
     assert scipy.io.loadmat(tmp_path / "e.mat")["inst_uid"].size == 0
     assert _csv_rows(tmp_path / "e.csv") == []
     assert json.loads((tmp_path / "e.geojson").read_text())["features"] == []
-    assert not cv2.imread(str(tmp_path / "e.png")).any()
+    overlay = cv2.imread(str(tmp_path / "e.png"))
+    assert overlay.any()  # the legend says "Nucleus: 0"
+
+
+def test_typed_outputs_have_the_same_structure_with_no_nuclei(typed_case, written, tmp_path):
+    """0 nuclei or many: same .mat keys, same CSV columns (prob_* from the type info), and a
+    legend listing every class."""
+    info = typed_case["type_info"]
+    image = typed_case["image"]
+    empty = np.zeros(image.shape[:2], np.int32)
+    write_mat(tmp_path / "e.mat", empty, {}, typed=True)
+    write_csv(tmp_path / "e.csv", empty, {}, info)
+    write_overlay(tmp_path / "e.png", image, {}, info)
+    full = scipy.io.loadmat(written["mat"])
+    mat = scipy.io.loadmat(tmp_path / "e.mat")
+    assert sorted(k for k in mat if not k.startswith("__")) == sorted(
+        k for k in full if not k.startswith("__") and k != "raw_map"
+    )
+    assert mat["inst_type"].size == 0
+    with open(written["csv"], newline="") as f:
+        header_full = next(csv.reader(f))
+    with open(tmp_path / "e.csv", newline="") as f:
+        header_empty = next(csv.reader(f))
+    assert header_empty == header_full
+    assert [c for c in header_empty if c.startswith("prob_")] == [
+        f"prob_{name}" for _, (name, _) in sorted(info.items())
+    ]
+    # the legend of the empty image has a swatch in every class colour
+    overlay = cv2.cvtColor(cv2.imread(str(tmp_path / "e.png")), cv2.COLOR_BGR2RGB)
+    corner = overlay[:120, :200]
+    for t, (_, colour) in info.items():
+        if t:
+            assert np.all(corner == colour, axis=-1).sum() >= 20, t
 
 
 def test_failed_write_leaves_nothing(tmp_path) -> None:

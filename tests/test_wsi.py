@@ -97,9 +97,11 @@ def test_synthetic_layouts_read_like_a_whole_image_resample(synthetic, layout):
             assert np.array_equal(got, want[9:89, 13:109])
         # other factors, down and up (chosen so that OpenCV's whole-image grid is the same):
         # close to OpenCV's resample of the whole image
-        for mpp, interp in ((0.4, cv2.INTER_AREA), (0.8, cv2.INTER_AREA), (0.2, cv2.INTER_LINEAR)):
+        cases = [(0.4, cv2.INTER_AREA), (0.8, cv2.INTER_AREA), (0.2, cv2.INTER_LINEAR)]
+        cases.append((0.25 * 8 / 7, cv2.INTER_AREA))  # a little smaller: 784 x 560
+        for mpp, interp in cases:
             w, h = slide.size_at(mpp)
-            assert (w, h) == (896 * 0.25 / mpp, 640 * 0.25 / mpp)
+            assert (w, h) == (round(896 * 0.25 / mpp), round(640 * 0.25 / mpp))
             whole = cv2.resize(img, (w, h), interpolation=interp).astype(int)
             x, y, rw, rh = w // 5, h // 4, w // 2, h // 2
             got = slide.read(x, y, rw, rh, mpp).astype(int)
@@ -195,6 +197,18 @@ def test_seed_slide_pyramid():
         assert np.abs(region - _area(full, 2)[200:500, 100:400]).mean() < 5  # JPEG levels
 
 
+def test_forced_backends_agree(synthetic):
+    _, files = synthetic
+    with open_slide(files["pages"], backend="openslide") as a:
+        with open_slide(files["pages"], backend="tifffile") as b:
+            assert (a.backend_name, b.backend_name) == ("openslide", "tifffile")
+            assert a.level_dimensions == b.level_dimensions and a.mpp == b.mpp
+            for mpp in (0.25, 0.5, 0.37, 1.3):
+                assert np.array_equal(a.read(-5, 7, 150, 130, mpp), b.read(-5, 7, 150, 130, mpp))
+    with pytest.raises(HoverNetError, match="OpenSlide cannot open"):
+        open_slide(files["strips"], backend="openslide")
+
+
 def test_mpp_override_and_errors(synthetic, tmp_path):
     _, files = synthetic
     with open_slide(files["strips"], mpp=0.5) as slide:
@@ -281,3 +295,38 @@ def test_resolve_proc_mpp():
         resolve_proc_mpp(0.25, 0.5, 40)
     with pytest.raises(HoverNetError, match="positive"):
         resolve_proc_mpp(0.25, 0.0, None)
+
+
+def test_stripped_tiff_decodes_only_the_strips_a_region_needs(synthetic, monkeypatch):
+    from hovernet.io import wsi_backends
+
+    img, files = synthetic
+    decoded: list[int] = []
+    original = wsi_backends._LRU.put
+
+    def spy(self, key, arr):  # every freshly decoded strip is offered to the cache
+        decoded.append(key[1])
+        return original(self, key, arr)
+
+    monkeypatch.setattr(wsi_backends._LRU, "put", spy)
+    with open_slide(files["strips"]) as slide:  # 48-row strips
+        assert np.array_equal(slide.read(10, 100, 50, 50, 0.25), img[100:150, 10:60])
+        assert sorted(decoded) == [2, 3]
+        slide.read(500, 110, 80, 30, 0.25)  # same strips again: from the strip cache
+        assert sorted(decoded) == [2, 3]
+    with open_slide(files["raw"]) as slide:  # uncompressed: memory-mapped, nothing decoded
+        assert np.array_equal(slide.read(600, 300, 64, 64, 0.25), img[300:364, 600:664])
+        assert sorted(decoded) == [2, 3]
+
+
+def test_large_reads_are_split_into_the_same_pixels(synthetic, monkeypatch):
+    from hovernet.io import wsi
+
+    _, files = synthetic
+    with open_slide(files["strips"]) as slide:
+        whole = {mpp: slide.read(-30, 20, 400, 300, mpp).astype(int) for mpp in (0.5, 0.37, 0.2)}
+        monkeypatch.setattr(wsi, "READ_CHUNK_BYTES", 30_000)  # forces ~20+ pieces
+        for mpp, want in whole.items():
+            assert np.abs(slide.read(-30, 20, 400, 300, mpp).astype(int) - want).max() <= 1
+        thumb, thumb_mpp = slide.thumbnail(100)
+        assert thumb.shape == (71, 100, 3) and thumb_mpp == pytest.approx(0.25 * 8.96)

@@ -21,11 +21,13 @@ class ConvertConfig:
 
 def run_convert(cfg: ConvertConfig) -> str:
     """Convert and write; returns a one-line summary."""
+    from hovernet.io.atomic import check_writable_file
     from hovernet.model.checkpoints import load_model, save_checkpoint
     from hovernet.model.convert import convert_npz
 
     if cfg.dst.resolve() == cfg.src.resolve():
         raise HoverNetError(f"output {cfg.dst} is the input file: choose another output path")
+    check_writable_file(cfg.dst, "output checkpoint")
     type_info = load_type_info(cfg.type_info) if cfg.type_info is not None else None
     if cfg.src.suffix == ".npz":
         model, unused = convert_npz(cfg.src, cfg.dst, type_info=type_info, mpp=cfg.mpp)

@@ -36,8 +36,20 @@ def register(app: typer.Typer) -> None:
         preset: str | None = typer.Option(
             None, "--preset", help="Window preset: original (540/80) or fast (540/164)."
         ),
-        window: int | None = typer.Option(None, "--window", "--win-size", "--win_size"),
-        step: int | None = typer.Option(None, "--step", "--step-size", "--step_size"),
+        window: int | None = typer.Option(
+            None,
+            "--window",
+            "--win-size",
+            "--win_size",
+            help="Window (patch) size in pixels; default: the preset's (540).",
+        ),
+        step: int | None = typer.Option(
+            None,
+            "--step",
+            "--step-size",
+            "--step_size",
+            help="Pixels between windows; default: the preset's (164; 80 for original).",
+        ),
         min_size: int = typer.Option(
             10, "--min-size", "--min_size", help="Colour masks: drop smaller components (px)."
         ),
@@ -60,13 +72,16 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(
             False, "--overwrite", help="Delete an existing dataset folder first."
         ),
+        quiet: bool = typer.Option(
+            False, "--quiet", help="No progress bar or per-source lines; errors only."
+        ),
     ) -> None:
         """Cut training patches (mirror-padded windows) from many image/annotation pairs."""
         from rich.console import Console
-        from rich.progress import Progress
 
         from hovernet.errors import HoverNetError
         from hovernet.io.annotations import load_type_info
+        from hovernet.io.atomic import check_writable_dir
         from hovernet.io.extraction import (
             PRESETS,
             ExtractConfig,
@@ -74,8 +89,8 @@ def register(app: typer.Typer) -> None:
             remove_dataset,
             run_extraction,
         )
+        from hovernet.progress import Progress
 
-        console = Console(stderr=True)
         size, stride = PRESETS["fast"]
         if preset is not None:
             if preset not in PRESETS:
@@ -87,21 +102,45 @@ def register(app: typer.Typer) -> None:
         info = load_type_info(type_info) if type_info is not None else None
         sources = find_sources(images, annotations, fmt, typed=info is not None)
         if overwrite:
+            check_writable_dir(out.parent, "folder of --out")
             remove_dataset(out)
         config = ExtractConfig(
             out_dir=out, window=size, step=stride, fmt=fmt, type_info=info,
             merge=merge_classes, min_size=min_size, colour_tolerance=colour_tolerance,
             valid_fraction=valid_fraction, seed=seed, split_file=split_file, compress=compress,
         )  # fmt: skip
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task("patches", total=None)
+        total = _count_windows(sources, size, stride)
+        with Progress(total, "extract-patches", unit="patches", quiet=quiet) as bar:
 
             def on_source(source, split, skipped):
-                verb = "skip (done)" if skipped else "extract"
-                console.print(f"{verb} {source.name} -> {split}")
+                if skipped:
+                    bar.log(f"skip (done) {source.name} -> {split}")
+                    n = _count_windows([source], size, stride)
+                    if bar.total and n:
+                        bar.set_total(bar.total - n)
+                else:
+                    bar.log(f"extract {source.name} -> {split}")
 
-            results = run_extraction(config, sources, on_source, progress=lambda: bar.advance(task))
-        _print_counts(console, out, results)
+            results = run_extraction(config, sources, on_source, progress=bar.advance)
+        if not quiet:
+            _print_counts(Console(stderr=True), out, results)
+
+
+def _count_windows(sources, size: int, stride: int) -> int | None:
+    """Patches the sources will give (None when an image size cannot be read cheaply)."""
+    from hovernet.data.patches import WindowSpec, window_grid
+    from hovernet.io.slides import image_size
+
+    total = 0
+    for source in sources:
+        if source.image is None:
+            total += 1
+            continue
+        shape = image_size(source.image)
+        if shape is None:
+            return None
+        total += len(window_grid(*shape, WindowSpec(size, stride)))
+    return total
 
 
 def _print_counts(console, out: Path, results) -> None:

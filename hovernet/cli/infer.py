@@ -13,13 +13,14 @@ checkpoint is an error.
 
 from __future__ import annotations
 
-import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
 from hovernet.errors import HoverNetError
+from hovernet.resources import available_cpus
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class InferOptions:
     device: str = "auto"
     threads: int | None = None
     precision: str = "auto"
+    backend: str = "auto"  # auto, torch or onnxruntime (hovernet.infer.backends)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -46,18 +48,34 @@ class InferOptions:
             raise HoverNetError(f"--threads must be at least 1, got {self.threads}")
         if self.nr_post_proc_workers is not None and self.nr_post_proc_workers < 0:
             raise HoverNetError("--nr_post_proc_workers must be 0 (post-process inline) or more")
+        from hovernet.infer.backends import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise HoverNetError(
+                f"unknown --backend {self.backend!r}: use one of {', '.join(BACKENDS)}"
+            )
 
     @property
     def post_proc_workers(self) -> int:
         if self.nr_post_proc_workers is not None:
             return self.nr_post_proc_workers
-        return min(2, max(0, (os.cpu_count() or 1) - 1))
+        return min(2, max(0, available_cpus() - 1))
+
+
+def model_label(opts: InferOptions) -> str:
+    """The model's name in messages: its path, or the bundled model's name."""
+    if opts.model_path is None:
+        from hovernet.model.bundled import BUNDLED_NAME
+
+        return f"{BUNDLED_NAME} (bundled)"
+    return str(opts.model_path)
 
 
 def load_for_inference(opts: InferOptions):
     """(model prepared for inference, type_info) from the options; checks flags vs checkpoint."""
     import torch
 
+    from hovernet.infer.backends import use_backend
     from hovernet.infer.tile import (
         check_type_info,
         default_type_info,
@@ -68,10 +86,12 @@ def load_for_inference(opts: InferOptions):
     from hovernet.model.inference import prepare_for_inference
 
     if opts.model_path is None:
-        raise HoverNetError(
-            "no model given: pass --model_path=<checkpoint> before the sub-command "
-            "(hovernet infer --model_path=net.tar tile ...)"
-        )
+        from dataclasses import replace
+
+        from hovernet.model.bundled import BUNDLED_SUMMARY, bundled_model_path
+
+        opts = replace(opts, model_path=bundled_model_path())
+        print(f"no --model_path: using {BUNDLED_SUMMARY}", file=sys.stderr, flush=True)
     device = resolve_device(opts.device)
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
@@ -87,13 +107,17 @@ def load_for_inference(opts: InferOptions):
     else:
         type_info = None
     prepare_for_inference(model, channels_last=True)
+    use_backend(model, opts.backend, opts.precision, opts.threads, log=_warn)
     return model, type_info
 
 
 def _describe(model, type_info, opts: InferOptions) -> str:
+    from hovernet.infer.backends import backend_of
     from hovernet.infer.tile import autocast_dtype, model_device
 
     device = model_device(model)
+    backend = backend_of(model)
+    runner = "PyTorch" if backend is None else backend.describe()
     dtype = autocast_dtype(device, opts.precision)
     types = "no types" if model.nr_types is None else f"{model.nr_types} types"
     names = ""
@@ -101,8 +125,8 @@ def _describe(model, type_info, opts: InferOptions) -> str:
         names = " (" + ", ".join(name for i, (name, _) in type_info.items() if i) + ")"
     precision = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
     return (
-        f"model {opts.model_path}: {model.mode} mode, {types}{names}; "
-        f"{device}, {precision}, batch {opts.batch_size}"
+        f"model {model_label(opts)}: {model.mode} mode, {types}{names}; "
+        f"{device}, {precision}, batch {opts.batch_size}, {runner}"
     )
 
 
@@ -155,7 +179,14 @@ def register(app: typer.Typer) -> None:
         gpu: str | None = typer.Option(
             None, "--gpu", hidden=True, help="The original's GPU list: the first id is used."
         ),
-        threads: int | None = typer.Option(None, "--threads", help="CPU threads for the network."),
+        threads: int | None = typer.Option(
+            None, "--threads", help="CPU threads for the network (default: the usable cores)."
+        ),
+        backend: str = typer.Option(
+            "auto",
+            "--backend",
+            help="auto (ONNX Runtime on CPU, PyTorch on CUDA), torch or onnxruntime.",
+        ),
         precision: str = typer.Option(
             "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16."
         ),
@@ -173,6 +204,7 @@ def register(app: typer.Typer) -> None:
             device=device,
             threads=threads,
             precision=precision,
+            backend=backend,
         )
 
     @infer_app.command("tile")
@@ -182,9 +214,15 @@ def register(app: typer.Typer) -> None:
             ...,
             "--input_dir",
             "--input-dir",
+            metavar="<path>",
             help="Folder of PNG/JPEG/TIFF images, or an image file; repeat for several.",
         ),
-        output_dir: Path = typer.Option(..., "--output_dir", "--output-dir"),
+        output_dir: Path = typer.Option(
+            ...,
+            "--output_dir",
+            "--output-dir",
+            help="Folder for json/, mat/, overlay/, qupath/ and csv/ (created if missing).",
+        ),
         draw_dot: bool = typer.Option(
             False, "--draw_dot", "--draw-dot", help="Centroid dots on the overlay."
         ),
@@ -204,6 +242,14 @@ def register(app: typer.Typer) -> None:
             "--mem-usage",
             help="Share of memory for network maps waiting for post-processing.",
         ),
+        overwrite: bool = typer.Option(
+            False,
+            "--overwrite",
+            help="Redo every image; by default images with all five outputs are skipped.",
+        ),
+        quiet: bool = typer.Option(
+            False, "--quiet", help="No progress bar or per-image lines; errors only."
+        ),
     ) -> None:
         """Segment image tiles: json/, mat/, overlay/, qupath/ (GeoJSON) and csv/ per image."""
         from hovernet.infer.tile import TileConfig
@@ -221,31 +267,40 @@ def register(app: typer.Typer) -> None:
             post_proc_workers=opts.post_proc_workers,
             read_workers=opts.nr_inference_workers,
             mem_usage=mem_usage,
+            overwrite=overwrite,
         )
-        run_and_report(opts, config)
+        run_and_report(opts, config, quiet=quiet)
 
+    from hovernet.cli.infer_wsi import register_wsi
+
+    register_wsi(infer_app)
     app.add_typer(infer_app, name="infer")
 
 
-def run_and_report(opts: InferOptions, config) -> None:
+def run_and_report(opts: InferOptions, config, quiet: bool = False) -> None:
     """Load the model, run the tiles, print a summary; HoverNetError (exit 2) on any failure."""
     from dataclasses import replace
 
     from hovernet.infer.tile import list_inputs, run_tile
+    from hovernet.progress import Progress
 
     list_inputs(config.inputs)  # fail on a missing input before loading the model
     model, type_info = load_for_inference(opts)
-    print(_describe(model, type_info, opts), flush=True)
-    summary = run_tile(model, replace(config, type_info=type_info), log=_log)
-    print(
-        f"{len(summary.done)} images, {sum(summary.done.values())} nuclei, "
-        f"{summary.n_patches} patches in {summary.wall_s:.1f} s; outputs in {config.output_dir}",
-        flush=True,
-    )
+    with Progress(None, "infer tile", unit="patches", quiet=quiet) as bar:
+        bar.log(_describe(model, type_info, opts))
+        summary = run_tile(model, replace(config, type_info=type_info), log=bar.log, progress=bar)
+    if not quiet:
+        print(
+            f"{len(summary.done)} images, {sum(summary.done.values())} nuclei, "
+            f"{summary.n_patches} patches in {summary.wall_s:.1f} s"
+            + (f" ({len(summary.skipped)} done before, skipped)" if summary.skipped else "")
+            + f"; outputs in {config.output_dir}",
+            flush=True,
+        )
     if summary.failed:
         listed = "; ".join(f"{name}: {why}" for name, why in summary.failed.items())
         raise HoverNetError(f"{len(summary.failed)} input(s) failed and were skipped: {listed}")
 
 
-def _log(line: str) -> None:
-    print(line, flush=True)
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)

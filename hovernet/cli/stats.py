@@ -75,7 +75,7 @@ def match_files(cfg: StatsConfig) -> tuple[list[tuple[str, object, object]], dic
     return [(n, preds[n], trues[n]) for n in names], unmatched
 
 
-def run_instance(cfg: StatsConfig, pairs: list) -> dict:
+def run_instance(cfg: StatsConfig, pairs: list, progress=None) -> dict:
     import numpy as np
 
     from hovernet.io.labels import read_instance_map
@@ -94,6 +94,8 @@ def run_instance(cfg: StatsConfig, pairs: list) -> dict:
         s = instance_stats(true, pred, cfg.match_iou)
         stats.append(s)
         per_image[name] = {k: getattr(s, k) for k in INSTANCE_KEYS + INSTANCE_COUNTS}
+        if progress is not None:
+            progress.advance(1, pq=s.pq)
     mean = {k: float(np.mean([v[k] for v in per_image.values()])) for k in INSTANCE_KEYS}
     return {
         "mode": "instance",
@@ -104,14 +106,18 @@ def run_instance(cfg: StatsConfig, pairs: list) -> dict:
     }
 
 
-def run_type(cfg: StatsConfig, pairs: list) -> dict:
+def run_type(cfg: StatsConfig, pairs: list, progress=None) -> dict:
     import numpy as np
 
     from hovernet.io.labels import read_centroids
     from hovernet.metrics import radius_pixels, type_stats
 
     radius = radius_pixels(cfg.radius, cfg.mpp)
-    data = {name: (read_centroids(t), read_centroids(p)) for name, p, t in pairs}
+    data = {}
+    for name, p, t in pairs:
+        data[name] = (read_centroids(t), read_centroids(p))
+        if progress is not None:
+            progress.advance(1)
     true_xy, true_type = zip(*(truth for truth, _ in data.values()), strict=True)
     pred_xy, pred_type = zip(*(pred for _, pred in data.values()), strict=True)
     type_ids = list(cfg.type_ids) if cfg.type_ids is not None else None
@@ -212,10 +218,19 @@ def write_results(result: dict, out: Path) -> Path:
     return csv_path
 
 
-def run_stats(cfg: StatsConfig) -> dict:
-    """Score every matched image; return the result dictionary (the JSON written by --out)."""
+def run_stats(cfg: StatsConfig, quiet: bool = True) -> dict:
+    """Score every matched image; return the result dictionary (the JSON written by --out).
+
+    --out is checked to be writable before any image is read."""
+    from hovernet.io.atomic import check_writable_file
+    from hovernet.progress import Progress
+
+    if cfg.out is not None:
+        check_writable_file(cfg.out, "result file (--out)")
     pairs, unmatched = match_files(cfg)
-    result = run_instance(cfg, pairs) if cfg.mode == "instance" else run_type(cfg, pairs)
+    with Progress(len(pairs), "stats", unit="images", quiet=quiet) as bar:
+        run = run_instance if cfg.mode == "instance" else run_type
+        result = run(cfg, pairs, bar)
     result["unmatched"] = unmatched
     result["n_images"] = len(pairs)
     return result
@@ -251,6 +266,7 @@ def register(app: typer.Typer) -> None:
             "--allow-unmatched",
             help="Score matched images even if some predictions have no truth (they are listed).",
         ),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Score predictions against ground truth (the original's compute_stats.py)."""
         ids = None
@@ -264,7 +280,7 @@ def register(app: typer.Typer) -> None:
         cfg = StatsConfig(
             Path(pred_dir), Path(true_dir), mode, out, radius, mpp, match_iou, ids, allow_unmatched
         )
-        result = run_stats(cfg)
+        result = run_stats(cfg, quiet=quiet)
         for side, names in result["unmatched"].items():
             if names:
                 where = "no truth" if side == "pred_only" else "no prediction"

@@ -103,22 +103,28 @@ def render_grid(samples: list[dict], margin: int, type_info: dict | None = None)
     return grid
 
 
-def run(cfg: ViewDatasetConfig) -> Path:
+def run(cfg: ViewDatasetConfig, quiet: bool = True) -> Path:
     import cv2
 
     from hovernet.config import geometry_for
     from hovernet.data.dataset import PatchDataset, read_type_info
-    from hovernet.io.atomic import atomic_path
+    from hovernet.io.atomic import atomic_path, check_writable_file
+    from hovernet.progress import Progress
 
     if cfg.n < 1:
         raise HoverNetError(f"--n must be at least 1, got {cfg.n}")
     if cfg.out.suffix.lower() != ".png":
         raise HoverNetError(f"--out {cfg.out} must end in .png")
+    check_writable_file(cfg.out, "grid PNG (--out)")
     geometry = geometry_for(cfg.mode)
     dataset = PatchDataset.from_folder(
         cfg.dataset_dir, cfg.split, geometry=geometry, augment=cfg.augment, seed=cfg.seed
     )
-    samples = [dataset.sample_arrays(i % len(dataset)) for i in range(cfg.n)]
+    samples = []
+    with Progress(cfg.n, "view-dataset", unit="samples", quiet=quiet) as bar:
+        for i in range(cfg.n):
+            samples.append(dataset.sample_arrays(i % len(dataset)))
+            bar.advance()
     grid = render_grid(samples, geometry.margin, read_type_info(cfg.dataset_dir))
     with atomic_path(cfg.out) as tmp:
         if not cv2.imwrite(str(tmp), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
@@ -140,8 +146,9 @@ def register(app: typer.Typer) -> None:
         no_augment: bool = typer.Option(
             False, "--no-augment", help="Show centre crops without augmentation."
         ),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Write a PNG grid of augmented samples: image, NP, HV and type targets."""
         cfg = ViewDatasetConfig(dataset_dir, out, n, seed, mode, split, not no_augment)
-        path = run(cfg)
+        path = run(cfg, quiet=quiet)
         typer.echo(f"wrote {path} ({cfg.n} samples, {cfg.mode} geometry)")

@@ -16,12 +16,13 @@ probability, h, v] without type branch; `type_softmax` (H x W x nr_types) is kep
 
 from __future__ import annotations
 
-import multiprocessing
+import errno
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,10 @@ import torch
 from hovernet.config import ModelGeometry
 from hovernet.errors import HoverNetError
 from hovernet.infer.tiling import Stitcher, TileGrid
-from hovernet.io.slides import PLAIN_SUFFIXES, TIFF_SUFFIXES
+from hovernet.io.slides import PLAIN_SUFFIXES, TIFF_SUFFIXES, image_size
 from hovernet.io.type_info import TypeInfo
 from hovernet.io.type_info import load_type_info as read_type_info_file
+from hovernet.progress import Progress, set_status
 
 TILE_SUFFIXES = PLAIN_SUFFIXES | TIFF_SUFFIXES
 OUTPUT_KINDS = ("json", "mat", "overlay", "qupath", "csv")
@@ -88,7 +90,13 @@ def model_device(model: torch.nn.Module) -> torch.device:
 def _run_batch(
     model: torch.nn.Module, patches: np.ndarray, dtype: torch.dtype | None
 ) -> np.ndarray:
-    """N x S x S x 3 uint8 windows -> N x s x s x (3 + C) float32 [np prob, h, v, softmax...]."""
+    """N x S x S x 3 uint8 windows -> N x s x s x (3 + C) float32 [np prob, h, v, softmax...].
+
+    Runs through the backend attached by `hovernet.infer.backends.use_backend`, else PyTorch.
+    """
+    backend = getattr(model, "inference_backend", None)
+    if backend is not None:
+        return backend.run(patches)
     device = model_device(model)
     x = torch.from_numpy(patches)
     if device.type == "cuda":
@@ -97,14 +105,18 @@ def _run_batch(
     x = x.permute(0, 3, 1, 2).float()
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = model(x)
+    return logits_to_maps(out).to("cpu").numpy()
+
+
+def logits_to_maps(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Network logits {np, hv[, tp]} (N x C x s x s) -> N x s x s x (3 + C) [np prob, h, v, ...]."""
     parts = [
         torch.softmax(out["np"].float(), dim=1)[:, 1:],
         out["hv"].float(),
     ]
     if "tp" in out:
         parts.append(torch.softmax(out["tp"].float(), dim=1))
-    maps = torch.cat(parts, dim=1).permute(0, 2, 3, 1)
-    return maps.to("cpu").numpy()
+    return torch.cat(parts, dim=1).permute(0, 2, 3, 1)
 
 
 def _to_pred_maps(channels: np.ndarray, typed: bool) -> PredMaps:
@@ -198,15 +210,22 @@ def segment_image(
     image: np.ndarray,
     batch_size: int = 8,
     precision: str = "auto",
+    backend: str | None = None,
 ) -> tuple[np.ndarray, dict[int, dict], np.ndarray]:
     """Nuclei of one RGB uint8 image of any size: (inst_map, nuclei, pred_map).
 
     `inst_map` and `nuclei` are as `hovernet.postprocess` returns them (with `type_probs`, the
     mean per-class softmax, for a typed model); `pred_map` is the stitched network output in the
-    original's layout. The model runs on the device of its parameters.
+    original's layout. The model runs on the device of its parameters. `backend` ("auto",
+    "torch", "onnxruntime"; see `hovernet.infer.backends.use_backend`) is attached to the model
+    and kept for later calls; None runs the backend already attached, else PyTorch.
     """
     from hovernet.infer.postprocess import postprocess
 
+    if backend is not None:
+        from hovernet.infer.backends import use_backend
+
+        use_backend(model, backend, precision)
     maps = predict_maps(model, image, batch_size, precision)
     inst_map, nuclei = postprocess(maps.pred_map, model.nr_types, maps.type_softmax)
     return inst_map, nuclei, maps.pred_map
@@ -317,6 +336,11 @@ def output_paths(output_dir: Path, name: str) -> dict[str, Path]:
     return {kind: output_dir / kind / f"{name}.{suffix[kind]}" for kind in OUTPUT_KINDS}
 
 
+def is_done(output_dir: Path, name: str) -> bool:
+    """An image is done when all five of its outputs exist (each is written atomically)."""
+    return all(p.is_file() for p in output_paths(output_dir, name).values())
+
+
 def _finish(job: _Job) -> tuple[str, int, float, float]:
     """Post-process one image and write its five outputs: (name, nuclei, post s, write s).
 
@@ -333,18 +357,13 @@ def _finish(job: _Job) -> tuple[str, int, float, float]:
     paths = output_paths(job.output_dir, job.name)
     raw_map = job.maps.pred_map if job.save_raw_map else None
     writers.write_json(paths["json"], nuclei, mag=None)
-    writers.write_mat(paths["mat"], inst_map, nuclei, raw_map=raw_map)
+    writers.write_mat(
+        paths["mat"], inst_map, nuclei, raw_map=raw_map, typed=job.nr_types is not None
+    )
     writers.write_overlay(paths["overlay"], job.image, nuclei, job.type_info, draw_dot=job.draw_dot)
     writers.write_geojson(paths["qupath"], nuclei, job.type_info, measurements=shapes)
     writers.write_csv(paths["csv"], inst_map, nuclei, job.type_info, measurements=shapes)
     return job.name, len(nuclei), mid - start, time.perf_counter() - mid
-
-
-def _worker_init() -> None:
-    # one thread per worker: the pool itself is the parallelism, and torch needs the cores
-    import cv2
-
-    cv2.setNumThreads(1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,24 +384,19 @@ class TileConfig:
     post_proc_workers: int = 1  # 0 = post-process in this process
     read_workers: int = 1  # threads that read the next images ahead
     mem_usage: float = 0.2  # share of physical memory for maps waiting for post-processing
+    overwrite: bool = False  # redo images whose five outputs exist already
 
 
 @dataclass
 class TileSummary:
     done: dict[str, int] = field(default_factory=dict)  # name -> number of nuclei
+    skipped: list[str] = field(default_factory=list)  # done before (all outputs exist)
     failed: dict[str, str] = field(default_factory=dict)  # input path -> reason
     n_patches: int = 0
     network_s: float = 0.0  # main process: waiting for reads, padding, network, stitching
     postprocess_s: float = 0.0  # summed over workers
     write_s: float = 0.0  # summed over workers
     wall_s: float = 0.0
-
-
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
 
 
 def _read_ahead(
@@ -407,80 +421,120 @@ def _read_ahead(
                 image = future.result()
             except Exception as exc:  # report any unreadable file and go on with the rest
                 summary.failed[str(path)] = str(exc)
-                log(f"skipped {path}: {exc}")
+                # a HoverNetError names the file already
+                log(f"skipped {exc}" if str(path) in str(exc) else f"skipped {path}: {exc}")
                 continue
             yield path, image
+
+
+FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
 def run_tile(
     model: torch.nn.Module,
     config: TileConfig,
     log: Callable[[str], None] = print,
+    progress: Progress | None = None,
 ) -> TileSummary:
     """Segment every input image and write its five outputs under `config.output_dir`.
 
-    Existing outputs of other images are left alone; each file is replaced atomically. Failures
-    (unreadable input, post-processing or writing error) are logged by name and collected in
-    the summary; the caller decides the exit status.
+    An image whose five outputs all exist is done and skipped (`config.overwrite` redoes it);
+    existing outputs of other images are left alone; each file is replaced atomically.
+    Failures (unreadable input, post-processing or writing error) are logged by name and
+    collected in the summary; the caller decides the exit status. A full disk or an unwritable
+    output stops the run with a HoverNetError. On an interrupt (KeyboardInterrupt or
+    hovernet.errors.Interrupted) the workers are ended and temporary files removed before the
+    exception goes on; `hovernet.progress.current_status()` then says what was finished.
+    `progress` (optional) is advanced by network patches, with the nuclei found so far.
     """
+    from hovernet.infer.engine import EngineConfig, physical_memory, run_engine
+    from hovernet.io.atomic import check_writable_dir, remove_empty_dirs, remove_temporaries
+
     files = list_inputs(config.inputs)
-    for kind in OUTPUT_KINDS:
-        (config.output_dir / kind).mkdir(parents=True, exist_ok=True)
-    geometry = model.geometry
-    budget = max(1, int(config.mem_usage * _physical_memory()))
+    out = config.output_dir
+    created = check_writable_dir(out)
+    remove_temporaries(out)  # left by a run that was killed
     summary = TileSummary()
-    total = len(files)
+    todo = []
+    for path in files:
+        if not config.overwrite and is_done(out, path.stem):
+            summary.skipped.append(path.stem)
+        else:
+            todo.append(path)
+    if summary.skipped:
+        log(
+            f"{len(summary.skipped)} of {len(files)} images already done in {out} (all five "
+            "outputs exist), skipped; --overwrite redoes them"
+        )
+    geometry = model.geometry
+    sizes = {p: image_size(p) for p in todo}
+    bar = progress if progress is not None else Progress(None, "", quiet=True)
+
+    def patches_of(shape) -> int:
+        return len(TileGrid(shape, geometry.input_size, geometry.output_size))
+
+    bar.set_total(sum(patches_of(s) for s in sizes.values() if s is not None))
+    budget = max(1, int(config.mem_usage * physical_memory()))
+    total = len(todo)
+    lock = threading.Lock()
+    fatal: list[str] = []
+
+    def status() -> None:
+        finished = len(summary.done) + len(summary.skipped)
+        set_status(
+            f"{finished} of {len(files)} images finished in {out}"
+            + (f" ({len(summary.skipped)} from before)" if summary.skipped else "")
+            + "; rerun the same command to do the rest (finished images are skipped)"
+        )
+
+    status()
     start = time.perf_counter()
-    pool = None
-    if config.post_proc_workers > 0:
-        # spawn: forking a process that has started torch's thread pools can deadlock
-        ctx = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(config.post_proc_workers, ctx, initializer=_worker_init)
-    in_flight: deque[tuple[str, int, Future]] = deque()
 
-    def collect(block: bool) -> None:
-        while in_flight and (block or in_flight[0][2].done()):
-            name, _, future = in_flight.popleft()
-            _record(summary, name, future, len(summary.done) + len(summary.failed) + 1, total, log)
+    def make_job(path: Path, image: np.ndarray, maps: PredMaps) -> tuple[_Job, int]:
+        if fatal:
+            raise HoverNetError(fatal[0])
+        n_patches = patches_of(image.shape[:2])
+        if sizes.get(path) is None:
+            bar.set_total((bar.total or 0) + n_patches)
+        with lock:
+            nuclei = sum(summary.done.values())
+        bar.advance(n_patches, nuclei=nuclei)
+        job = _Job(
+            path.stem,
+            image,
+            maps,
+            model.nr_types,
+            out,
+            config.type_info,
+            config.draw_dot,
+            config.save_raw_map,
+        )
+        return job, job.nbytes
 
+    def on_result(path: Path, result: Any, exc: BaseException | None) -> None:
+        with lock:
+            count = len(summary.done) + len(summary.failed) + 1
+            _record(summary, path.stem, result, exc, count, total, log, fatal)
+            status()
+
+    engine = EngineConfig(
+        batch_size=config.batch_size,
+        precision=config.precision,
+        workers=config.post_proc_workers if todo else 0,
+        mem_budget=budget,
+        report_as_done=True,
+    )
     try:
-        images = _read_ahead(files, config.read_workers, summary, log)
-        stream = predict_stream(model, images, config.batch_size, config.precision, geometry)
-        t_net = time.perf_counter()
-        for path, image, maps in stream:
-            summary.network_s += time.perf_counter() - t_net
-            summary.n_patches += len(
-                TileGrid(image.shape[:2], geometry.input_size, geometry.output_size)
-            )
-            job = _Job(
-                path.stem,
-                image,
-                maps,
-                model.nr_types,
-                config.output_dir,
-                config.type_info,
-                config.draw_dot,
-                config.save_raw_map,
-            )
-            if pool is None:
-                done: Future = Future()
-                try:
-                    done.set_result(_finish(job))
-                except Exception as exc:
-                    done.set_exception(exc)
-                in_flight.append((job.name, job.nbytes, done))
-            else:
-                # keep the maps waiting for workers under the memory budget (at least one job)
-                while in_flight and sum(n for _, n, _ in in_flight) + job.nbytes > budget:
-                    wait([in_flight[0][2]])
-                    collect(block=False)
-                in_flight.append((job.name, job.nbytes, pool.submit(_finish, job)))
-            collect(block=False)
-            t_net = time.perf_counter()
-        collect(block=True)
+        images = _read_ahead(todo, config.read_workers, summary, log)
+        stats = run_engine(model, images, make_job, _finish, on_result, engine)
+        summary.n_patches = stats.n_windows
+        summary.network_s = stats.network_s
+        if fatal:
+            raise HoverNetError(fatal[0])
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        remove_temporaries(out)
+        if created and not summary.done:
+            remove_empty_dirs(out)
     summary.wall_s = time.perf_counter() - start
     return summary
 
@@ -488,17 +542,24 @@ def run_tile(
 def _record(
     summary: TileSummary,
     name: str,
-    future: Future,
+    result: Any,
+    exc: BaseException | None,
     count: int,
     total: int,
     log: Callable[[str], None],
+    fatal: list[str] | None = None,
 ) -> None:
-    try:
-        _, n_nuclei, post_s, write_s = future.result()
-    except Exception as exc:
+    if exc is not None:
+        if isinstance(exc, OSError) and exc.errno in FATAL_ERRNOS and fatal is not None:
+            where = exc.filename or "the output folder"
+            fatal.append(
+                f"cannot write {where}: {exc.strerror}; free some space or choose an output "
+                "folder you can write to, then rerun (finished images are skipped)"
+            )
         summary.failed[name] = f"{type(exc).__name__}: {exc}"
         log(f"[{count}/{total}] {name}: FAILED ({type(exc).__name__}: {exc})")
         return
+    _, n_nuclei, post_s, write_s = result
     summary.done[name] = n_nuclei
     summary.postprocess_s += post_s
     summary.write_s += write_s

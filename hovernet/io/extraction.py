@@ -13,6 +13,7 @@ labelled strip-wise, see colour_masks.py), so a 10,000 x 14,000 pair stays well 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -308,19 +309,40 @@ def _done_path(out: Path, name: str) -> Path:
     return out / ".done" / f"{name}.json"
 
 
+def _finished_sources(out: Path) -> list[Path]:
+    return sorted((out / ".done").glob("*.json"))
+
+
 def _check_settings(config: ExtractConfig) -> None:
+    """Refuse to mix settings in one folder once a source is finished; before that (a run
+    that failed or was interrupted early) the new settings simply replace the old."""
     path = config.out_dir / "extract_config.json"
     settings = config.settings()
-    if path.is_file():
+    if path.is_file() and _finished_sources(config.out_dir):
         before = json.loads(path.read_text())
         if before != settings:
             diff = sorted(k for k in settings if before.get(k) != settings[k])
             raise HoverNetError(
                 f"{config.out_dir}: this folder was extracted with other settings "
-                f"({', '.join(diff)}); use a new --out folder or delete this one"
+                f"({', '.join(diff)}); rerun with --overwrite to replace it, or use a new --out "
+                "folder"
             )
-    else:
+    elif not path.is_file() or json.loads(path.read_text()) != settings:
         write_text_atomic(path, json.dumps(settings, indent=1))
+
+
+def _clear(out: Path, keep_folder: bool) -> None:
+    """Remove what a run that finished no source wrote (the folder too unless `keep_folder`)."""
+    if not out.is_dir():
+        return
+    for child in out.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    if not keep_folder:
+        with contextlib.suppress(OSError):
+            out.rmdir()
 
 
 def run_extraction(
@@ -329,31 +351,58 @@ def run_extraction(
     on_source: Callable[[Source, str, bool], None] | None = None,
     progress=None,
 ) -> list[SourceResult]:
-    """Extract every source not finished yet; write manifest, counts and type_info."""
+    """Extract every source not finished yet; write manifest, counts and type_info.
+
+    A run that stops (error or interrupt) before finishing any source leaves nothing behind
+    (the folder as it was: missing or empty); finished sources are kept and skipped by a
+    rerun. `hovernet.progress.current_status()` says how far it got.
+    """
+    from hovernet.io.atomic import check_writable_dir, remove_temporaries
+    from hovernet.progress import set_status
+
+    out = config.out_dir
     names = [s.name for s in sources]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise HoverNetError(f"source names must be unique, repeated: {', '.join(dupes)}")
     splits = assign_splits(names, config.valid_fraction, config.seed, config.split_file)
-    config.out_dir.mkdir(parents=True, exist_ok=True)
-    _check_settings(config)
-    for source in sources:
-        split = splits[source.name]
-        done = _done_path(config.out_dir, source.name)
-        if done.is_file():
-            before = json.loads(done.read_text())
-            if before["split"] == split:
-                if on_source:
-                    on_source(source, split, True)
-                continue
-            for row in before["rows"]:  # the split changed: move by redoing the source
-                (config.out_dir / row["path"]).unlink(missing_ok=True)
-            done.unlink()
-        if on_source:
-            on_source(source, split, False)
-        result = extract_source(source, split, config, progress)
-        write_text_atomic(done, json.dumps(asdict(result)))
-    results = [_load_result(p) for p in sorted((config.out_dir / ".done").glob("*.json"))]
+    existed = out.is_dir()
+    fresh = not existed or not any(out.iterdir())
+    check_writable_dir(out, "dataset folder (--out)")
+
+    def status() -> None:
+        n = len(_finished_sources(out))
+        set_status(
+            f"{n} of {len(sources)} sources finished in {out}; rerun the same command to "
+            "continue (finished sources are skipped)"
+        )
+
+    try:
+        _check_settings(config)
+        for source in sources:
+            status()
+            split = splits[source.name]
+            done = _done_path(out, source.name)
+            if done.is_file():
+                before = json.loads(done.read_text())
+                if before["split"] == split:
+                    if on_source:
+                        on_source(source, split, True)
+                    continue
+                for row in before["rows"]:  # the split changed: move by redoing the source
+                    (out / row["path"]).unlink(missing_ok=True)
+                done.unlink()
+            if on_source:
+                on_source(source, split, False)
+            result = extract_source(source, split, config, progress)
+            write_text_atomic(done, json.dumps(asdict(result)))
+        status()
+    except BaseException:
+        remove_temporaries(out)
+        if fresh and not _finished_sources(out):
+            _clear(out, keep_folder=existed)
+        raise
+    results = [_load_result(p) for p in _finished_sources(out)]
     write_outputs(config, results)
     return results
 

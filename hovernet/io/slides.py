@@ -7,11 +7,13 @@ are better read region by region through a slide reader (see the rest of this mo
 from __future__ import annotations
 
 import os
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from hovernet.errors import HoverNetError
+from hovernet.errors import HoverNetError, HoverNetWarning
 
 PLAIN_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -20,17 +22,67 @@ SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", 
 IMAGE_SUFFIXES = PLAIN_SUFFIXES | TIFF_SUFFIXES | SLIDE_SUFFIXES
 
 
+def _note(message: str) -> None:
+    """Tell the user about a conversion (printed once per image as `warning: ...`)."""
+    warnings.warn(HoverNetWarning(message), stacklevel=3)
+
+
+def _grey_or_alpha(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Grey -> 3 channels, RGBA/BGRA with real transparency -> composited on white (channel
+    order kept), opaque alpha dropped; a note for each conversion."""
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 2:
+        _note(f"{path}: greyscale image, converted to RGB (grey in all three channels)")
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        alpha = arr[:, :, 3]
+        if alpha.min() < 255:
+            _note(f"{path}: RGBA image with transparent pixels, composited on white")
+            a = alpha[:, :, None].astype(np.float32) / 255
+            rgb = arr[:, :, :3].astype(np.float32) * a + 255 * (1 - a)
+            return np.rint(rgb).astype(np.uint8)
+    return arr
+
+
 def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
-    """Grey -> RGB, RGBA -> RGB (alpha dropped); anything not uint8 is refused."""
+    """Grey -> RGB, RGBA -> RGB (transparency composited on white); not uint8 is refused."""
     if arr.dtype != np.uint8:
         raise HoverNetError(
             f"{path}: pixels are {arr.dtype}, expected 8-bit RGB; convert the image to 8-bit first"
         )
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    arr = _grey_or_alpha(arr, path)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise HoverNetError(f"{path}: expected an RGB image, got an array of shape {arr.shape}")
     return np.ascontiguousarray(arr[:, :, :3])
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_intact(buf: np.ndarray) -> bool:
+    """The PNG chunk structure is whole: signature, every chunk's CRC, and an IEND chunk.
+
+    Checked before decoding so that a corrupt or truncated file gives one clean error instead
+    of libpng's message on stderr.
+    """
+    data = memoryview(buf)
+    if bytes(data[:8]) != PNG_SIGNATURE:
+        return False
+    pos, end = 8, len(data)
+    while pos + 12 <= end:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = bytes(data[pos + 4 : pos + 8])
+        stop = pos + 8 + length
+        if stop + 4 > end:
+            return False
+        crc = int.from_bytes(data[stop : stop + 4], "big")
+        if zlib.crc32(data[pos + 4 : stop]) != crc:
+            return False
+        if kind == b"IEND":
+            return True
+        pos = stop + 4
+    return False
 
 
 def _read_plain(path: Path) -> np.ndarray:
@@ -84,6 +136,26 @@ def _checked_suffix(path: Path) -> str:
             + ", ".join(sorted(IMAGE_SUFFIXES))
         )
     return suffix
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) of a PNG/JPEG/TIFF from its header, without decoding the pixels; None
+    when the header cannot be read (reading the image then says why)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.pages[0].shape
+            return int(shape[0]), int(shape[1])
+        from PIL import Image
+
+        with Image.open(path) as img:
+            width, height = img.size
+        return height, width
+    except Exception:
+        return None
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -262,7 +334,8 @@ def _read_plain_bgr(path: Path) -> np.ndarray:
     import cv2
 
     buf = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    intact = buf.size > 0 and (path.suffix.lower() != ".png" or _png_intact(buf))
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if intact else None
     del buf
     if img is None:
         raise HoverNetError(f"{path}: cannot decode the image (corrupt or not an image file)")
@@ -270,6 +343,4 @@ def _read_plain_bgr(path: Path) -> np.ndarray:
         raise HoverNetError(
             f"{path}: pixels are {img.dtype}, expected 8-bit RGB; convert the image to 8-bit first"
         )
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    return img
+    return _grey_or_alpha(img, path)

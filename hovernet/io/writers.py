@@ -66,10 +66,18 @@ def write_json(path: PathLike, nuclei: Nuclei, mag: float | None = None) -> None
 
 
 def write_mat(
-    path: PathLike, inst_map: np.ndarray, nuclei: Nuclei, raw_map: np.ndarray | None = None
+    path: PathLike,
+    inst_map: np.ndarray,
+    nuclei: Nuclei,
+    raw_map: np.ndarray | None = None,
+    typed: bool | None = None,
 ) -> None:
     """MATLAB file with the original's keys: `inst_map` (H x W int32), `inst_uid` (N x 1 ids),
-    `inst_type` (N x 1, only when typed), `inst_centroid` (N x 2 [x, y]), `raw_map` if given."""
+    `inst_type` (N x 1, only when typed), `inst_centroid` (N x 2 [x, y]), `raw_map` if given.
+
+    `typed` (the model has a type branch) writes `inst_type` even for an image without nuclei
+    (0 x 1), so the file has the same keys whatever is found; None: typed when every record
+    has a type."""
     import scipy.io
 
     ids = [int(i) for i in nuclei]
@@ -81,7 +89,9 @@ def write_mat(
         ),
     }
     types = [nuclei[i].get("type") for i in ids]
-    if types and all(t is not None for t in types):
+    if typed is None:
+        typed = bool(types) and all(t is not None for t in types)
+    if typed:
         mat["inst_type"] = np.array(types, dtype=np.int32).reshape(-1, 1)
     if raw_map is not None:
         mat["raw_map"] = np.asarray(raw_map)
@@ -106,6 +116,26 @@ def _polygon(contour: list) -> Any:
     return orient(poly, sign=1.0)
 
 
+def _outline_geometry(rings: list) -> Any:
+    """A valid shapely (Multi)Polygon from `mask_outline` rings (pixel corners), each exterior
+    counter-clockwise. A ring that touches itself at a corner (pixels meeting diagonally) is
+    split there into polygons that touch at that point."""
+    from shapely import make_valid
+    from shapely.geometry import MultiPolygon, Polygon
+    from shapely.geometry.polygon import orient
+
+    polys = [Polygon(ring) for ring in rings]
+    geom = polys[0] if len(polys) == 1 else MultiPolygon(polys)
+    if not geom.is_valid:
+        fixed = make_valid(geom)
+        parts = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type == "Polygon"]
+        polys = [Polygon(p.exterior) for p in parts if p.area > 0]
+        geom = polys[0] if len(polys) == 1 else MultiPolygon(polys)
+    if geom.geom_type == "Polygon":
+        return orient(geom, sign=1.0)
+    return MultiPolygon([orient(p, sign=1.0) for p in geom.geoms])
+
+
 def _measurements(
     inst_map: np.ndarray | None, nuclei: Nuclei, measurements: Mapping | None
 ) -> Mapping[int, Mapping[str, float]] | None:
@@ -117,14 +147,69 @@ def _measurements(
 
 
 def _prob_names(nuclei: Nuclei, type_info: TypeInfo | None) -> list[str]:
-    """Names of the per-class mean probabilities, when the records have `type_probs`."""
-    first = next(iter(nuclei.values()), {})
-    n = len(first.get("type_probs") or [])
+    """Names of the per-class mean probabilities: one per class of `type_info` (background
+    included) for typed outputs, so an image without nuclei has the same columns; otherwise one
+    per entry of the records' `type_probs`."""
+    first = next(iter(nuclei.values()), None)
+    if first is None:
+        n = max(type_info) + 1 if type_info else 0
+    else:
+        n = len(first.get("type_probs") or [])
+    return prob_names(n, type_info)
+
+
+def prob_names(n: int, type_info: TypeInfo | None) -> list[str]:
+    """Names of `n` per-class probabilities: the type_info names, else "type <c>"."""
     names = []
     for c in range(n):
         name = type_info[c][0] if type_info and c in type_info else f"type {c}"
         names.append(str(name))
     return names
+
+
+def nucleus_feature(
+    key: str,
+    nid: int,
+    rec: Mapping[str, Any],
+    type_info: TypeInfo | None,
+    shapes: Mapping[int, Mapping[str, float]] | None,
+    class_names: list[str],
+    scale: float = 1.0,
+) -> dict[str, Any]:
+    """One QuPath detection Feature (see `write_geojson`); `key` seeds its deterministic UUID.
+
+    `scale` multiplies the coordinates (after the outline is built from the pixel contour),
+    for nuclei found at a lower resolution than the image the GeoJSON refers to.
+    """
+    from shapely import affinity
+    from shapely.geometry import mapping
+
+    name, colour = class_of(rec, type_info)
+    values: dict[str, float] = {"Nucleus ID": nid}
+    if rec.get("type_prob") is not None:
+        values["Type probability"] = float(rec["type_prob"])
+    if shapes is not None:
+        for key_, unit in MEASUREMENTS.items():
+            label = key_.capitalize() + (f" ({unit})" if unit else "")
+            values[label] = float(shapes[nid][key_])
+    for cname, p in zip(class_names, rec.get("type_probs") or [], strict=False):
+        values[f"Probability {cname}"] = float(p)
+    outline = shapes[nid].get("outline") if shapes is not None else None
+    # the outer boundary of the nucleus pixels in corner coordinates when measured (exact in
+    # QuPath); else the pixel-centre contour of the records
+    poly = _outline_geometry(outline) if outline else _polygon(rec["contour"])
+    if scale != 1.0:
+        poly = affinity.scale(poly, scale, scale, origin=(0, 0))
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid5(_UUID_NAMESPACE, key)),
+        "geometry": mapping(poly),
+        "properties": {
+            "objectType": "detection",
+            "classification": {"name": name, "color": list(colour)},
+            "measurements": values,
+        },
+    }
 
 
 def write_geojson(
@@ -136,42 +221,23 @@ def write_geojson(
 ) -> None:
     """QuPath (0.4-0.6) GeoJSON FeatureCollection: one detection Feature per nucleus.
 
-    Coordinates are pixels of the full image, origin top-left, y down. Each exterior ring is
+    Coordinates are pixel corners of the full image (QuPath's convention: pixel (row r, column
+    c) is the square [c, c + 1] x [r, r + 1]), origin top-left, y down. A nucleus is the outer
+    boundary of its pixels (`measurements[id]["outline"]`, from `nucleus_measurements`), so a
+    reader that fills polygons by pixel centre gets exactly its pixels back; records without an
+    outline fall back to their contour (pixel centres). Each exterior ring is
     counter-clockwise in the coordinates as written (positive shoelace area, what shapely's
     `is_ccw` and RFC 7946 validators check); on screen, with y pointing down, it looks clockwise.
     `measurements` (or `inst_map`, to compute them) adds area, perimeter, eccentricity and
     solidity; "Nucleus ID" and "Type probability" are always there.
     """
-    from shapely.geometry import mapping
-
     stem = os.fspath(path).replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
     shapes = _measurements(inst_map, nuclei, measurements)
-    prob_names = _prob_names(nuclei, type_info)
-    features = []
-    for nid, rec in nuclei.items():
-        nid = int(nid)
-        name, colour = class_of(rec, type_info)
-        values: dict[str, float] = {"Nucleus ID": nid}
-        if rec.get("type_prob") is not None:
-            values["Type probability"] = float(rec["type_prob"])
-        if shapes is not None:
-            for key, unit in MEASUREMENTS.items():
-                label = key.capitalize() + (f" ({unit})" if unit else "")
-                values[label] = float(shapes[nid][key])
-        for cname, p in zip(prob_names, rec.get("type_probs") or [], strict=False):
-            values[f"Probability {cname}"] = float(p)
-        features.append(
-            {
-                "type": "Feature",
-                "id": str(uuid.uuid5(_UUID_NAMESPACE, f"{stem}/{nid}")),
-                "geometry": mapping(_polygon(rec["contour"])),
-                "properties": {
-                    "objectType": "detection",
-                    "classification": {"name": name, "color": list(colour)},
-                    "measurements": values,
-                },
-            }
-        )
+    names = _prob_names(nuclei, type_info)
+    features = [
+        nucleus_feature(f"{stem}/{int(nid)}", int(nid), rec, type_info, shapes, names)
+        for nid, rec in nuclei.items()
+    ]
     doc = {"type": "FeatureCollection", "features": features}
     write_text_atomic(path, json.dumps(doc, default=_plain))
 
@@ -191,6 +257,25 @@ CSV_COLUMNS = [
 ]
 
 
+def csv_header(class_names: list[str]) -> list[str]:
+    return CSV_COLUMNS + [f"prob_{n}" for n in class_names]
+
+
+def csv_row(
+    nid: int, rec: Mapping[str, Any], type_info: TypeInfo | None, shapes: Mapping[str, float]
+) -> list:
+    """One CSV row (see `write_csv`) of a nucleus record and its measurements."""
+    (rmin, cmin), (rmax, cmax) = rec["bbox"]
+    t, p = rec.get("type"), rec.get("type_prob")
+    row = [nid, "" if t is None else int(t), class_of(rec, type_info)[0]]
+    row += ["" if p is None else repr(float(p))]
+    row += [repr(float(c)) for c in rec["centroid"]]
+    row += [repr(shapes[k]) for k in MEASUREMENTS]
+    row += [int(rmin), int(cmin), int(rmax), int(cmax)]
+    row += [repr(float(v)) for v in rec.get("type_probs") or []]
+    return row
+
+
 def write_csv(
     path: PathLike,
     inst_map: np.ndarray,
@@ -201,21 +286,12 @@ def write_csv(
     """One row per nucleus: CSV_COLUMNS, then `prob_<class>` columns when records have
     `type_probs`. Type and probability are empty for an untyped model; sizes are in pixels."""
     shapes = _measurements(inst_map, nuclei, measurements)
-    prob_names = _prob_names(nuclei, type_info)
+    names = _prob_names(nuclei, type_info)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS + [f"prob_{n}" for n in prob_names])
+    writer.writerow(csv_header(names))
     for nid, rec in nuclei.items():
-        nid = int(nid)
-        (rmin, cmin), (rmax, cmax) = rec["bbox"]
-        t, p = rec.get("type"), rec.get("type_prob")
-        row = [nid, "" if t is None else int(t), class_of(rec, type_info)[0]]
-        row += ["" if p is None else repr(float(p))]
-        row += [repr(float(c)) for c in rec["centroid"]]
-        row += [repr(shapes[nid][k]) for k in MEASUREMENTS]
-        row += [int(rmin), int(cmin), int(rmax), int(cmax)]
-        row += [repr(float(v)) for v in rec.get("type_probs") or []]
-        writer.writerow(row)
+        writer.writerow(csv_row(int(nid), rec, type_info, shapes[int(nid)]))
     write_text_atomic(path, buf.getvalue())
 
 
@@ -250,7 +326,8 @@ def write_overlay(
     draw_dot: bool = False,
 ) -> None:
     """PNG of the RGB `image` with each contour in its class colour (2 px, as the original),
-    a 3-px centroid dot when `draw_dot`, and a legend of class names with nucleus counts."""
+    a 3-px centroid dot when `draw_dot`, and a legend of every class name (all of `type_info`
+    but the background, or the untyped class) with its nucleus count, 0 included."""
     import cv2
 
     image = np.asarray(image)
@@ -270,10 +347,15 @@ def write_overlay(
         if draw_dot:
             x, y = (int(round(v)) for v in rec["centroid"])
             cv2.circle(canvas, (x, y), 3, bgr, -1)
+    # every class is in the legend, with 0 when the image has none of it
     if type_info is not None:
+        for t, (n, c) in type_info.items():
+            if int(t) > 0:
+                counts[(str(n), tuple(int(v) for v in c))] += 0
         order = {(str(n), tuple(int(v) for v in c)): t for t, (n, c) in type_info.items()}
         keys = sorted(counts, key=lambda k: (order.get(k, 1 << 30), k[0]))
     else:
+        counts[UNTYPED_CLASS] += 0
         keys = list(counts)
     _draw_legend(canvas, [(name, colour, counts[(name, colour)]) for name, colour in keys])
     with atomic_path(path) as tmp:

@@ -61,9 +61,9 @@ class _AxisPlan:
         last = (start + length - 0.5) * r - 0.5
         q0 = math.floor(first) - 1
         q1 = math.floor(last) + 3
-        # shrinking by r in (1, 2): average m x m bilinear samples per output pixel (close to
-        # an area filter); enlarging: one bilinear sample
-        m = 2 if r > 1 else 1
+        # shrinking by r in (1.25, 2): average 2 x 2 bilinear samples per output pixel (close
+        # to an area filter); enlarging or shrinking a little: one bilinear sample
+        m = 2 if r > 1.25 else 1
         self.k, self.m, self.scale = k, m, r / m
         self.offset = (start + 0.5 / m) * r - 0.5 - q0
         self.src0, self.src_len = q0 * k, (q1 - q0) * k
@@ -222,6 +222,7 @@ def open_slide(
     path: str | os.PathLike,
     mpp: float | None = None,
     magnification: float | None = None,
+    backend: str = "auto",
 ) -> Slide:
     """Open a slide for region reading.
 
@@ -229,11 +230,15 @@ def open_slide(
     mpp = 10 / magnification: 40x = 0.25 um/px). Without either, the file's MPP is used, or its
     objective power when it records no MPP; a file with neither is a HoverNetError that names
     the file and the options `--slide_mpp` / `--slide_mag`.
+
+    `backend`: "auto" (OpenSlide for the formats it reads, tifffile for OME-TIFF, sub-IFD and
+    stripped TIFFs and pyramids OpenSlide does not see, a decoder for PNG/JPEG), or "openslide"
+    / "tifffile" to force one.
     """
     path = Path(path)
     _check_positive(mpp, "the slide MPP (--slide_mpp)", path)
     _check_positive(magnification, "the slide magnification (--slide_mag)", path)
-    backend = open_backend(path)
+    backend = open_backend(path, backend)
     try:
         mag = magnification if magnification is not None else backend.magnification
         if mpp is not None:

@@ -454,9 +454,18 @@ def _prefer_tifffile(path: Path) -> tuple[bool, int]:
         return False, 0
 
 
-def open_backend(path: Path) -> Backend:
+def open_backend(path: Path, backend: str = "auto") -> Backend:
     if path.is_dir() or not path.exists():
         raise HoverNetError(f"{path}: no such file")
+    if backend == "tifffile":
+        return TiffBackend(path)
+    if backend == "openslide":
+        osr, error = _try_openslide(path)
+        if osr is None:
+            raise HoverNetError(f"{path}: OpenSlide cannot open this slide ({error})")
+        return OpenSlideBackend(path, osr)
+    if backend != "auto":
+        raise ValueError(f"backend must be 'auto', 'openslide' or 'tifffile', not {backend!r}")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise HoverNetError(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +63,14 @@ def _read_file(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's message suggests loading with weights_only=False: never do that here
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" (it needs {found.group(1)})" if found else ""
         raise HoverNetError(
-            f"{path} holds Python objects other than tensors and plain containers, which are "
-            f"not loaded for safety ({str(exc).splitlines()[0]}): re-save it as "
-            '`torch.save({"desc": model.state_dict()}, path)`'
+            f"{path} was refused: besides tensors it contains Python code or objects{what}, "
+            "which are never loaded because loading them could run that code. Re-save the "
+            'weights only, where the file comes from: torch.save({"desc": '
+            "model.state_dict()}, path)"
         ) from None
     except Exception as exc:  # torch raises many types for non-checkpoint bytes
         raise HoverNetError(
@@ -194,7 +199,7 @@ def load_state_dict_into(model: nn.Module, sd: dict[str, torch.Tensor], source: 
 
 
 def load_model(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     mode: str | None = None,
     nr_types: int | None = None,
@@ -204,7 +209,16 @@ def load_model(
     `mode` and `nr_types` are read from the file; pass them only to check (a mismatch raises
     HoverNetError naming it). `nr_types=0` asks for a model without type branch. The result has
     `model.meta`: a ModelMeta with mode, nr_types, type_info and mpp (None where unknown).
+    Without `path`, the model bundled with the package (`hovernet.model.bundled`), saying so in
+    one line on stderr.
     """
+    if path is None:
+        import sys
+
+        from hovernet.model.bundled import BUNDLED_SUMMARY, bundled_model_path
+
+        path = bundled_model_path()
+        print(f"using {BUNDLED_SUMMARY}", file=sys.stderr, flush=True)
     path = Path(path)
     obj = _read_file(path)
     sd = _state_dict_of(obj, path)

@@ -1,10 +1,10 @@
-"""HoVer-Net lite: a compact HoVer-Net for CPUs (about 0.9 M parameters, ~1/70 of fast mode's
+"""HoVer-Net lite: a compact HoVer-Net for CPUs (0.86 M parameters, 1/77 of fast mode's
 FLOPs per output pixel) with the same three branches, output layout and post-processing.
 
 Design (a U-Net-sized encoder-decoder, every convolution 3x3 "same" + BatchNorm + ReLU):
 
 - encoder: five levels of two convs each, 16-32-64-96-128 channels, 2x2 max-pooling between
-  levels (full resolution down to 1/16: the receptive field, ~200 px, covers a nucleus and its
+  levels (full resolution down to 1/16: the receptive field, ~180 px, covers a nucleus and its
   neighbours at 0.5 um/px);
 - shared decoder trunk: at 1/8, 1/4 and 1/2 resolution, nearest-neighbour 2x up-sampling,
   concatenation with the encoder skip, then convs (96, 64 + 64, 32 + 32 channels);

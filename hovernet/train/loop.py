@@ -100,6 +100,8 @@ def pick_device(cfg: TrainConfig, dist: Dist) -> torch.device:
     if device.type == "cuda" and dist.world > 1:
         device = torch.device("cuda", dist.local_rank)
     if device.type == "cuda":
+        if device.index is None:  # "cuda" alone: the current device, with its index
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     return device
 

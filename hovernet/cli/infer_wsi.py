@@ -1,0 +1,203 @@
+"""`hovernet infer ... wsi ...`: whole-slide inference (see docs/slide.md).
+
+    hovernet infer --model_path=net.tar --batch_size=16 \\
+        wsi --input_dir=slides/ --output_dir=out/ --save_thumb --save_mask
+
+Slides are shared between the processes of a `torchrun` job (RANK/WORLD_SIZE) and between the
+tasks of a `--shard i/n` job array: each slide is processed by exactly one of them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from hovernet.errors import HoverNetError
+
+
+def register_wsi(infer_app: typer.Typer) -> None:
+    @infer_app.command("wsi")
+    def wsi(
+        ctx: typer.Context,
+        input_dir: str = typer.Option(
+            ...,
+            "--input_dir",
+            "--input-dir",
+            help="A slide, a folder of slides, a glob pattern (quoted) or a .txt list file.",
+        ),
+        output_dir: Path = typer.Option(..., "--output_dir", "--output-dir"),
+        proc_mpp: float | None = typer.Option(
+            None,
+            "--proc_mpp",
+            "--proc-mpp",
+            help="Processing resolution (um/px); default: the model's.",
+        ),
+        proc_mag: float | None = typer.Option(
+            None, "--proc_mag", "--proc-mag", help="Processing magnification (the original's)."
+        ),
+        slide_mpp: float | None = typer.Option(
+            None, "--slide_mpp", "--slide-mpp", help="Override the slide's own um/px."
+        ),
+        slide_mag: float | None = typer.Option(
+            None, "--slide_mag", "--slide-mag", help="Override the slide's magnification."
+        ),
+        input_mask_dir: Path | None = typer.Option(
+            None,
+            "--input_mask_dir",
+            "--input-mask-dir",
+            help="Folder of tissue masks named like the slides (any image, tissue non-zero).",
+        ),
+        save_mask: bool = typer.Option(False, "--save_mask", "--save-mask"),
+        save_thumb: bool = typer.Option(False, "--save_thumb", "--save-thumb"),
+        save_label_map: bool = typer.Option(
+            False,
+            "--save_label_map",
+            "--save-label-map",
+            help="Instance and type maps as tiled pyramidal TIFFs.",
+        ),
+        shard: str | None = typer.Option(
+            None, "--shard", help="i/n: process every n-th slide from the i-th (job arrays)."
+        ),
+        region_size: int = typer.Option(
+            3000,
+            "--region_size",
+            "--region-size",
+            help="Region side at the processing resolution (memory grows with its square).",
+        ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Redo slides that are finished or partly done."
+        ),
+        mem_usage: float = typer.Option(
+            0.1,
+            "--mem_usage",
+            "--mem-usage",
+            help="Share of memory for network maps waiting for post-processing.",
+        ),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        cache_path: str | None = typer.Option(
+            None, "--cache_path", "--cache-path", hidden=True, help="The original's; not needed."
+        ),
+        chunk_shape: int | None = typer.Option(
+            None, "--chunk_shape", "--chunk-shape", hidden=True, help="The original's; ignored."
+        ),
+        tile_shape: int | None = typer.Option(
+            None, "--tile_shape", "--tile-shape", hidden=True, help="The original's; ignored."
+        ),
+    ) -> None:
+        """Segment whole-slide images: <slide>.geojson.gz, .json, .csv, .overlay.png and
+        .summary.json per slide, from a resumable per-slide SQLite store (<slide>.db)."""
+        from hovernet.cli.infer import InferOptions
+
+        opts: InferOptions = ctx.obj
+        if not 0 < mem_usage <= 1:
+            raise HoverNetError(f"--mem_usage must be a share in (0, 1], got {mem_usage}")
+        if proc_mpp is not None and proc_mag is not None:
+            raise HoverNetError("give --proc_mpp or --proc_mag, not both")
+        if slide_mpp is not None and slide_mag is not None:
+            raise HoverNetError("give --slide_mpp or --slide_mag, not both")
+        if input_mask_dir is not None and not input_mask_dir.is_dir():
+            raise HoverNetError(f"--input_mask_dir {input_mask_dir} is not a folder")
+        run_wsi(
+            opts,
+            input_dir,
+            output_dir,
+            shard,
+            dict(
+                proc_mpp=proc_mpp,
+                proc_mag=proc_mag,
+                slide_mpp=slide_mpp,
+                slide_mag=slide_mag,
+                mask_dir=input_mask_dir,
+                save_mask=save_mask,
+                save_thumb=save_thumb,
+                save_label_map=save_label_map,
+                region_size=region_size,
+                overwrite=overwrite,
+                quiet=quiet,
+            ),
+            mem_usage,
+        )
+
+
+def run_wsi(opts, input_dir: str, output_dir: Path, shard: str | None, fields: dict, mem_usage):
+    """List and share out the slides, load the model, run, report; exit 2 if any failed."""
+    from dataclasses import replace
+
+    from hovernet.cli.infer import _describe, load_for_inference, model_label
+    from hovernet.infer.engine import physical_memory
+    from hovernet.infer.slide import (
+        SlideConfig,
+        default_workers,
+        list_slides,
+        my_slides,
+        parse_shard,
+        rank_and_world,
+        run_slides,
+    )
+
+    slides = list_slides(input_dir)
+    rank, world = rank_and_world(parse_shard(shard))
+    mine = my_slides(slides, rank, world)
+    distributed = _init_distributed()
+    if distributed and opts.device in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            opts = replace(opts, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    model, type_info = load_for_inference(opts)
+    who = f"rank {rank}/{world}: " if world > 1 else ""
+    print(
+        f"{who}{_describe(model, type_info, opts)}; {len(mine)} of {len(slides)} slides", flush=True
+    )
+    workers = opts.nr_post_proc_workers
+    config = SlideConfig(
+        output_dir=output_dir,
+        batch_size=opts.batch_size,
+        precision=opts.precision,
+        post_proc_workers=default_workers() if workers is None else workers,
+        read_workers=max(1, opts.nr_inference_workers),
+        mem_budget=int(mem_usage * physical_memory()),
+        type_info=type_info,
+        model_name=f"{model.mode}, nr_types={model.nr_types}, {Path(model_label(opts)).name}",
+        **fields,
+    )
+    results = run_slides(model, mine, config, log=_log)
+    if distributed:
+        results = _gather(results)
+    failed = [r for r in results if r.status == "failed"]
+    done = [r for r in results if r.status == "done"]
+    if rank == 0 or not distributed:
+        skipped = len(results) - len(done) - len(failed)
+        print(
+            f"{len(done)} slides done ({sum(r.n_nuclei for r in done)} nuclei), {skipped} "
+            f"skipped as finished, {len(failed)} failed; outputs in {output_dir}",
+            flush=True,
+        )
+    if failed:
+        listed = "; ".join(f"{r.name}: {r.reason}" for r in failed)
+        raise HoverNetError(f"{len(failed)} slide(s) failed: {listed}")
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def _init_distributed() -> bool:
+    """Join the process group of a torchrun launch (gloo: only small results are exchanged)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
+        return False
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return True
+
+
+def _gather(results: list) -> list:
+    import torch.distributed as dist
+
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, results)
+    return [r for part in everyone for r in part]

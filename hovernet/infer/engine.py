@@ -1,0 +1,194 @@
+"""The one inference engine behind tile mode and slide mode.
+
+`run_engine` drives a stream of images through `predict_stream` (batches span image
+boundaries) in this process, hands each image's maps to a pool of post-processing worker
+processes, and reports the results back in input order. The network never waits for
+post-processing while the pool has room: maps waiting for a worker are kept under a memory
+budget, and only when that budget is full does the main process wait for the oldest job.
+
+Front ends differ only in what they feed in (whole tiles, or overlapping regions of a slide),
+what a job is (`make_job`) and what a worker does with it (`work`, a top-level function so that
+it pickles into spawned workers).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from hovernet.infer.tiling import TileGrid
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    batch_size: int = 8
+    precision: str = "auto"
+    workers: int = 1  # post-processing processes; 0 = post-process in this process
+    mem_budget: int = 1 << 30  # bytes of maps waiting for workers (at least one job waits)
+    max_in_flight: int | None = None  # jobs waiting or running; None = no limit but memory
+    # False: `on_result` in input order, from this thread (slide mode: its SQLite store lives
+    # here). True: from the thread that sees the worker finish, as soon as it finishes, under a
+    # lock (tile mode: each image's line appears when its outputs are written)
+    report_as_done: bool = False
+
+
+@dataclass
+class EngineStats:
+    n_windows: int = 0
+    network_s: float = 0.0  # main process: waiting for input, padding, network, stitching
+    wait_s: float = 0.0  # main process: waiting for workers (budget full)
+
+
+def physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def worker_init() -> None:
+    # one thread per worker: the pool itself is the parallelism, and torch needs the cores
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the main process ends the workers itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def end_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's processes now (after an interrupt): a job they were running is
+    not finished, and the front ends redo unfinished work on the next run."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+
+
+def make_pool(workers: int) -> ProcessPoolExecutor | None:
+    if workers <= 0:
+        return None
+    # spawn: forking a process that has started torch's thread pools can deadlock
+    ctx = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, ctx, initializer=worker_init)
+
+
+def maps_nbytes(*arrays: np.ndarray | None) -> int:
+    return sum(0 if a is None else a.nbytes for a in arrays)
+
+
+def run_engine(
+    model: torch.nn.Module,
+    items: Iterable[tuple[Any, np.ndarray]],
+    make_job: Callable[[Any, np.ndarray, Any], tuple[Any, int]],
+    work: Callable[[Any], Any],
+    on_result: Callable[[Any, Any, BaseException | None], None],
+    config: EngineConfig,
+    pool: ProcessPoolExecutor | None = None,
+) -> EngineStats:
+    """Network -> workers -> `on_result(key, result, error)`, in the order of `items`.
+
+    `make_job(key, image, maps)` returns (job, bytes it holds); `work(job)` runs in a worker
+    (or inline when `config.workers == 0`). An exception in `work` is passed to `on_result` as
+    `error` (result None) and the run goes on; an exception from `items`, the network or
+    `on_result` ends the run. `pool` lets a caller keep one pool over several runs (slides).
+    """
+    from hovernet.infer.tile import predict_stream
+
+    geometry = model.geometry
+    stats = EngineStats()
+    own_pool = pool is None and config.workers > 0
+    if own_pool:
+        pool = make_pool(config.workers)
+    in_flight: deque[tuple[Any, int, Future]] = deque()
+    lock = threading.Lock()
+    stopping: list[bool] = []
+
+    def collect(block: bool) -> None:
+        if config.report_as_done:
+            if block:
+                with lock:
+                    futures = [f for _, _, f in in_flight]
+                wait(futures)
+            return
+        while in_flight and (block or in_flight[0][2].done()):
+            key, _, future = in_flight.popleft()
+            exc = future.exception()
+            on_result(key, None if exc else future.result(), exc)
+
+    def report_done(entry: tuple[Any, int, Future]) -> None:
+        if stopping:  # the workers were ended on an interrupt: nothing to report
+            return
+        key, _, future = entry
+        with lock:
+            if entry in in_flight:
+                in_flight.remove(entry)
+            exc = future.exception()
+            on_result(key, None if exc else future.result(), exc)
+
+    def full(nbytes: int) -> bool:
+        with lock:
+            if not in_flight:
+                return False
+            if config.max_in_flight is not None and len(in_flight) >= config.max_in_flight:
+                return True
+            return sum(n for _, n, _ in in_flight) + nbytes > config.mem_budget
+
+    def oldest() -> list[Future]:
+        with lock:
+            return [in_flight[0][2]] if in_flight else []
+
+    interrupted = True
+    try:
+        stream = predict_stream(model, items, config.batch_size, config.precision, geometry)
+        t_net = time.perf_counter()
+        for key, image, maps in stream:
+            stats.network_s += time.perf_counter() - t_net
+            stats.n_windows += len(
+                TileGrid(image.shape[:2], geometry.input_size, geometry.output_size)
+            )
+            job, nbytes = make_job(key, image, maps)
+            del image, maps
+            if pool is None:
+                done: Future = Future()
+                try:
+                    done.set_result(work(job))
+                except Exception as exc:
+                    done.set_exception(exc)
+                entry = (key, nbytes, done)
+                with lock:
+                    in_flight.append(entry)
+                if config.report_as_done:
+                    report_done(entry)
+            else:
+                t_wait = time.perf_counter()
+                while full(nbytes):
+                    wait(oldest())
+                    collect(block=False)
+                stats.wait_s += time.perf_counter() - t_wait
+                entry = (key, nbytes, pool.submit(work, job))
+                with lock:
+                    in_flight.append(entry)
+                if config.report_as_done:
+                    entry[2].add_done_callback(lambda _f, e=entry: report_done(e))
+            del job
+            collect(block=False)
+            t_net = time.perf_counter()
+        collect(block=True)
+        interrupted = False
+    finally:
+        if interrupted and pool is not None:
+            stopping.append(True)
+            end_workers(pool)
+        if own_pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return stats

@@ -1,0 +1,163 @@
+"""Region planning and nucleus ownership for whole-slide inference (pure, no I/O).
+
+A slide, at the processing resolution, is cut into square *cores* that tile it exactly once.
+Each region reads its core plus a *margin* on every side (clipped to the slide), runs the
+network and post-processing on that, and keeps exactly the nuclei whose centroid lies in its
+core. A nucleus that straddles two cores is found whole by both regions (the margin is wider
+than any nucleus) and kept by one, so no nucleus is lost, doubled or cut at a seam.
+
+Core and margin are whole multiples of the network's output size and cores start at multiples
+of it, so the network windows of every region lie on the same global grid as whole-image tile
+mode's windows: inside a core, a region's network maps are exactly those of the whole image.
+At the slide's edges regions are clipped and mirror-padded like a whole image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hovernet.config import ModelGeometry
+from hovernet.errors import HoverNetError
+
+# widest nucleus (pixels at the processing resolution) a region must see whole beyond its core
+NUCLEUS_MARGIN = 96
+
+
+@dataclass(frozen=True)
+class Region:
+    """One region: `core` and `read` boxes (x0, y0, x1, y1), processing-resolution pixels."""
+
+    index: int
+    core: tuple[int, int, int, int]
+    read: tuple[int, int, int, int]
+
+    @property
+    def read_size(self) -> tuple[int, int]:
+        """(width, height) of the area read."""
+        return self.read[2] - self.read[0], self.read[3] - self.read[1]
+
+
+@dataclass(frozen=True)
+class RegionPlan:
+    """The region grid of a `width` x `height` image (processing resolution)."""
+
+    width: int
+    height: int
+    core: int
+    margin: int
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.height < 1:
+            raise HoverNetError(
+                f"cannot plan regions of an empty {self.width} x {self.height} slide"
+            )
+        if self.core < 1 or self.margin < 0:
+            raise HoverNetError(f"region core {self.core} and margin {self.margin} must be > 0")
+
+    @property
+    def n_cols(self) -> int:
+        return math.ceil(self.width / self.core)
+
+    @property
+    def n_rows(self) -> int:
+        return math.ceil(self.height / self.core)
+
+    def __len__(self) -> int:
+        return self.n_rows * self.n_cols
+
+    def region(self, index: int) -> Region:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        row, col = divmod(index, self.n_cols)
+        x0, y0 = col * self.core, row * self.core
+        x1, y1 = min(x0 + self.core, self.width), min(y0 + self.core, self.height)
+        m = self.margin
+        read = (max(0, x0 - m), max(0, y0 - m), min(self.width, x1 + m), min(self.height, y1 + m))
+        return Region(index, (x0, y0, x1, y1), read)
+
+    def regions(self) -> list[Region]:
+        return [self.region(i) for i in range(len(self))]
+
+    def tissue_indices(
+        self, mask: np.ndarray, mask_scale: float, min_fraction: float = 0.0
+    ) -> list[int]:
+        """Indices of the regions whose core holds tissue.
+
+        `mask` is a boolean tissue mask of the image where one mask pixel covers `mask_scale`
+        processing pixels per side. A core holds tissue when the mask pixels it touches are
+        more than `min_fraction` tissue (any tissue at all with the default 0).
+        """
+        mask = np.asarray(mask, dtype=bool)
+        if mask.ndim != 2 or mask_scale <= 0:
+            raise HoverNetError(f"tissue mask of shape {mask.shape}: expected a 2-D mask")
+        integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+        integral[1:, 1:] = mask.cumsum(0).cumsum(1)
+        out = []
+        for region in self.regions():
+            x0, y0, x1, y1 = region.core
+            r0 = min(mask.shape[0], int(y0 / mask_scale))
+            c0 = min(mask.shape[1], int(x0 / mask_scale))
+            r1 = min(mask.shape[0], max(r0 + 1, math.ceil(y1 / mask_scale)))
+            c1 = min(mask.shape[1], max(c0 + 1, math.ceil(x1 / mask_scale)))
+            area = (r1 - r0) * (c1 - c0)
+            if area <= 0:
+                continue
+            tissue = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
+            if tissue > min_fraction * area:
+                out.append(region.index)
+        return out
+
+
+def plan_regions(
+    width: int, height: int, geometry: ModelGeometry, region_size: int, margin: int | None = None
+) -> RegionPlan:
+    """A region grid aligned to the network's output grid.
+
+    `region_size` (core side) is rounded down to a multiple of `geometry.output_size` (at least
+    one); `margin` defaults to the smallest multiple of it that covers the network's own margin
+    plus `NUCLEUS_MARGIN`, and is rounded up to a multiple otherwise.
+    """
+    step = geometry.output_size
+    if region_size < 1:
+        raise HoverNetError(f"--region_size must be positive, got {region_size}")
+    core = max(step, region_size // step * step)
+    if margin is None:
+        margin = geometry.margin + NUCLEUS_MARGIN
+    if margin < 0:
+        raise HoverNetError(f"region margin must be >= 0, got {margin}")
+    margin = math.ceil(margin / step) * step
+    return RegionPlan(width, height, core, margin)
+
+
+def owned_nuclei(
+    nuclei: Mapping[int, Mapping[str, Any]], region: Region, width: int, height: int
+) -> tuple[list[int], int]:
+    """(ids this region keeps, how many of those are cut by the read border).
+
+    `nuclei` are records in the region's own coordinates (as `postprocess` returns them for the
+    region's image). A nucleus is kept when its centroid lies in the core. One that is kept but
+    touches a read border inside the image (not the image's edge) would be cut: it is still
+    kept, and counted, so that callers can warn that the margin is too narrow.
+    """
+    rx0, ry0, rx1, ry1 = region.read
+    x0, y0, x1, y1 = region.core
+    keep, cut = [], 0
+    for nid, rec in nuclei.items():
+        cx, cy = rec["centroid"][0] + rx0, rec["centroid"][1] + ry0
+        if not (x0 <= cx < x1 and y0 <= cy < y1):
+            continue
+        keep.append(int(nid))
+        (rmin, cmin), (rmax, cmax) = rec["bbox"]
+        if (
+            (cmin == 0 and rx0 > 0)
+            or (rmin == 0 and ry0 > 0)
+            or (cmax == rx1 - rx0 and rx1 < width)
+            or (rmax == ry1 - ry0 and ry1 < height)
+        ):
+            cut += 1
+    return keep, cut

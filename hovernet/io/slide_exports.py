@@ -1,0 +1,181 @@
+"""Slide-mode exports, streamed from the nucleus store (`hovernet.io.store`) in bounded memory.
+
+Nuclei are numbered 1..N in store order (region by region, in the order post-processing found
+them), which does not depend on interruptions: a resumed run exports the same files as an
+uninterrupted one. Every file is written under a temporary name and renamed when complete.
+
+| file | coordinates |
+|---|---|
+| `<slide>.geojson.gz` | level-0 pixels (QuPath detections, tile mode's Feature layout) |
+| `<slide>.csv` | level-0 pixels; area in level-0 px^2, perimeter in level-0 px |
+| `<slide>.json` | the original's schema (`mag`, `nuc`) at the processing resolution, `mag` |
+| `<slide>.overlay.png` | the thumbnail with nuclei in type colours and a legend |
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from hovernet.io.atomic import atomic_path, write_text_atomic
+from hovernet.io.store import NucleusStore
+from hovernet.io.writers import (
+    TypeInfo,
+    class_of,
+    csv_header,
+    csv_row,
+    nucleus_feature,
+    prob_names,
+)
+
+PathLike = str | os.PathLike
+
+
+def _numbered(store: NucleusStore) -> Iterator[tuple[int, dict[str, Any]]]:
+    yield from enumerate(store.nuclei(), start=1)
+
+
+def _level0(rec: Mapping[str, Any], scale: float) -> tuple[dict[str, Any], dict[str, float]]:
+    """The record with centroid and bbox in level-0 pixels, and its level-0 measurements."""
+    (rmin, cmin), (rmax, cmax) = rec["bbox"]
+    out = dict(rec)
+    out["centroid"] = rec["xy"]
+    out["bbox"] = [
+        [int(np.floor(rmin * scale)), int(np.floor(cmin * scale))],
+        [int(np.ceil(rmax * scale)), int(np.ceil(cmax * scale))],
+    ]
+    shapes = dict(rec["measurements"])
+    shapes["area"] *= scale * scale
+    shapes["perimeter"] *= scale
+    return out, shapes
+
+
+def _class_names(store: NucleusStore, type_info: TypeInfo | None) -> list[str]:
+    nr_types = store.meta.get("nr_types")
+    return prob_names(nr_types or 0, type_info) if nr_types else []
+
+
+def export_geojson(
+    path: PathLike, store: NucleusStore, type_info: TypeInfo | None, stem: str
+) -> None:
+    """Gzipped QuPath GeoJSON FeatureCollection in level-0 pixels (see `write_geojson`)."""
+    scale = float(store.meta["scale"])
+    names = _class_names(store, type_info)
+    # no file name or time stamp in the gzip header: equal contents give equal bytes
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as gz,
+        io.TextIOWrapper(gz, encoding="utf-8") as fh,
+    ):
+        fh.write('{"type": "FeatureCollection", "features": [')
+        for nid, rec in _numbered(store):
+            _, shapes = _level0(rec, scale)
+            feature = nucleus_feature(
+                f"{stem}/{nid}", nid, rec, type_info, {nid: shapes}, names, scale
+            )
+            fh.write(("\n" if nid == 1 else ",\n") + json.dumps(feature))
+        fh.write("\n]}\n")
+
+
+def export_csv(path: PathLike, store: NucleusStore, type_info: TypeInfo | None) -> None:
+    """One row per nucleus, tile mode's columns, in level-0 pixels."""
+    scale = float(store.meta["scale"])
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(csv_header(_class_names(store, type_info)))
+        for nid, rec in _numbered(store):
+            rec0, shapes = _level0(rec, scale)
+            writer.writerow(csv_row(nid, rec0, type_info, shapes))
+
+
+def export_json(path: PathLike, store: NucleusStore, mag: float | None) -> None:
+    """The original's JSON (`{"mag", "nuc": {id: {bbox, centroid, contour, type_prob, type}}}`)
+    in whole-slide pixels at the processing resolution, which `mag` names. The bboxes are
+    [[rmin, cmin], [rmax, cmax]] of the whole slide (rows first, as tile mode and the
+    original's tile mode write them)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write('{"mag": ' + json.dumps(mag) + ', "nuc": {')
+        for nid, rec in _numbered(store):
+            doc = {
+                "bbox": rec["bbox"],
+                "centroid": rec["centroid"],
+                "contour": rec["contour"].tolist(),
+                "type_prob": rec["type_prob"],
+                "type": rec["type"],
+            }
+            if "type_probs" in rec:
+                doc["type_probs"] = rec["type_probs"]
+            fh.write(("" if nid == 1 else ", ") + f'"{nid}": ' + json.dumps(doc))
+        fh.write("}}\n")
+
+
+def export_overlay(
+    path: PathLike,
+    thumb: np.ndarray,
+    thumb_scale: float,
+    store: NucleusStore,
+    type_info: TypeInfo | None,
+) -> None:
+    """The thumbnail with each nucleus outlined (or dotted, when small) in its class colour,
+    and a legend of class names with counts. `thumb_scale`: processing px per thumbnail px."""
+    import cv2
+
+    from hovernet.io.writers import _draw_legend
+
+    canvas = cv2.cvtColor(np.ascontiguousarray(thumb, dtype=np.uint8), cv2.COLOR_RGB2BGR)
+    counts: Counter = Counter()
+    for rec in store.nuclei():
+        name, colour = class_of(rec, type_info)
+        counts[(name, colour)] += 1
+        bgr = tuple(int(c) for c in colour[::-1])
+        pts = np.round(rec["contour"] / thumb_scale).astype(np.int32)
+        if np.ptp(pts, axis=0).max() >= 3:
+            cv2.polylines(canvas, [pts.reshape(-1, 1, 2)], True, bgr, 1)
+        else:
+            x, y = (int(round(v / thumb_scale)) for v in rec["centroid"])
+            cv2.circle(canvas, (x, y), 1, bgr, -1)
+    if type_info is not None:
+        order = {(str(n), tuple(int(v) for v in c)): t for t, (n, c) in type_info.items()}
+        keys = sorted(counts, key=lambda k: (order.get(k, 1 << 30), k[0]))
+    else:
+        keys = list(counts)
+    _draw_legend(canvas, [(name, colour, counts[(name, colour)]) for name, colour in keys])
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), canvas):
+            raise OSError(f"OpenCV could not write the overlay {path}")
+
+
+def write_png(path: PathLike, rgb_or_mask: np.ndarray) -> None:
+    import cv2
+
+    arr = np.asarray(rgb_or_mask)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.ndim == 3:
+        arr = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGB2BGR)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), arr):
+            raise OSError(f"OpenCV could not write {path}")
+
+
+def write_summary(path: PathLike, summary: Mapping[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(summary, indent=2, sort_keys=False) + "\n")
+
+
+def read_text_any(path: PathLike) -> str:
+    """Text of a file, gunzipped when it ends in .gz (for tests and tools)."""
+    path = os.fspath(path)
+    if path.endswith(".gz"):
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            return fh.read()
+    with open(path, encoding="utf-8") as fh:
+        return fh.read()

@@ -1,0 +1,193 @@
+"""The per-slide nucleus store: one SQLite file, the resume log and the source of the exports.
+
+Tables (stdlib `sqlite3`, WAL journal, one transaction per finished region):
+
+- `meta(key, value)`: JSON values describing the run (slide, resolutions, region plan, model).
+  Re-opening a store with different values for these keys is refused, so that a resumed run
+  never mixes nuclei made with different settings.
+- `regions(idx, x0, y0, x1, y1, n_nuclei, n_cut)`: a row per finished region (its core box at
+  the processing resolution). A region without a row is redone on resume.
+- `nuclei(id, region, type, type_prob, x, y, cx, cy, rmin, cmin, rmax, cmax, area, perimeter,
+  eccentricity, solidity, type_probs, contour)`: `x, y` is the centroid in level-0 pixels of the
+  slide; `cx, cy`, the bbox (`rmin, cmin, rmax, cmax`, max exclusive), the measurements (pixels)
+  and `contour` (int32 [x, y] pairs through pixel centres, as tile mode's records) are in
+  whole-slide pixels at the processing resolution; `meta["scale"]` (level-0 pixels per
+  processing pixel) converts them. `type_probs` is a JSON list or NULL.
+
+A killed run leaves at most one region's transaction unfinished, which SQLite rolls back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hovernet.errors import HoverNetError
+from hovernet.infer.measure import MEASUREMENTS
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS regions (
+    idx INTEGER PRIMARY KEY, x0 INTEGER, y0 INTEGER, x1 INTEGER, y1 INTEGER,
+    n_nuclei INTEGER NOT NULL, n_cut INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nuclei (
+    id INTEGER PRIMARY KEY, region INTEGER NOT NULL, type INTEGER, type_prob REAL,
+    x REAL NOT NULL, y REAL NOT NULL, cx REAL NOT NULL, cy REAL NOT NULL,
+    rmin INTEGER NOT NULL, cmin INTEGER NOT NULL, rmax INTEGER NOT NULL, cmax INTEGER NOT NULL,
+    area REAL, perimeter REAL, eccentricity REAL, solidity REAL,
+    type_probs TEXT, contour BLOB NOT NULL, outline TEXT
+);
+CREATE INDEX IF NOT EXISTS nuclei_region ON nuclei (region);
+"""
+
+_COLUMNS = (
+    "region, type, type_prob, x, y, cx, cy, rmin, cmin, rmax, cmax, "
+    + ", ".join(MEASUREMENTS)
+    + ", type_probs, contour, outline"
+)
+
+
+class NucleusStore:
+    """Open (or create) the store at `path`; `meta` must match what an existing store holds."""
+
+    def __init__(self, path: str | os.PathLike, meta: Mapping[str, Any]):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            old = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise HoverNetError(
+                f"{self.path}: not a readable nucleus store ({exc}); delete it or pass --overwrite"
+            ) from exc
+        new = {k: json.dumps(v, sort_keys=True) for k, v in meta.items()}
+        changed = [k for k in new if k in old and old[k] != new[k]]
+        if changed:
+            self.close()
+            details = "; ".join(f"{k}: {old[k]} -> {new[k]}" for k in changed)
+            raise HoverNetError(
+                f"{self.path} was made with other settings ({details}): pass --overwrite to "
+                "start this slide again, or run with the settings it was made with"
+            )
+        self._db.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            [(k, v) for k, v in new.items() if k not in old],
+        )
+        self.meta = {k: json.loads(v) for k, v in {**old, **new}.items()}
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> NucleusStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def done_regions(self) -> set[int]:
+        return {r for (r,) in self._db.execute("SELECT idx FROM regions")}
+
+    def add_region(
+        self,
+        index: int,
+        core: tuple[int, int, int, int],
+        nuclei: list[Mapping[str, Any]],
+        n_cut: int = 0,
+    ) -> None:
+        """Store one finished region and its nuclei in one transaction.
+
+        Each nucleus is a record as `postprocess` gives (in whole-slide processing pixels:
+        bbox, centroid, contour, type, type_prob[, type_probs]) plus `measurements` (a dict of
+        MEASUREMENTS) and `xy` (level-0 centroid).
+        """
+        rows = [_row(index, rec) for rec in nuclei]
+        marks = ", ".join("?" * (len(MEASUREMENTS) + 14))
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("DELETE FROM nuclei WHERE region = ?", (index,))
+            self._db.executemany(f"INSERT INTO nuclei ({_COLUMNS}) VALUES ({marks})", rows)
+            self._db.execute(
+                "INSERT OR REPLACE INTO regions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (index, *map(int, core), len(rows), int(n_cut)),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM nuclei").fetchone()[0]
+
+    def n_cut(self) -> int:
+        return self._db.execute("SELECT COALESCE(SUM(n_cut), 0) FROM regions").fetchone()[0]
+
+    def counts_by_type(self) -> dict[int | None, int]:
+        return dict(self._db.execute("SELECT type, COUNT(*) FROM nuclei GROUP BY type"))
+
+    def nuclei(self, box: tuple[int, int, int, int] | None = None) -> Iterator[dict[str, Any]]:
+        """Records in export order (region, then the order found), optionally only those whose
+        bbox meets `box` = (x0, y0, x1, y1) at the processing resolution."""
+        sql = f"SELECT id, {_COLUMNS} FROM nuclei"
+        args: tuple = ()
+        if box is not None:
+            sql += " WHERE cmax > ? AND rmax > ? AND cmin < ? AND rmin < ?"
+            args = tuple(int(v) for v in box)
+        for row in self._db.execute(sql + " ORDER BY region, id", args):
+            yield _record(row)
+
+
+def _row(region: int, rec: Mapping[str, Any]) -> tuple:
+    (rmin, cmin), (rmax, cmax) = rec["bbox"]
+    shapes = rec["measurements"]
+    probs = rec.get("type_probs")
+    t, p = rec.get("type"), rec.get("type_prob")
+    return (
+        region,
+        None if t is None else int(t),
+        None if p is None else float(p),
+        float(rec["xy"][0]),
+        float(rec["xy"][1]),
+        float(rec["centroid"][0]),
+        float(rec["centroid"][1]),
+        int(rmin),
+        int(cmin),
+        int(rmax),
+        int(cmax),
+        *(float(shapes[k]) for k in MEASUREMENTS),
+        None if probs is None else json.dumps([float(v) for v in probs]),
+        np.asarray(rec["contour"], dtype=np.int32).tobytes(),
+        # the outer boundary of the nucleus pixels in corner coordinates (GeoJSON polygons)
+        json.dumps(shapes["outline"]) if shapes.get("outline") else None,
+    )
+
+
+def _record(row: tuple) -> dict[str, Any]:
+    nid, region, t, p, x, y, cx, cy, rmin, cmin, rmax, cmax, *rest = row
+    n = len(MEASUREMENTS)
+    shapes, probs, contour, outline = rest[:n], rest[n], rest[n + 1], rest[n + 2]
+    rec: dict[str, Any] = {
+        "store_id": nid,
+        "region": region,
+        "bbox": [[rmin, cmin], [rmax, cmax]],
+        "centroid": [cx, cy],
+        "contour": np.frombuffer(contour, dtype=np.int32).reshape(-1, 2),
+        "type": t,
+        "type_prob": p,
+        "xy": [x, y],
+        "measurements": dict(zip(MEASUREMENTS, shapes, strict=True)),
+    }
+    if outline is not None:
+        rec["measurements"]["outline"] = json.loads(outline)
+    if probs is not None:
+        rec["type_probs"] = json.loads(probs)
+    return rec

@@ -1,0 +1,44 @@
+"""How much of the machine this process may use.
+
+`available_cpus()` is the number of CPU cores the scheduler lets this process run on
+(`os.sched_getaffinity`), further limited by a cgroup CPU quota (containers, CI runners,
+`docker --cpus`, Slurm). `os.cpu_count()` counts every core of the machine and over-counts in
+all of those settings, which oversubscribes the cores when it sizes thread or process pools.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+_CGROUP = Path("/sys/fs/cgroup")
+
+
+def _cgroup_quota(root: Path = _CGROUP) -> float | None:
+    """CPU cores allowed by a cgroup quota (v2 `cpu.max`, v1 `cfs_quota_us`); None: no limit."""
+    try:
+        text = (root / "cpu.max").read_text().split()
+        if text and text[0] != "max":
+            return int(text[0]) / int(text[1])
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def available_cpus() -> int:
+    """CPU cores this process may use: the affinity mask, capped by a cgroup quota (>= 1)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        count = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(1, count)

@@ -1,0 +1,483 @@
+"""Slide mode (`hovernet.infer.slide`): exact answers, seams, exports, skipping, bad input.
+
+The network is `BlobNet`, a local stand-in with HoVer-Net's interface (the real network is far
+too slow on a CPU for slide-sized tests); slides are in-memory `ArraySlide`s with the methods of
+`hovernet.io.wsi.Slide`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import DATA
+from shapely.geometry import shape
+from slide_helpers import ArraySlide, dark_tissue, disk_image
+
+from hovernet.errors import HoverNetError
+from hovernet.infer.slide import (
+    SlideConfig,
+    list_slides,
+    my_slides,
+    output_paths,
+    parse_shard,
+    run_slides,
+)
+from hovernet.infer.tile import segment_image
+from hovernet.io.store import NucleusStore
+from hovernet.model.standin import ANCHOR, BlobNet
+
+MPP = 0.25
+MONUSEG = DATA / "monuseg" / "images"
+
+
+def run(image, out, name="slide", **kw):
+    """Run one in-memory slide through slide mode; returns (result, paths)."""
+    config = SlideConfig(
+        out, proc_mpp=MPP, region_size=kw.pop("region_size", 328), quiet=True, **kw
+    )
+    slide = ArraySlide(Path(f"{name}.svs"), image, MPP)
+    results = run_slides(
+        BlobNet(),
+        [slide.path],
+        config,
+        log=lambda line: None,
+        opener=lambda path, cfg: slide,
+        tissue_fn=dark_tissue,
+    )
+    return results[0], output_paths(out, name)
+
+
+def disk_centres(width, height, step=41, offset=(9, 13)):
+    xs = np.arange(offset[0], width - 8, step)
+    ys = np.arange(offset[1], height - 8, step)
+    # BlobNet's anchor blinds the top-left ANCHOR px of every 164-px output square
+    clear = ANCHOR + 9
+    return [(x, y) for y in ys for x in xs if not (x % 164 < clear and y % 164 < clear)]
+
+
+@pytest.fixture(scope="module")
+def disk_run(tmp_path_factory):
+    # 700 x 690 at 328-px cores: 3 x 3 regions, many disks on or across core borders
+    centres = disk_centres(700, 690)
+    image = disk_image((690, 700), centres)
+    out = tmp_path_factory.mktemp("disks")
+    result, paths = run(image, out, post_proc_workers=0)
+    return result, paths, centres
+
+
+def test_synthetic_disks_each_found_once_where_they_are(disk_run):
+    result, paths, centres = disk_run
+    assert result.status == "done", result.reason
+    with NucleusStore(paths["store"], {}) as store:
+        records = list(store.nuclei())
+        assert store.n_cut() == 0
+        assert len(store.done_regions()) == result.summary["regions_tissue"] >= 8
+    found = np.array([r["xy"] for r in records])
+    assert len(found) == len(centres)
+    dist = np.linalg.norm(found[:, None] - np.array(centres, float)[None], axis=2)
+    assert (dist.min(axis=1) < 0.5).all()  # each found nucleus sits on a disk
+    assert sorted(dist.argmin(axis=1)) == list(range(len(centres)))  # each disk found once
+    areas = [r["measurements"]["area"] for r in records]
+    assert min(areas) > 0.9 * np.pi * 7**2
+
+
+def test_exports_parse_and_agree(disk_run):
+    result, paths, centres = disk_run
+    n = len(centres)
+    doc = json.loads(gzip.open(paths["geojson"], "rt").read())
+    assert doc["type"] == "FeatureCollection" and len(doc["features"]) == n
+    ids = set()
+    for feature in doc["features"]:
+        poly = shape(feature["geometry"])
+        assert poly.is_valid and poly.area > 100 and poly.exterior.is_ccw
+        props = feature["properties"]
+        assert props["objectType"] == "detection" and props["classification"]["name"]
+        ids.add(feature["id"])
+    assert len(ids) == n
+    orig = json.loads(paths["json"].read_text())
+    assert orig["mag"] == pytest.approx(40.0) and len(orig["nuc"]) == n
+    assert list(orig["nuc"]) == [str(i) for i in range(1, n + 1)]
+    for rec in orig["nuc"].values():
+        (rmin, cmin), (rmax, cmax) = rec["bbox"]
+        contour = np.array(rec["contour"])
+        # bbox rows first, whole-slide coordinates: it holds the contour's x (cols) and y (rows)
+        assert cmin <= contour[:, 0].min() and contour[:, 0].max() < cmax
+        assert rmin <= contour[:, 1].min() and contour[:, 1].max() < rmax
+        assert cmin <= rec["centroid"][0] <= cmax and rmin <= rec["centroid"][1] <= rmax
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert len(rows) == n and rows[0]["id"] == "1"
+    assert float(rows[0]["area"]) > 100 and rows[0]["type_name"]
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["nuclei"] == n == sum(summary["nuclei_per_class"].values())
+    assert summary["tissue_mm2"] > 0 and summary["nuclei_per_mm2"] > 0
+    assert summary["regions_tissue"] >= 8 and summary["wall_s"] > 0
+    overlay = cv2.imread(str(paths["overlay"]))
+    assert overlay is not None and overlay.shape[:2] == (345, 350)  # the thumbnail
+    assert not list(paths["json"].parent.glob(".*tmp*"))
+
+
+def test_finished_slide_is_skipped_and_overwrite_redoes_it(disk_run, tmp_path):
+    _, paths, _ = disk_run
+    image = np.full((200, 200, 3), 255, np.uint8)
+    result, _ = run(image, paths["summary"].parent, post_proc_workers=0)
+    assert result.status == "skipped" and "overwrite" in result.reason
+    # no tissue: reported, exported empty, not a failure
+    result, empty = run(image, tmp_path, post_proc_workers=0)
+    assert result.status == "done" and result.n_nuclei == 0
+    assert json.loads(empty["summary"].read_text())["regions_tissue"] == 0
+    cv2.circle(image, (60, 60), 7, (40, 40, 40), -1)
+    result, _ = run(image, tmp_path, post_proc_workers=0, overwrite=True)
+    assert result.status == "done" and result.n_nuclei == 1
+
+
+def test_interrupted_slide_resumes_to_the_same_exports(disk_run, tmp_path):
+    _, ref, centres = disk_run
+
+    class Failing(ArraySlide):
+        reads = 0
+
+        def read(self, *args):
+            Failing.reads += 1
+            if Failing.reads > 4:
+                raise OSError("disk gone")
+            return super().read(*args)
+
+    image = disk_image((690, 700), centres)
+    config = SlideConfig(tmp_path, proc_mpp=MPP, region_size=328, quiet=True, post_proc_workers=0)
+    for cls in (Failing, ArraySlide):
+        slide = cls(Path("slide.svs"), image, MPP)
+        (result,) = run_slides(
+            BlobNet(), [slide.path], config, lambda line: None, lambda p, c, s=slide: s, dark_tissue
+        )
+        if cls is Failing:
+            assert result.status == "failed" and "disk gone" in result.reason
+            with NucleusStore(output_paths(tmp_path, "slide")["store"], {}) as store:
+                assert 0 < len(store.done_regions()) <= 4
+    assert result.status == "done" and result.summary["regions_this_run"] < 8
+    assert exports_of(output_paths(tmp_path, "slide")) == exports_of(ref)
+
+
+def test_changed_settings_are_refused_on_resume(tmp_path):
+    image = disk_image((300, 300), [(50, 50)])
+    config = SlideConfig(tmp_path, proc_mpp=MPP, quiet=True)
+    with NucleusStore(tmp_path / "s.db", {"core": 328, "proc_mpp": 0.25}):
+        pass
+    with pytest.raises(HoverNetError, match="other settings.*core: 328 -> 656.*--overwrite"):
+        NucleusStore(tmp_path / "s.db", {"core": 656, "proc_mpp": 0.25})
+    assert config.output_dir == tmp_path and image.shape == (300, 300, 3)
+
+
+def mosaic(n_side: int, tile: int = 1000) -> np.ndarray:
+    from hovernet.io.slides import read_rgb
+
+    files = sorted(MONUSEG.glob("*.png"))[: n_side * n_side]
+    rows = [
+        np.concatenate([read_rgb(f)[:tile, :tile] for f in files[r * n_side : (r + 1) * n_side]], 1)
+        for r in range(n_side)
+    ]
+    return np.concatenate(rows, 0)
+
+
+def filled(contour, box) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(mask, [np.asarray(contour, np.int32).reshape(-1, 1, 2) - [x0, y0]], 1)
+    return mask.astype(bool)
+
+
+def compare_with_tile_mode(image, out, region_size, workers):
+    result, paths = run(image, out, region_size=region_size, post_proc_workers=workers)
+    assert result.status == "done", result.reason
+    _, tile_nuclei, _ = segment_image(BlobNet(), image, batch_size=8, precision="fp32")
+    height, width = image.shape[:2]
+    tile_labels = np.zeros((height, width), np.int32)
+    for nid, rec in tile_nuclei.items():
+        cv2.fillPoly(tile_labels, [np.asarray(rec["contour"], np.int32).reshape(-1, 1, 2)], nid)
+    with NucleusStore(paths["store"], {}) as store:
+        records = list(store.nuclei())
+        assert store.n_cut() == 0  # none cut at a region border
+    coverage = np.zeros((height, width), np.uint8)
+    matched = 0
+    for rec in records:
+        (rmin, cmin), (rmax, cmax) = rec["bbox"]
+        box = (cmin, rmin, cmax, rmax)
+        mask = filled(rec["contour"], box)
+        coverage[rmin:rmax, cmin:cmax] += mask
+        labels = tile_labels[rmin:rmax, cmin:cmax][mask]
+        labels = labels[labels > 0]
+        if not labels.size:
+            continue
+        other = tile_nuclei[int(np.bincount(labels).argmax())]
+        (r0, c0), (r1, c1) = other["bbox"]
+        union_box = (min(c0, cmin), min(r0, rmin), max(c1, cmax), max(r1, rmax))
+        a, b = filled(rec["contour"], union_box), filled(other["contour"], union_box)
+        if (a & b).sum() / (a | b).sum() >= 0.9:
+            matched += 1
+    n_tile = len(tile_nuclei)
+    assert len(records) > 200 and abs(len(records) - n_tile) <= 0.005 * n_tile, (
+        len(records),
+        n_tile,
+    )
+    assert matched >= 0.995 * max(len(records), n_tile)
+    # no two output nuclei overlap (beyond the one-pixel outlines of touching neighbours)
+    assert (coverage > 1).sum() <= 0.002 * (coverage > 0).sum()
+    return result
+
+
+def test_seams_match_whole_image_tile_mode(tmp_path):
+    # 2 x 2 MoNuSeg tiles cut to 984 px: 3 x 3 regions of 328 px, two seams each way, one at
+    # the tiles' own border (x or y = 1000 is not on a seam: that is checked by the slow test)
+    image = mosaic(2)[:984, :984]
+    compare_with_tile_mode(image, tmp_path, region_size=328, workers=0)
+
+
+@pytest.mark.slow
+def test_seams_match_whole_image_tile_mode_4096(tmp_path):
+    image = mosaic(5)[:4096, :4096]
+    compare_with_tile_mode(image, tmp_path, region_size=1000, workers=2)
+
+
+def test_list_slides_and_bad_inputs(tmp_path):
+    for name in ("b.svs", "a.tif", "notes.md"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in list_slides(tmp_path)] == ["a.tif", "b.svs"]
+    assert [p.name for p in list_slides(str(tmp_path / "*.svs"))] == ["b.svs"]
+    listing = tmp_path / "slides.txt"
+    listing.write_text("# my slides\nb.svs\n\na.tif\n")
+    assert [p.name for p in list_slides(listing)] == ["b.svs", "a.tif"]
+    assert list_slides(tmp_path / "a.tif") == [tmp_path / "a.tif"]
+    with pytest.raises(HoverNetError, match="does not exist: pass a slide, a folder"):
+        list_slides(tmp_path / "missing.svs")
+    with pytest.raises(HoverNetError, match="no slides match"):
+        list_slides(str(tmp_path / "*.ndpi"))
+    listing.write_text("gone.svs\n")
+    with pytest.raises(HoverNetError, match="slides.txt lists slides that do not exist: .*gone"):
+        list_slides(listing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HoverNetError, match="no slides in .*empty"):
+        list_slides(tmp_path / "empty")
+
+
+def test_shards_split_slides_without_double_work():
+    slides = [Path(f"s{i}.svs") for i in range(7)]
+    parts = [my_slides(slides, r, 3) for r in range(3)]
+    assert sorted(sum(parts, [])) == sorted(slides)
+    assert parse_shard("2/4") == (2, 4) and parse_shard(None) == (0, 1)
+    with pytest.raises(HoverNetError, match="i must be in 0..n-1"):
+        parse_shard("4/4")
+    with pytest.raises(HoverNetError, match="write it as i/n"):
+        parse_shard("two")
+
+
+def test_failing_slide_is_reported_and_others_go_on(tmp_path):
+    good = ArraySlide(Path("good.svs"), disk_image((300, 300), [(100, 100)]), MPP)
+
+    def opener(path, cfg):
+        if path.stem == "bad":
+            raise HoverNetError(f"{path}: cannot read the slide")
+        return good
+
+    config = SlideConfig(tmp_path, proc_mpp=MPP, quiet=True, post_proc_workers=0)
+    lines = []
+    results = run_slides(
+        BlobNet(), [Path("bad.svs"), good.path], config, lines.append, opener, dark_tissue
+    )
+    assert [r.status for r in results] == ["failed", "done"]
+    assert "bad.svs: cannot read the slide" in results[0].reason
+    assert "bad: FAILED" in lines[0] and "good: 1 nuclei" in lines[1]
+    assert replace(config, overwrite=True).overwrite
+
+
+# ----------------------------------------------------------------------------------------------
+# separate processes: resume after SIGKILL, ranks sharing slides
+
+
+WORKER = Path(__file__).with_name("slide_worker.py")
+
+
+def worker(slide_dir, out, region_size=328, workers=1, env=None, **kw):
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
+    args = [sys.executable, str(WORKER), str(slide_dir), str(out), str(region_size), str(workers)]
+    return subprocess.Popen(args, env=full_env, stdout=subprocess.PIPE, text=True, **kw)
+
+
+def exports_of(paths) -> dict:
+    return {
+        key: gzip.decompress(paths[key].read_bytes())
+        if key == "geojson"
+        else paths[key].read_bytes()
+        for key in ("geojson", "json", "csv")
+    }
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_moment_then_resume_gives_the_same_exports(tmp_path):
+    import random
+    import signal
+    import sqlite3
+    import time
+
+    slide_dir = tmp_path / "slides"
+    slide_dir.mkdir()
+    np.save(slide_dir / "s.npy", mosaic(2)[:1312, :1148])
+    reference = worker(slide_dir, tmp_path / "ref", workers=0)
+    assert reference.wait(timeout=300) == 0
+    ref = output_paths(tmp_path / "ref", "s")
+    n_regions = json.loads(ref["summary"].read_text())["regions_tissue"]
+
+    out = tmp_path / "out"
+    proc = worker(slide_dir, out, workers=1)
+    store = output_paths(out, "s")["store"]
+    target = random.Random().randint(1, n_regions - 2)  # a random number of stored regions
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if store.exists():
+            with contextlib.closing(sqlite3.connect(store)) as db:
+                with contextlib.suppress(sqlite3.OperationalError):
+                    if db.execute("SELECT COUNT(*) FROM regions").fetchone()[0] >= target:
+                        break
+        time.sleep(random.uniform(0.0, 0.3))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not output_paths(out, "s")["summary"].exists()  # killed before the end
+
+    resumed = worker(slide_dir, out, workers=1)
+    stdout, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stdout
+    summary = json.loads(output_paths(out, "s")["summary"].read_text())
+    assert 0 < summary["regions_this_run"] < n_regions  # it went on from the stored regions
+    assert exports_of(output_paths(out, "s")) == exports_of(ref)
+
+
+@pytest.mark.slow  # two processes importing torch: ~15 s on 2 cores
+def test_two_ranks_share_slides_without_double_work(tmp_path):
+    import socket
+
+    slide_dir = tmp_path / "slides"
+    slide_dir.mkdir()
+    for i in range(3):
+        np.save(slide_dir / f"s{i}.npy", disk_image((200, 200), [(60 + 20 * i, 100)]))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    procs = [
+        worker(slide_dir, tmp_path / "out", workers=0, env={**env, "RANK": str(r)})
+        for r in range(2)
+    ]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    mine = [
+        {line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("[")}
+        for out in outs
+    ]
+    assert mine[0] | mine[1] == {"s0", "s1", "s2"} and not mine[0] & mine[1]
+    results = json.loads(outs[0].split("RESULTS ", 1)[1])
+    assert results == {f"s{i}": ["done", 1] for i in range(3)}
+
+
+# ----------------------------------------------------------------------------------------------
+# the command line, on a TIFF slide with a small real network
+
+
+@pytest.fixture(scope="module")
+def lite_checkpoint(tmp_path_factory) -> Path:
+    import torch
+
+    from hovernet.model.checkpoints import save_checkpoint
+    from hovernet.model.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lite", 3).eval()
+    path = tmp_path_factory.mktemp("model") / "lite.pth"
+    save_checkpoint(path, model, mpp=0.5)
+    return path
+
+
+def tiff_slide(path: Path, image: np.ndarray, mpp: float | None = 0.25) -> Path:
+    import tifffile
+
+    kw = {}
+    if mpp is not None:
+        kw = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
+    tifffile.imwrite(path, image, tile=(256, 256), **kw)
+    return path
+
+
+def cli(args):
+    from test_infer import run_cli
+
+    return run_cli(args)
+
+
+def test_cli_wsi_end_to_end_skip_and_missing_mpp(tmp_path, lite_checkpoint):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    image = mosaic(1)[:700, :640]
+    tiff_slide(slides / "a.tif", image)
+    tiff_slide(slides / "nompp.tif", image[:300, :300], mpp=None)
+    out = tmp_path / "out"
+    args = [
+        "infer",
+        f"--model_path={lite_checkpoint}",
+        "--batch_size=4",
+        "--nr_post_proc_workers=0",
+        "wsi",
+        f"--input_dir={slides}",
+        f"--output_dir={out}",
+        "--save_thumb",
+        "--save_mask",
+        "--save_label_map",
+        "--region_size=448",
+        "--quiet",
+    ]
+    code, stdout, stderr = cli(args)
+    assert code == 2, stdout + stderr
+    assert "nompp" in stderr and "--slide_mpp" in stderr and "1 slide(s) failed" in stderr
+    assert "a: " in stdout and "1 slides done" in stdout
+    summary = json.loads((out / "a.summary.json").read_text())
+    assert summary["proc_mpp"] == 0.5 and summary["dimensions"] == [640, 700]
+    assert summary["mag"] == pytest.approx(20.0)
+    for suffix in (
+        ".geojson.gz",
+        ".json",
+        ".csv",
+        ".overlay.png",
+        ".thumb.png",
+        ".mask.png",
+        ".instances.tif",
+        ".types.tif",
+        ".db",
+    ):
+        assert (out / f"a{suffix}").is_file(), suffix
+    import tifffile
+
+    from hovernet.io.pyramid import decode_rgb24
+
+    with tifffile.TiffFile(out / "a.instances.tif") as tif:
+        labels = decode_rgb24(tif.pages[0].asarray())
+    assert labels.shape == (350, 320) and labels.max() == summary["nuclei"]
+    # the geojson is in level-0 pixels: twice the processing coordinates
+    doc = json.loads(gzip.open(out / "a.geojson.gz", "rt").read())
+    orig = json.loads((out / "a.json").read_text())
+    if doc["features"]:
+        xs = np.array(doc["features"][0]["geometry"]["coordinates"][0])[:, 0]
+        cx = orig["nuc"]["1"]["centroid"][0]
+        assert xs.min() <= 2 * cx + 1 and 2 * cx - 1 <= xs.max()
+
+    # again, with the MPP given: a is skipped, nompp runs
+    code, stdout, stderr = cli([*args[:-1], "--slide_mpp=0.25"])
+    assert code == 0, stderr
+    assert "a: skipped" in stdout and "nompp: " in stdout
