@@ -308,91 +308,107 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
         f"{'fp32' if amp_dtype is None else str(amp_dtype).split('.')[-1]}, {workers} workers",
     )
 
-    frozen_now = None
-    model = net
-    while state.epoch < total_epochs and stopped == "done":
-        epoch = state.epoch
-        frozen = phases == 2 and epoch < cfg.epochs
-        if phases == 2 and epoch == cfg.epochs and state.step_in_epoch == 0:
-            optimizer = _make_optimizer(cfg, net)  # the original starts phase 2 afresh
-        if frozen != frozen_now:
-            set_encoder_frozen(net, frozen)
-            model = _wrap(net, dist, device)
-            frozen_now = frozen
-        lr = lr_at(cfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        net.train()
-        sampler.set_epoch(epoch, state.step_in_epoch)
-        desc = f"epoch {epoch + 1}/{total_epochs}"
-        with Progress(sampler.steps, desc, "steps", cfg.quiet or not dist.main) as bar:
-            if state.step_in_epoch:
-                bar.advance(state.step_in_epoch)
-            for batch in loader:
-                values = _train_step(
-                    model, batch, cfg, device, amp_dtype, channels_last, optimizer, scaler,
-                    class_weights, dist, state,
-                )  # fmt: skip
-                for k, v in values.items():
-                    state.sums[k] = state.sums.get(k, 0.0) + v
-                state.step_in_epoch += 1
-                state.global_step += 1
-                step_losses.append(values["loss"])
-                bar.advance(1, loss=values["loss"])
-                if writer is not None:
-                    writer.add_scalar("train/loss_step", values["loss"], state.global_step)
-                steps_this_call += 1
-                if limit_s is not None and _time_up(started, limit_s, dist, device):
-                    stopped = "time"
-                    break
-                if cfg.stop_after_steps and steps_this_call >= cfg.stop_after_steps:
-                    stopped = "steps"
-                    break
-        state.train_seconds = seconds_before + time.monotonic() - started
-        if stopped != "done" and state.step_in_epoch < sampler.steps:
-            if dist.main:
-                save_run_checkpoint(
-                    run / "last.pth", net, data, cfg, state, optimizer, scaler, device
-                )
-            why = "time limit reached" if stopped == "time" else "step limit reached"
-            _log(cfg, dist, f"{why} at step {state.global_step}: saved last.pth (--resume)")
-            break
-        record = _end_epoch(cfg, dist, state, lr, sampler.steps, epoch)
-        validate_now = cfg.valid_every and (epoch + 1) % cfg.valid_every == 0 and data.valid
-        if dist.main and validate_now:
-            record.update(
-                patch_metrics(
-                    net,
-                    data.valid,
-                    device,
-                    cfg.batch,
-                    cfg.weights,
-                    cfg.msge_variant,
-                    amp_dtype,
-                    cfg.valid_patches,
-                    workers,
-                )  # fmt: skip
-            )
-            if cfg.valid_images > 0:
-                record.update(
-                    instance_metrics(
-                        net, data.valid, cfg.valid_images, cfg.valid_crop, cfg.batch,
-                        cfg.precision,
+    try:
+        frozen_now = None
+        model = net
+        while state.epoch < total_epochs and stopped == "done":
+            epoch = state.epoch
+            frozen = phases == 2 and epoch < cfg.epochs
+            if phases == 2 and epoch == cfg.epochs and state.step_in_epoch == 0:
+                optimizer = _make_optimizer(cfg, net)  # the original starts phase 2 afresh
+            if frozen != frozen_now:
+                set_encoder_frozen(net, frozen)
+                model = _wrap(net, dist, device)
+                frozen_now = frozen
+            lr = lr_at(cfg, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            net.train()
+            sampler.set_epoch(epoch, state.step_in_epoch)
+            desc = f"epoch {epoch + 1}/{total_epochs}"
+            with Progress(sampler.steps, desc, "steps", cfg.quiet or not dist.main) as bar:
+                if state.step_in_epoch:
+                    bar.advance(state.step_in_epoch)
+                for batch in loader:
+                    values = _train_step(
+                        model, batch, cfg, device, amp_dtype, channels_last, optimizer, scaler,
+                        class_weights, dist, state,
+                    )  # fmt: skip
+                    for k, v in values.items():
+                        state.sums[k] = state.sums.get(k, 0.0) + v
+                    state.step_in_epoch += 1
+                    state.global_step += 1
+                    step_losses.append(values["loss"])
+                    bar.advance(1, loss=values["loss"])
+                    if writer is not None:
+                        writer.add_scalar("train/loss_step", values["loss"], state.global_step)
+                    steps_this_call += 1
+                    if limit_s is not None and _time_up(started, limit_s, dist, device):
+                        stopped = "time"
+                        break
+                    if cfg.stop_after_steps and steps_this_call >= cfg.stop_after_steps:
+                        stopped = "steps"
+                        break
+            state.train_seconds = seconds_before + time.monotonic() - started
+            if stopped != "done" and state.step_in_epoch < sampler.steps:
+                if dist.main:
+                    save_run_checkpoint(
+                        run / "last.pth", net, data, cfg, state, optimizer, scaler, device
                     )
-                )  # fmt: skip
-        state.epoch += 1
-        state.step_in_epoch = 0
-        state.sums = {}
-        if dist.main:
-            _finish_epoch(cfg, run, net, data, state, optimizer, scaler, device, record, writer)
-            _log(cfg, dist, _summary(record))
-        if dist.world > 1:
-            torch.distributed.barrier()
-    if writer is not None:
-        writer.close()
+                why = "time limit reached" if stopped == "time" else "step limit reached"
+                _log(cfg, dist, f"{why} at step {state.global_step}: saved last.pth (--resume)")
+                break
+            record = _end_epoch(cfg, dist, state, lr, sampler.steps, epoch)
+            validate_now = cfg.valid_every and (epoch + 1) % cfg.valid_every == 0 and data.valid
+            if dist.main and validate_now:
+                record.update(
+                    patch_metrics(
+                        net,
+                        data.valid,
+                        device,
+                        cfg.batch,
+                        cfg.weights,
+                        cfg.msge_variant,
+                        amp_dtype,
+                        cfg.valid_patches,
+                        workers,
+                    )  # fmt: skip
+                )
+                if cfg.valid_images > 0:
+                    record.update(
+                        instance_metrics(
+                            net, data.valid, cfg.valid_images, cfg.valid_crop, cfg.batch,
+                            cfg.precision,
+                        )
+                    )  # fmt: skip
+            state.epoch += 1
+            state.step_in_epoch = 0
+            state.sums = {}
+            if dist.main:
+                _finish_epoch(cfg, run, net, data, state, optimizer, scaler, device, record, writer)
+                _log(cfg, dist, _summary(record))
+            if dist.world > 1:
+                torch.distributed.barrier()
+    finally:  # workers, the pin-memory thread and the writer must not outlive the run
+        _shutdown_loader(loader)
+        if writer is not None:
+            writer.close()
     if dist.world > 1:
         torch.distributed.barrier()
     return TrainResult(run, state, stopped, record, step_losses)
+
+
+def _shutdown_loader(loader: torch.utils.data.DataLoader) -> None:
+    """Stop a DataLoader's persistent workers (and pin-memory thread) now.
+
+    A run that stops in the middle of an epoch (time limit, error) leaves the iterator with
+    prefetched batches; without this, the process could wait on those workers at exit.
+    """
+    iterator = getattr(loader, "_iterator", None)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    loader._iterator = None
 
 
 def _time_up(started: float, limit_s: float, dist: Dist, device: torch.device) -> bool:
