@@ -41,6 +41,11 @@ def check_mpp(value: float | None, name: str) -> float | None:
     return float(value)
 
 
+def model_mpp(model) -> float | None:
+    """The resolution (um/px) a model was trained at, from `model.meta`, None where unknown."""
+    return getattr(getattr(model, "meta", None), "mpp", None)
+
+
 def resolution_scale(
     input_mpp: float | None,
     model_mpp: float | None,

@@ -222,10 +222,8 @@ def segment_image(
     "torch", "onnxruntime"; see `hovernet.infer.backends.use_backend`) is attached to the model
     and kept for later calls; None runs the backend already attached, else PyTorch.
 
-    `input_mpp` (um/px of `image`; None = at the model's resolution already) resamples the image
-    to `proc_mpp`, else the model's `model.meta.mpp`, for the network, and maps everything back
-    to the image's pixels (see `hovernet.infer.resample`): all three results are then the size
-    of `image`, `pred_map` resampled from the network's resolution.
+    `input_mpp` (um/px of `image`) resamples it to `proc_mpp`, else `model.meta.mpp`, for the
+    network; all three results are mapped back to the image's pixels (`hovernet.infer.resample`).
     """
     from hovernet.infer import resample
     from hovernet.infer.postprocess import postprocess
@@ -235,17 +233,12 @@ def segment_image(
 
         use_backend(model, backend, precision)
     image = _check_image(image, "image")
-    scale = resample.resolution_scale(input_mpp, model_mpp(model), proc_mpp)
+    scale = resample.resolution_scale(input_mpp, resample.model_mpp(model), proc_mpp)
     maps = predict_maps(model, resample.to_model_resolution(image, scale), batch_size, precision)
     inst_map, nuclei = postprocess(maps.pred_map, model.nr_types, maps.type_softmax)
     inst_map, nuclei = resample.nuclei_to_input(inst_map, nuclei, image.shape)
     typed = maps.type_softmax is not None
     return inst_map, nuclei, resample.maps_to_input(maps.pred_map, image.shape, typed)
-
-
-def model_mpp(model: torch.nn.Module) -> float | None:
-    """The resolution (um/px) a model was trained at, from `model.meta`, None where unknown."""
-    return getattr(getattr(model, "meta", None), "mpp", None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -485,7 +478,7 @@ def run_tile(
     from hovernet.io.atomic import check_writable_dir, remove_empty_dirs, remove_temporaries
 
     files = list_inputs(config.inputs)
-    mpp = model_mpp(model)
+    mpp = resample.model_mpp(model)
     scale = resample.resolution_scale(config.input_mpp, mpp, config.proc_mpp)
     note = resample.resolution_note(config.input_mpp, mpp, config.proc_mpp)
     if note:
@@ -534,7 +527,7 @@ def run_tile(
 
     def to_network(items: Iterator[tuple[Path, np.ndarray]]) -> Iterator[tuple[Path, np.ndarray]]:
         for path, image in items:
-            resampled = resample.to_model_resolution(_check_image(image, path), scale)
+            resampled = resample.to_model_resolution(image, scale)
             if resampled is not image:
                 originals[path] = image
             yield path, resampled
