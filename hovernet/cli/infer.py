@@ -250,6 +250,19 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(
             False, "--quiet", help="No progress bar or per-image lines; errors only."
         ),
+        input_mpp: float | None = typer.Option(
+            None,
+            "--input_mpp",
+            "--input-mpp",
+            help="Resolution of the images (um/px, e.g. 0.25 at 40x); they are resampled to "
+            "the model's and all outputs mapped back. Default: at the model's resolution.",
+        ),
+        proc_mpp: float | None = typer.Option(
+            None,
+            "--proc_mpp",
+            "--proc-mpp",
+            help="Resolution to run the network at (um/px); default: the model's.",
+        ),
     ) -> None:
         """Segment image tiles: json/, mat/, overlay/, qupath/ (GeoJSON) and csv/ per image."""
         from hovernet.infer.tile import TileConfig
@@ -268,6 +281,8 @@ def register(app: typer.Typer) -> None:
             read_workers=opts.nr_inference_workers,
             mem_usage=mem_usage,
             overwrite=overwrite,
+            input_mpp=input_mpp,
+            proc_mpp=proc_mpp,
         )
         run_and_report(opts, config, quiet=quiet)
 

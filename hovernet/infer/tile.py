@@ -211,6 +211,8 @@ def segment_image(
     batch_size: int = 8,
     precision: str = "auto",
     backend: str | None = None,
+    input_mpp: float | None = None,
+    proc_mpp: float | None = None,
 ) -> tuple[np.ndarray, dict[int, dict], np.ndarray]:
     """Nuclei of one RGB uint8 image of any size: (inst_map, nuclei, pred_map).
 
@@ -219,16 +221,24 @@ def segment_image(
     original's layout. The model runs on the device of its parameters. `backend` ("auto",
     "torch", "onnxruntime"; see `hovernet.infer.backends.use_backend`) is attached to the model
     and kept for later calls; None runs the backend already attached, else PyTorch.
+
+    `input_mpp` (um/px of `image`) resamples it to `proc_mpp`, else `model.meta.mpp`, for the
+    network; all three results are mapped back to the image's pixels (`hovernet.infer.resample`).
     """
+    from hovernet.infer import resample
     from hovernet.infer.postprocess import postprocess
 
     if backend is not None:
         from hovernet.infer.backends import use_backend
 
         use_backend(model, backend, precision)
-    maps = predict_maps(model, image, batch_size, precision)
+    image = _check_image(image, "image")
+    scale = resample.resolution_scale(input_mpp, resample.model_mpp(model), proc_mpp)
+    maps = predict_maps(model, resample.to_model_resolution(image, scale), batch_size, precision)
     inst_map, nuclei = postprocess(maps.pred_map, model.nr_types, maps.type_softmax)
-    return inst_map, nuclei, maps.pred_map
+    inst_map, nuclei = resample.nuclei_to_input(inst_map, nuclei, image.shape)
+    typed = maps.type_softmax is not None
+    return inst_map, nuclei, resample.maps_to_input(maps.pred_map, image.shape, typed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,16 +356,22 @@ def _finish(job: _Job) -> tuple[str, int, float, float]:
 
     The post-processing time includes the shape measurements shared by the CSV and GeoJSON.
     """
+    from hovernet.infer import resample
     from hovernet.infer.measure import nucleus_measurements
     from hovernet.infer.postprocess import postprocess
     from hovernet.io import writers
 
     start = time.perf_counter()
     inst_map, nuclei = postprocess(job.maps.pred_map, job.nr_types, job.maps.type_softmax)
+    # maps at the network's resolution (--input_mpp): back to the input image's pixels
+    inst_map, nuclei = resample.nuclei_to_input(inst_map, nuclei, job.image.shape)
     shapes = nucleus_measurements(inst_map, nuclei)
     mid = time.perf_counter()
     paths = output_paths(job.output_dir, job.name)
-    raw_map = job.maps.pred_map if job.save_raw_map else None
+    raw_map = None
+    if job.save_raw_map:
+        typed = job.maps.type_softmax is not None
+        raw_map = resample.maps_to_input(job.maps.pred_map, job.image.shape, typed)
     writers.write_json(paths["json"], nuclei, mag=None)
     writers.write_mat(
         paths["mat"], inst_map, nuclei, raw_map=raw_map, typed=job.nr_types is not None
@@ -385,6 +401,14 @@ class TileConfig:
     read_workers: int = 1  # threads that read the next images ahead
     mem_usage: float = 0.2  # share of physical memory for maps waiting for post-processing
     overwrite: bool = False  # redo images whose five outputs exist already
+    input_mpp: float | None = None  # um/px of the inputs; None = at the network's resolution
+    proc_mpp: float | None = None  # um/px to run the network at; None = the model's
+
+    def __post_init__(self) -> None:
+        from hovernet.infer.resample import check_mpp
+
+        check_mpp(self.input_mpp, "--input_mpp")
+        check_mpp(self.proc_mpp, "--proc_mpp")
 
 
 @dataclass
@@ -446,11 +470,19 @@ def run_tile(
     hovernet.errors.Interrupted) the workers are ended and temporary files removed before the
     exception goes on; `hovernet.progress.current_status()` then says what was finished.
     `progress` (optional) is advanced by network patches, with the nuclei found so far.
+    With `config.input_mpp`, images are resampled to the network's resolution and every output
+    is mapped back to their pixels (`hovernet.infer.resample`); one line says which applies.
     """
+    from hovernet.infer import resample
     from hovernet.infer.engine import EngineConfig, physical_memory, run_engine
     from hovernet.io.atomic import check_writable_dir, remove_empty_dirs, remove_temporaries
 
     files = list_inputs(config.inputs)
+    mpp = resample.model_mpp(model)
+    scale = resample.resolution_scale(config.input_mpp, mpp, config.proc_mpp)
+    note = resample.resolution_note(config.input_mpp, mpp, config.proc_mpp)
+    if note:
+        log(note)
     out = config.output_dir
     created = check_writable_dir(out)
     remove_temporaries(out)  # left by a run that was killed
@@ -473,7 +505,9 @@ def run_tile(
     def patches_of(shape) -> int:
         return len(TileGrid(shape, geometry.input_size, geometry.output_size))
 
-    bar.set_total(sum(patches_of(s) for s in sizes.values() if s is not None))
+    bar.set_total(
+        sum(patches_of(resample.model_shape(s, scale)) for s in sizes.values() if s is not None)
+    )
     budget = max(1, int(config.mem_usage * physical_memory()))
     total = len(todo)
     lock = threading.Lock()
@@ -489,6 +523,14 @@ def run_tile(
 
     status()
     start = time.perf_counter()
+    originals: dict[Path, np.ndarray] = {}  # input images, by path, while resampled ones run
+
+    def to_network(items: Iterator[tuple[Path, np.ndarray]]) -> Iterator[tuple[Path, np.ndarray]]:
+        for path, image in items:
+            resampled = resample.to_model_resolution(image, scale)
+            if resampled is not image:
+                originals[path] = image
+            yield path, resampled
 
     def make_job(path: Path, image: np.ndarray, maps: PredMaps) -> tuple[_Job, int]:
         if fatal:
@@ -501,7 +543,7 @@ def run_tile(
         bar.advance(n_patches, nuclei=nuclei)
         job = _Job(
             path.stem,
-            image,
+            originals.pop(path, image),
             maps,
             model.nr_types,
             out,
@@ -525,7 +567,7 @@ def run_tile(
         report_as_done=True,
     )
     try:
-        images = _read_ahead(todo, config.read_workers, summary, log)
+        images = to_network(_read_ahead(todo, config.read_workers, summary, log))
         stats = run_engine(model, images, make_job, _finish, on_result, engine)
         summary.n_patches = stats.n_windows
         summary.network_s = stats.network_s

@@ -1,0 +1,174 @@
+"""Tiles at another resolution than the model's: resample in, map the results back out.
+
+Pure functions (arrays in, arrays out) used by tile inference (`--input_mpp`, `--proc_mpp`):
+
+- `resolution_scale`: the factor from input pixels to network pixels (input um/px over the
+  network's um/px), or None when the input is taken as it is;
+- `to_model_resolution`: the image resampled by that factor (area averaging when shrinking,
+  bilinear when enlarging);
+- `labels_to_input`: a label map back to the input's exact size by nearest neighbour, pixel
+  centres aligned, so each input pixel takes the label of the network pixel it lies in and no
+  new labels appear (2x exactly: every label pixel becomes a 2 x 2 block);
+- `nuclei_to_input`: the instance map and records in input pixels, the records (bbox, centroid,
+  contour) re-derived from the mapped-back map by `hovernet.infer.postprocess.instance_records`
+  and the type fields kept from the network-resolution records;
+- `maps_to_input`: the network maps (pred_map) resampled to the input's size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from hovernet.errors import HoverNetError
+
+
+def check_mpp(value: float | None, name: str) -> float | None:
+    """None or a positive finite number of microns per pixel, else a HoverNetError."""
+    if value is None:
+        return None
+    try:
+        ok = math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise HoverNetError(
+            f"{name} must be a positive number of microns per pixel (e.g. 0.25 at 40x, 0.5 at "
+            f"20x), got {value!r}"
+        )
+    return float(value)
+
+
+def model_mpp(model) -> float | None:
+    """The resolution (um/px) a model was trained at, from `model.meta`, None where unknown."""
+    return getattr(getattr(model, "meta", None), "mpp", None)
+
+
+def resolution_scale(
+    input_mpp: float | None,
+    model_mpp: float | None,
+    proc_mpp: float | None = None,
+    source: str = "the model",
+) -> float | None:
+    """Input pixels -> network pixels: input_mpp / (proc_mpp, else model_mpp); None = as is.
+
+    No `input_mpp` means the input is at the network's resolution already. An `input_mpp` with
+    neither `proc_mpp` nor a model resolution is a HoverNetError naming `source`.
+    """
+    input_mpp = check_mpp(input_mpp, "--input_mpp")
+    proc_mpp = check_mpp(proc_mpp, "--proc_mpp")
+    target = proc_mpp if proc_mpp is not None else model_mpp
+    if input_mpp is None:
+        return None
+    if target is None:
+        raise HoverNetError(
+            f"{source} does not record the resolution it was trained at, so the input "
+            f"({input_mpp} um/px) cannot be matched to it: give the resolution to run the "
+            "network at with --proc_mpp (e.g. 0.25), or leave out --input_mpp to use the "
+            "images as they are"
+        )
+    return input_mpp / check_mpp(target, f"the resolution of {source}")
+
+
+def resolution_note(
+    input_mpp: float | None, model_mpp: float | None, proc_mpp: float | None = None
+) -> str | None:
+    """One line saying what resolution the input is taken to be at, or None (nothing known)."""
+    target = proc_mpp if proc_mpp is not None else model_mpp
+    if target is None:
+        return None
+    whose = "the processing resolution" if proc_mpp is not None else "the model's resolution"
+    if input_mpp is None:
+        return (
+            f"input images are assumed to be at {whose}, {target:g} um/px; "
+            "give --input_mpp if they are not (e.g. --input_mpp 0.25 for 40x)"
+        )
+    if input_mpp == target:
+        return f"input images at {input_mpp:g} um/px, {whose}: no resampling"
+    return (
+        f"input images at {input_mpp:g} um/px are resampled to {whose}, {target:g} um/px, "
+        "for the network; all outputs are in the input images' pixels"
+    )
+
+
+def model_shape(shape: tuple[int, ...], scale: float | None) -> tuple[int, int]:
+    """(height, width) of an image of `shape` resampled by `scale` (at least 1 x 1)."""
+    height, width = int(shape[0]), int(shape[1])
+    if scale is None:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Area averaging when shrinking (either side), bilinear when enlarging."""
+    height, width = shape
+    shrink = height < array.shape[0] or width < array.shape[1]
+    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(array, (width, height), interpolation=interpolation)
+
+
+def to_model_resolution(image: np.ndarray, scale: float | None) -> np.ndarray:
+    """The H x W x 3 image resampled by `scale` (the same array when its size would not change)."""
+    shape = model_shape(image.shape, scale)
+    if shape == tuple(image.shape[:2]):
+        return image
+    out = _resize(np.ascontiguousarray(image), shape)
+    return out.reshape(*shape, *image.shape[2:])
+
+
+def _nearest_indices(src: int, dst: int) -> np.ndarray:
+    """For each of `dst` output pixels, the source pixel whose extent holds its centre."""
+    index = np.floor((np.arange(dst) + 0.5) * (src / dst)).astype(np.int64)
+    return np.minimum(index, src - 1)
+
+
+def labels_to_input(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A label map (or any array, first two axes) resized to `shape[:2]` by nearest neighbour."""
+    height, width = int(shape[0]), int(shape[1])
+    if labels.shape[:2] == (height, width):
+        return labels
+    rows = _nearest_indices(labels.shape[0], height)
+    cols = _nearest_indices(labels.shape[1], width)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def nuclei_to_input(
+    inst_map: np.ndarray, nuclei: dict[int, dict], shape: tuple[int, ...]
+) -> tuple[np.ndarray, dict[int, dict]]:
+    """The network-resolution instance map and records -> the same in input pixels.
+
+    The map is `labels_to_input`; bbox, centroid and contour are re-derived from it by
+    `instance_records`, and `type`, `type_prob` and `type_probs` are kept from `nuclei` (they
+    were voted at the network's resolution). Ids are unchanged when every nucleus survives
+    (always when the input is finer than the network); nuclei that vanish when the input is
+    coarser are dropped and the rest renumbered 1..N in the same order.
+    """
+    from hovernet.infer.postprocess import instance_records
+
+    if inst_map.shape[:2] == tuple(shape[:2]):
+        return inst_map, nuclei
+    mapped = labels_to_input(inst_map, shape)
+    relabelled, records = instance_records(mapped)
+    old_of = np.zeros(len(records) + 1, dtype=np.int64)
+    old_of[relabelled.ravel()] = mapped.ravel()
+    for new_id, record in records.items():
+        old = nuclei[int(old_of[new_id])]
+        for key in ("type", "type_prob", "type_probs"):
+            if key in old:
+                record[key] = old[key]
+    return relabelled, records
+
+
+def maps_to_input(pred_map: np.ndarray, shape: tuple[int, ...], typed: bool) -> np.ndarray:
+    """The H x W x C network maps resampled to `shape[:2]`: probability and h/v maps by
+    `_resize`; the arg-max type channel of a typed `pred_map` (channel 0) by nearest neighbour."""
+    height, width = int(shape[0]), int(shape[1])
+    if pred_map.shape[:2] == (height, width):
+        return pred_map
+    out = _resize(np.ascontiguousarray(pred_map, dtype=np.float32), (height, width))
+    out = out.reshape(height, width, pred_map.shape[2])
+    if typed:
+        out[..., 0] = labels_to_input(pred_map[..., 0], (height, width))
+    return out
