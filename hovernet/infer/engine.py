@@ -19,8 +19,8 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,26 @@ def physical_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 8 << 30
+
+
+def read_ahead(
+    keys: Iterable[Any], read: Callable[[Any], Any], workers: int
+) -> Iterator[tuple[Any, Future]]:
+    """(key, future of `read(key)`) in the order of `keys`, with up to `workers` reads running
+    ahead in threads; the caller takes `future.result()` (and decides what a failed read means)."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        queue: deque[tuple[Any, Future]] = deque()
+        todo = iter(keys)
+        for key in todo:
+            queue.append((key, pool.submit(read, key)))
+            if len(queue) > workers:
+                break
+        while queue:
+            key, future = queue.popleft()
+            for nxt in todo:  # one more read for the one taken
+                queue.append((nxt, pool.submit(read, nxt)))
+                break
+            yield key, future
 
 
 def worker_init() -> None:

@@ -20,9 +20,8 @@ import fcntl
 import glob
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 from hovernet.errors import HoverNetError
-from hovernet.infer.engine import EngineConfig, make_pool, maps_nbytes, run_engine
+from hovernet.infer.engine import EngineConfig, make_pool, maps_nbytes, read_ahead, run_engine
 from hovernet.infer.regions import Region, owned_nuclei, plan_regions
 from hovernet.io.slides import IMAGE_SUFFIXES
 from hovernet.io.type_info import TypeInfo
@@ -294,19 +293,8 @@ def _read_regions(
         x0, y0, x1, y1 = region.read
         return slide.read(x0, y0, x1 - x0, y1 - y0, mpp)
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        queue: deque[tuple[Region, Future]] = deque()
-        todo = iter(regions)
-        for region in todo:
-            queue.append((region, pool.submit(read, region)))
-            if len(queue) > workers:
-                break
-        while queue:
-            region, future = queue.popleft()
-            nxt = next(todo, None)
-            if nxt is not None:
-                queue.append((nxt, pool.submit(read, nxt)))
-            yield region, future.result()
+    for region, future in read_ahead(regions, read, workers):
+        yield region, future.result()
 
 
 def run_slide(

@@ -22,7 +22,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -427,28 +426,18 @@ def _read_ahead(
     files: list[Path], workers: int, summary: TileSummary, log: Callable[[str], None]
 ) -> Iterator[tuple[Path, np.ndarray]]:
     """(path, image) for each readable file, reading up to `workers` files ahead."""
+    from hovernet.infer.engine import read_ahead
     from hovernet.io.slides import read_rgb
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        queue: deque[tuple[Path, Future]] = deque()
-        todo = iter(files)
-        for path in todo:
-            queue.append((path, pool.submit(read_rgb, path)))
-            if len(queue) > workers:
-                break
-        while queue:
-            path, future = queue.popleft()
-            nxt = next(todo, None)
-            if nxt is not None:
-                queue.append((nxt, pool.submit(read_rgb, nxt)))
-            try:
-                image = future.result()
-            except Exception as exc:  # report any unreadable file and go on with the rest
-                summary.failed[str(path)] = str(exc)
-                # a HoverNetError names the file already
-                log(f"skipped {exc}" if str(path) in str(exc) else f"skipped {path}: {exc}")
-                continue
-            yield path, image
+    for path, future in read_ahead(files, read_rgb, workers):
+        try:
+            image = future.result()
+        except Exception as exc:  # report any unreadable file and go on with the rest
+            summary.failed[str(path)] = str(exc)
+            # a HoverNetError names the file already
+            log(f"skipped {exc}" if str(path) in str(exc) else f"skipped {path}: {exc}")
+            continue
+        yield path, image
 
 
 FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
