@@ -6,11 +6,16 @@ import json
 
 import numpy as np
 import pytest
-from conftest import REFERENCE
+from conftest import DATA, REFERENCE
 from scipy import ndimage
 
 from hovernet.errors import HoverNetError
-from hovernet.infer.postprocess import hv_watershed, instance_records, postprocess
+from hovernet.infer.postprocess import (
+    PostprocessParams,
+    hv_watershed,
+    instance_records,
+    postprocess,
+)
 
 CASES = [f"untyped_{i}" for i in range(3)] + [f"typed_{i}" for i in range(16)]
 
@@ -55,6 +60,51 @@ def test_reproduces_original(case: str) -> None:
         else:
             assert got["type_prob"] == pytest.approx(ref["type_prob"], abs=1e-9)
         assert "type_probs" not in got
+
+
+@pytest.mark.parametrize("case", ["untyped_0", "typed_3"])
+def test_maps_at_40x_keep_the_original_constants(case: str) -> None:
+    arrays, _ = _load(case)
+    nr_types = 5 if case.startswith("typed") else None
+    plain, _ = postprocess(arrays["pred_map"], nr_types)
+    at_40x, _ = postprocess(arrays["pred_map"], nr_types, mpp=0.25)
+    assert np.array_equal(plain, at_40x)
+    assert PostprocessParams.for_mpp(None) == PostprocessParams.for_mpp(0.25)
+    assert PostprocessParams.for_mpp(0.25) == PostprocessParams(10, 21, 5)
+
+
+def test_constants_scale_with_resolution() -> None:
+    assert PostprocessParams.for_mpp(0.5) == PostprocessParams(3, 11, 3)  # 20x
+    assert PostprocessParams.for_mpp(1.0) == PostprocessParams(1, 5, 1)  # 10x
+    assert PostprocessParams.for_mpp(0.125).sobel_ksize == 31  # OpenCV's largest Sobel
+    with pytest.raises(HoverNetError, match="positive"):
+        PostprocessParams.for_mpp(0.0)
+
+
+def test_scaled_constants_find_the_small_nuclei_of_a_20x_model() -> None:
+    """The bundled 0.5 um/px model on CoNSeP crops it never trained on (a validation tile):
+    the 40x constants (5 x 5 marker opening, 21 x 21 Sobel) lose many of the small nuclei."""
+    import cv2
+    import tifffile
+
+    from hovernet.infer.tile import predict_maps
+    from hovernet.metrics import instance_stats
+    from hovernet.model.checkpoints import load_model
+    from hovernet.model.inference import prepare_for_inference
+
+    model = prepare_for_inference(load_model(None))
+    folder = DATA / "consep_train_patches"
+    pq = {None: [], 0.5: []}
+    for k in range(4):
+        name = f"train_12_{k:03d}"
+        image = cv2.cvtColor(cv2.imread(str(folder / "images" / f"{name}.jpg")), cv2.COLOR_BGR2RGB)
+        true = tifffile.imread(folder / "labels" / f"{name}_inst.tif")
+        maps = predict_maps(model, cv2.resize(image, (128, 128), interpolation=cv2.INTER_AREA))
+        for mpp in pq:
+            inst, _ = postprocess(maps.pred_map, 5, maps.type_softmax, mpp=mpp)
+            up = cv2.resize(inst.astype(np.float32), (256, 256), interpolation=cv2.INTER_NEAREST)
+            pq[mpp].append(instance_stats(true, up.astype(np.int32)).pq)
+    assert np.mean(pq[0.5]) > np.mean(pq[None]) + 0.05, pq
 
 
 def test_type_softmax_gives_mean_class_probabilities() -> None:

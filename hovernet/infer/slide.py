@@ -196,6 +196,7 @@ class _RegionJob:
     width: int
     height: int
     scale: float
+    proc_mpp: float | None = None  # resolution of the maps (scales the watershed's constants)
 
 
 def _region_work(job: _RegionJob) -> tuple[list[dict], int]:
@@ -203,7 +204,7 @@ def _region_work(job: _RegionJob) -> tuple[list[dict], int]:
     from hovernet.infer.measure import nucleus_measurements
     from hovernet.infer.postprocess import postprocess
 
-    inst_map, nuclei = postprocess(job.pred_map, job.nr_types, job.type_softmax)
+    inst_map, nuclei = postprocess(job.pred_map, job.nr_types, job.type_softmax, job.proc_mpp)
     keep, cut = owned_nuclei(nuclei, job.region, job.width, job.height)
     rx0, ry0 = job.region.read[:2]
     # outlines in whole-slide processing pixels (corner coordinates), as tile mode's GeoJSON
@@ -360,7 +361,14 @@ def run_slide(
 
                     def make_job(region: Region, image: np.ndarray, maps) -> tuple[Any, int]:
                         job = _RegionJob(
-                            region, maps.pred_map, maps.type_softmax, nr_types, width, height, scale
+                            region,
+                            maps.pred_map,
+                            maps.type_softmax,
+                            nr_types,
+                            width,
+                            height,
+                            scale,
+                            proc_mpp,
                         )
                         return job, maps_nbytes(maps.pred_map, maps.type_softmax)
 

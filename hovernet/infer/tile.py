@@ -234,7 +234,8 @@ def segment_image(
     image = _check_image(image, "image")
     scale = resample.resolution_scale(input_mpp, resample.model_mpp(model), proc_mpp)
     maps = predict_maps(model, resample.to_model_resolution(image, scale), batch_size, precision)
-    inst_map, nuclei = postprocess(maps.pred_map, model.nr_types, maps.type_softmax)
+    map_mpp = proc_mpp or resample.model_mpp(model)  # the network maps' resolution
+    inst_map, nuclei = postprocess(maps.pred_map, model.nr_types, maps.type_softmax, map_mpp)
     inst_map, nuclei = resample.nuclei_to_input(inst_map, nuclei, image.shape)
     typed = maps.type_softmax is not None
     return inst_map, nuclei, resample.maps_to_input(maps.pred_map, image.shape, typed)
@@ -333,6 +334,7 @@ class _Job:
     type_info: TypeInfo | None
     draw_dot: bool
     save_raw_map: bool
+    map_mpp: float | None = None  # resolution of the maps (scales the watershed's constants)
 
     @property
     def nbytes(self) -> int:
@@ -361,7 +363,9 @@ def _finish(job: _Job) -> tuple[str, int, float, float]:
     from hovernet.io import writers
 
     start = time.perf_counter()
-    inst_map, nuclei = postprocess(job.maps.pred_map, job.nr_types, job.maps.type_softmax)
+    inst_map, nuclei = postprocess(
+        job.maps.pred_map, job.nr_types, job.maps.type_softmax, job.map_mpp
+    )
     # maps at the network's resolution (--input_mpp): back to the input image's pixels
     inst_map, nuclei = resample.nuclei_to_input(inst_map, nuclei, job.image.shape)
     shapes = nucleus_measurements(inst_map, nuclei)
@@ -539,6 +543,7 @@ def run_tile(
             config.type_info,
             config.draw_dot,
             config.save_raw_map,
+            config.proc_mpp or mpp,
         )
         return job, job.nbytes
 

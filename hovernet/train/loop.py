@@ -378,7 +378,7 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
                     record.update(
                         instance_metrics(
                             net, data.valid, cfg.valid_images, cfg.valid_crop, cfg.batch,
-                            cfg.precision,
+                            cfg.precision, mpp=cfg.mpp,
                         )
                     )  # fmt: skip
             state.epoch += 1

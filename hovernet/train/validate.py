@@ -104,8 +104,12 @@ def instance_metrics(
     crop: int = 256,
     batch: int = 8,
     precision: str = "auto",
+    mpp: float | None = None,
 ) -> dict[str, float]:
-    """PQ, DQ, SQ, AJI, Dice (and type F1) of the model's nuclei on validation crops."""
+    """PQ, DQ, SQ, AJI, Dice (and type F1) of the model's nuclei on validation crops.
+
+    `mpp` (the patches' resolution) scales the post-processing's pixel constants, as inference
+    does with the checkpoint's mpp."""
     was_training = model.training
     model.eval()
     files = [(f, ds.with_type) for ds in datasets for f in ds.files][: max(n, 0)]
@@ -119,7 +123,9 @@ def instance_metrics(
             img = np.ascontiguousarray(crop_center(img, (size, size)))
             labels = crop_center(labels, (size, size))
             true = _relabel(labels[..., 0])
-            pred, nuclei, _ = segment_image(model, img, batch_size=batch, precision=precision)
+            pred, nuclei, _ = segment_image(
+                model, img, batch_size=batch, precision=precision, proc_mpp=mpp
+            )
             stats.append(instance_stats(true, pred))
             if typed and typed_model:
                 _, xy, types = instance_centroids(true, labels[..., 1])
