@@ -95,15 +95,9 @@ def list_slides(spec: str | os.PathLike) -> list[Path]:
 
 
 def _unique(files: list[Path]) -> list[Path]:
-    names: dict[str, Path] = {}
-    for file in files:
-        if file.stem in names and names[file.stem] != file:
-            raise HoverNetError(
-                f"slides {names[file.stem]} and {file} would both write outputs named "
-                f"{file.stem!r}: rename one or run them separately"
-            )
-        names[file.stem] = file
-    return list(names.values())
+    from hovernet.infer.tile import unique_stems
+
+    return unique_stems(files, "slides")
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

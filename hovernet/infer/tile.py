@@ -269,11 +269,16 @@ def list_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
             files.append(path)
         else:
             raise HoverNetError(f"input {path} does not exist: pass an image folder or file")
+    return unique_stems(files, "inputs")
+
+
+def unique_stems(files: list[Path], what: str) -> list[Path]:
+    """`files` without repeats; two files whose outputs would share a name are an error."""
     names: dict[str, Path] = {}
     for file in files:
         if file.stem in names and names[file.stem] != file:
             raise HoverNetError(
-                f"inputs {names[file.stem]} and {file} would both write outputs named "
+                f"{what} {names[file.stem]} and {file} would both write outputs named "
                 f"{file.stem!r}: rename one or run them separately"
             )
         names[file.stem] = file

@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hovernet.config import ModelGeometry, geometry_for
-from hovernet.errors import HoverNetError
-from hovernet.model.network import centre_crop, check_nr_types
+from hovernet.model.network import centre_crop, check_input, check_nr_types
 
 MODE = "lite"
 ENCODER = (16, 32, 64, 96, 128)  # channels per level, full resolution first
@@ -101,12 +100,7 @@ class HoVerNetLite(nn.Module):
             )
 
     def check_input(self, x: torch.Tensor) -> None:
-        size = self.geometry.input_size
-        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != size or x.shape[3] != size:
-            raise HoverNetError(
-                f"HoVer-Net in {self.mode} mode takes input of shape N x 3 x {size} x {size} "
-                f"(RGB, 0..255), got {tuple(x.shape)}: cut patches of {size}x{size} pixels"
-            )
+        check_input(x, self.geometry, self.mode)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self.check_input(x)

@@ -62,6 +62,16 @@ def tf_same_pad(x: torch.Tensor, ksize: int, stride: int) -> torch.Tensor:
     return F.pad(x, (before, pad - before, before, pad - before))
 
 
+def check_input(x: torch.Tensor, geometry: ModelGeometry, mode: str) -> None:
+    """Refuse input that is not N x 3 x S x S (S = the architecture's input size), naming S."""
+    size = geometry.input_size
+    if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != size or x.shape[3] != size:
+        raise HoverNetError(
+            f"HoVer-Net in {mode} mode takes input of shape N x 3 x {size} x {size} "
+            f"(RGB, 0..255), got {tuple(x.shape)}: cut patches of {size}x{size} pixels"
+        )
+
+
 def centre_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Crop NCHW `x` to `size` (h, w) around its centre (extra pixel taken from bottom/right)."""
     top = (x.shape[-2] - size[0]) // 2
@@ -246,12 +256,7 @@ class HoVerNet(nn.Module):
         self.channels_last = False  # set by hovernet.model.inference.prepare_for_inference
 
     def check_input(self, x: torch.Tensor) -> None:
-        size = self.geometry.input_size
-        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != size or x.shape[3] != size:
-            raise HoverNetError(
-                f"HoVer-Net in {self.mode} mode takes input of shape N x 3 x {size} x {size} "
-                f"(RGB, 0..255), got {tuple(x.shape)}: cut patches of {size}x{size} pixels"
-            )
+        check_input(x, self.geometry, self.mode)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The four encoder feature maps (finest first), the last after `conv_bot`."""
