@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +235,6 @@ class _TiffReader(ImageReader):
         chunk = page.chunks  # (rows, cols, samples) of one tile or strip
         self._ch, self._cw = chunk[0], chunk[1]
         self._per_row = -(-self.width // self._cw)
-        self._grey = page.samplesperpixel == 1
 
     def _segment(self, index: int) -> np.ndarray:
         page = self._page
@@ -247,18 +247,9 @@ class _TiffReader(ImageReader):
 
     def read_region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         self._check_region(x, y, w, h)
-        out = np.empty((h, w, 3), np.uint8)
-        for ty in range(y // self._ch, (y + h - 1) // self._ch + 1):
-            for tx in range(x // self._cw, (x + w - 1) // self._cw + 1):
-                seg = self._segment(ty * self._per_row + tx)
-                y0, x0 = ty * self._ch, tx * self._cw
-                sy0, sy1 = max(y, y0), min(y + h, y0 + seg.shape[0])
-                sx0, sx1 = max(x, x0), min(x + w, x0 + seg.shape[1])
-                part = seg[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
-                out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = (
-                    part[:, :, :1] if self._grey else part[:, :, :3]
-                )
-        return out
+        # grey segments (one sample) are broadcast to the three channels
+        grid = (self._ch, self._cw, self._per_row)
+        return assemble_chunks(x, y, w, h, grid, self._segment, 3)
 
     def close(self) -> None:
         self._tif.close()
@@ -278,6 +269,33 @@ class _OpenSlideReader(ImageReader):
 
     def close(self) -> None:
         self._slide.close()
+
+
+def assemble_chunks(
+    x: int,
+    y: int,
+    w: int,
+    h: int,
+    grid: tuple[int, int, int],
+    chunk: Callable[[int], np.ndarray],
+    channels: int,
+) -> np.ndarray:
+    """The (h, w, channels) uint8 region at (x, y) of an image stored in chunks (TIFF strips or
+    tiles): `grid` = (chunk rows, chunk columns, chunks per row), `chunk(index)` decodes chunk
+    `index` (row-major) to rows x cols x samples. A one-sample chunk fills every channel; extra
+    samples are dropped. The region must lie inside the image."""
+    ch, cw, per_row = grid
+    out = np.empty((h, w, channels), np.uint8)
+    for ty in range(y // ch, (y + h - 1) // ch + 1):
+        for tx in range(x // cw, (x + w - 1) // cw + 1):
+            seg = chunk(ty * per_row + tx)
+            y0, x0 = ty * ch, tx * cw
+            sy0, sy1 = max(y, y0), min(y + h, y0 + seg.shape[0])
+            sx0, sx1 = max(x, x0), min(x + w, x0 + seg.shape[1])
+            part = seg[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+            take = 1 if part.shape[2] == 1 else channels
+            out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = part[:, :, :take]
+    return out
 
 
 def _tiff_mpp(page) -> float | None:

@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from hovernet.errors import HoverNetError
-from hovernet.io.slides import PLAIN_SUFFIXES, SLIDE_SUFFIXES, TIFF_SUFFIXES, _read_plain_bgr
+from hovernet.io.slides import (
+    PLAIN_SUFFIXES,
+    SLIDE_SUFFIXES,
+    TIFF_SUFFIXES,
+    _read_plain_bgr,
+    assemble_chunks,
+)
 
 # images that can only be decoded whole (PNG, JPEG, TIFF stored as one compressed block) are
 # refused above this decoded size (bytes); override with HOVERNET_MAX_DECODE_MB
@@ -238,16 +244,8 @@ class _TiffLevel:
             )
         if not self._chunked:
             return np.ascontiguousarray(self._read_whole()[y : y + h, x : x + w])
-        out = np.empty((h, w, self._spp), np.uint8)
-        for ty in range(y // self._ch, (y + h - 1) // self._ch + 1):
-            for tx in range(x // self._cw, (x + w - 1) // self._cw + 1):
-                seg = self._segment(ty * self._per_row + tx)
-                y0, x0 = ty * self._ch, tx * self._cw
-                sy0, sy1 = max(y, y0), min(y + h, y0 + seg.shape[0])
-                sx0, sx1 = max(x, x0), min(x + w, x0 + seg.shape[1])
-                out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = seg[
-                    sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0, : self._spp
-                ]
+        grid = (self._ch, self._cw, self._per_row)
+        out = assemble_chunks(x, y, w, h, grid, self._segment, self._spp)
         return _composite(out, self._alpha_premultiplied)
 
 
