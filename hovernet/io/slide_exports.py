@@ -34,6 +34,7 @@ from hovernet.io.writers import (
     csv_row,
     nucleus_feature,
     prob_names,
+    write_overlay_canvas,
 )
 
 PathLike = str | os.PathLike
@@ -129,8 +130,6 @@ def export_overlay(
     and a legend of class names with counts. `thumb_scale`: processing px per thumbnail px."""
     import cv2
 
-    from hovernet.io.writers import _draw_legend
-
     canvas = cv2.cvtColor(np.ascontiguousarray(thumb, dtype=np.uint8), cv2.COLOR_RGB2BGR)
     counts: Counter = Counter()
     for rec in store.nuclei():
@@ -143,15 +142,7 @@ def export_overlay(
         else:
             x, y = (int(round(v / thumb_scale)) for v in rec["centroid"])
             cv2.circle(canvas, (x, y), 1, bgr, -1)
-    if type_info is not None:
-        order = {(str(n), tuple(int(v) for v in c)): t for t, (n, c) in type_info.items()}
-        keys = sorted(counts, key=lambda k: (order.get(k, 1 << 30), k[0]))
-    else:
-        keys = list(counts)
-    _draw_legend(canvas, [(name, colour, counts[(name, colour)]) for name, colour in keys])
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), canvas):
-            raise OSError(f"OpenCV could not write the overlay {path}")
+    write_overlay_canvas(path, canvas, counts, type_info)
 
 
 def write_png(path: PathLike, rgb_or_mask: np.ndarray) -> None:

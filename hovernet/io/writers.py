@@ -352,10 +352,22 @@ def write_overlay(
         for t, (n, c) in type_info.items():
             if int(t) > 0:
                 counts[(str(n), tuple(int(v) for v in c))] += 0
+    else:
+        counts[UNTYPED_CLASS] += 0
+    write_overlay_canvas(path, canvas, counts, type_info)
+
+
+def write_overlay_canvas(
+    path: PathLike, canvas: np.ndarray, counts: Counter, type_info: TypeInfo | None
+) -> None:
+    """Draw the legend (classes in type-id order, with their counts) on a BGR overlay and write
+    it atomically as PNG. `counts` is {(class name, colour): nuclei}."""
+    import cv2
+
+    if type_info is not None:
         order = {(str(n), tuple(int(v) for v in c)): t for t, (n, c) in type_info.items()}
         keys = sorted(counts, key=lambda k: (order.get(k, 1 << 30), k[0]))
     else:
-        counts[UNTYPED_CLASS] += 0
         keys = list(counts)
     _draw_legend(canvas, [(name, colour, counts[(name, colour)]) for name, colour in keys])
     with atomic_path(path) as tmp:
