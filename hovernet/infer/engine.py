@@ -115,7 +115,8 @@ def run_engine(
     config: EngineConfig,
     pool: ProcessPoolExecutor | None = None,
 ) -> EngineStats:
-    """Network -> workers -> `on_result(key, result, error)`, in the order of `items`.
+    """Network -> workers -> `on_result(key, result, error)`: in the order of `items`, or as
+    each job finishes with `config.report_as_done`; every job is reported before this returns.
 
     `make_job(key, image, maps)` returns (job, bytes it holds); `work(job)` runs in a worker
     (or inline when `config.workers == 0`). An exception in `work` is passed to `on_result` as
@@ -130,15 +131,15 @@ def run_engine(
     if own_pool:
         pool = make_pool(config.workers)
     in_flight: deque[tuple[Any, int, Future]] = deque()
-    lock = threading.Lock()
+    lock = threading.RLock()
+    reported = threading.Condition(lock)  # notified each time a job has been reported
     stopping: list[bool] = []
 
     def collect(block: bool) -> None:
         if config.report_as_done:
-            if block:
-                with lock:
-                    futures = [f for _, _, f in in_flight]
-                wait(futures)
+            if block:  # a future is done before its callback has reported it: wait for that
+                with reported:
+                    reported.wait_for(lambda: not in_flight)
             return
         while in_flight and (block or in_flight[0][2].done()):
             key, _, future = in_flight.popleft()
@@ -149,11 +150,14 @@ def run_engine(
         if stopping:  # the workers were ended on an interrupt: nothing to report
             return
         key, _, future = entry
-        with lock:
-            if entry in in_flight:
-                in_flight.remove(entry)
-            exc = future.exception()
-            on_result(key, None if exc else future.result(), exc)
+        with reported:
+            try:
+                exc = future.exception()
+                on_result(key, None if exc else future.result(), exc)
+            finally:
+                if entry in in_flight:
+                    in_flight.remove(entry)
+                reported.notify_all()
 
     def full(nbytes: int) -> bool:
         with lock:
@@ -191,6 +195,9 @@ def run_engine(
                     report_done(entry)
             else:
                 t_wait = time.perf_counter()
+                if config.report_as_done:
+                    with reported:
+                        reported.wait_for(lambda n=nbytes: not full(n))
                 while full(nbytes):
                     wait(oldest())
                     collect(block=False)
