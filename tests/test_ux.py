@@ -166,8 +166,11 @@ def test_sigint_and_sigterm_stop_cleanly_and_reruns_continue(tmp_path):
     torch.save({"desc": model.state_dict()}, ckpt)
     files = _tiles(tmp_path / "in", 10, size=160)
     out = tmp_path / "out"
+    # batch 1: with the default batch of 8 the first 8 tiles finish together, and on a quiet
+    # machine the signal can land only after the last batch, when every image is done
     cmd = [sys.executable, "-m", "hovernet", "infer", f"--model_path={ckpt}",
            f"--type_info_path={TYPE_INFO}", "--nr_post_proc_workers=1", "--threads=1",
+           "--batch_size=1",
            "tile", f"--input_dir={tmp_path / 'in'}", f"--output_dir={out}"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
