@@ -218,3 +218,54 @@ def test_checkpoint_loads_for_inference(folders, tmp_path, monkeypatch):
     assert model.mode == "fast" and model.nr_types == 5
     assert model.meta.mpp == 0.5 and model.meta.type_info[4][0] == "spindle-shaped"
     assert np.isfinite(next(model.parameters()).detach().numpy()).all()
+
+
+def _lite_checkpoint(path, nr_types, mpp=0.5):
+    from hovernet.model.checkpoints import save_checkpoint
+    from hovernet.model.registry import build_model
+
+    torch.manual_seed(7)
+    net = build_model("lite", nr_types)
+    save_checkpoint(path, net, mpp=mpp)
+    return net.state_dict()
+
+
+def test_init_loads_a_checkpoint_and_refits_only_the_type_branch(tmp_path):
+    from hovernet.model.checkpoints import init_from_checkpoint
+    from hovernet.model.registry import build_model
+
+    saved = _lite_checkpoint(tmp_path / "a.pth", 5)
+    same = build_model("lite", 5)
+    assert "all weights" in init_from_checkpoint(same, tmp_path / "a.pth", mpp=0.5)
+    for key, value in same.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    # another number of types (or none): the type branch's misfits stay fresh, the rest loads
+    for nr_types in (3, None):
+        other = build_model("lite", nr_types)
+        fresh = {k: v.clone() for k, v in other.state_dict().items()}
+        summary = init_from_checkpoint(other, tmp_path / "a.pth", mpp=0.25)
+        assert "type branch" in summary and "0.5 um/px" in summary, summary
+        for key, value in other.state_dict().items():
+            if key in saved and saved[key].shape == value.shape:
+                assert torch.equal(value, saved[key]), key
+            else:
+                assert ".tp." in f".{key}" and torch.equal(value, fresh[key]), key
+    with pytest.raises(HoverNetError, match="--arch lite"):
+        init_from_checkpoint(build_model("fast", 5), tmp_path / "a.pth")
+
+
+def test_train_with_init_starts_from_the_checkpoint(folders, tmp_path):
+    saved = _lite_checkpoint(tmp_path / "start.pth", 5)
+    cfg = _cfg(folders[:1], tmp_path / "run", arch="lite", lr=1e-9, stop_after_steps=1)
+    cfg.init = tmp_path / "start.pth"
+    train(cfg)
+    after = _weights(tmp_path / "run" / "last.pth")
+    convs = [k for k in saved if k.endswith("weight") and saved[k].ndim == 4]
+    assert convs and all(torch.allclose(after[k], saved[k], atol=1e-6) for k in convs)
+    # the command line refuses a missing file and two sources of starting weights
+    args = ["train", "--data", str(folders[0]), "--out", str(tmp_path / "r2"), "--arch", "lite"]
+    assert _cli([*args, "--init", str(tmp_path / "missing.pth")]) == 2
+    assert _cli([*args, "--pretrained", str(tmp_path / "missing.tar")]) == 2
+    assert not (tmp_path / "r2").exists()  # a refused start leaves no run folder
+    both = [*args, "--init", str(tmp_path / "start.pth"), "--pretrained", str(tmp_path / "x")]
+    assert _cli(both) == 2

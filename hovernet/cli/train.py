@@ -46,6 +46,11 @@ def register(app: typer.Typer) -> None:
         pretrained: Path | None = typer.Option(
             None, "--pretrained", help="ImageNet encoder weights (local file)."
         ),
+        init: Path | None = typer.Option(
+            None,
+            "--init",
+            help="Start from this model checkpoint (fine-tuning); 'bundled' = the bundled model.",
+        ),
         freeze_encoder: bool | None = typer.Option(
             None,
             "--freeze-encoder/--no-freeze-encoder",
@@ -101,7 +106,7 @@ def register(app: typer.Typer) -> None:
                 ) from None
         overrides = dict(
             data=data or None, out=out, arch=arch, epochs=epochs, batch=batch, lr=lr, gpu=gpu,
-            view=view, pretrained=pretrained, freeze_encoder=freeze_encoder, mpp=mpp,
+            view=view, pretrained=pretrained, init=init, freeze_encoder=freeze_encoder, mpp=mpp,
             time_limit=time_limit, steps_per_epoch=steps_per_epoch, msge_variant=msge,
             device=device, precision=precision, workers=workers, seed=seed,
             valid_images=valid_images, valid_patches=valid_patches,

@@ -280,3 +280,52 @@ def save_checkpoint(
     payload.update(extra or {})
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+TYPE_BRANCH_MARK = ".tp."  # every architecture names its type branch `tp` (decoder.tp, branches.tp)
+
+
+def init_from_checkpoint(
+    model: nn.Module, path: str | os.PathLike, mpp: float | None = None
+) -> str:
+    """Start `model` (being trained) from the weights of a whole-model checkpoint: fine-tuning.
+
+    The architecture must be the same. When the number of types differs, the type branch's
+    weights that do not fit (its output layer; the whole branch when one side has none) keep
+    their fresh initialisation and everything else is loaded. `mpp` (the training data's
+    resolution) adds a note to the returned one-line summary when the checkpoint's differs.
+    """
+    path = Path(path)
+    obj = _read_file(path)
+    sd = _state_dict_of(obj, path)
+    mode, nr_types = infer_architecture(sd, str(path))
+    if mode != model.mode:
+        raise HoverNetError(
+            f"{path} holds a {mode} network but this run trains {model.mode}: pass --arch {mode} "
+            "or another checkpoint"
+        )
+    note = ""
+    trained_mpp = obj.get("mpp")
+    if mpp is not None and trained_mpp is not None and abs(trained_mpp - mpp) > 0.01 * mpp:
+        note = (
+            f"; note: it was trained at {trained_mpp} um/px and this data is at {mpp} um/px "
+            "(resample the images to match)"
+        )
+    if nr_types == model.nr_types:
+        load_state_dict_into(model, sd, str(path))
+        return f"all weights from {path}{note}"
+    own = model.state_dict()
+    fits = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    left = [k for k in own if k not in fits and not k.endswith("num_batches_tracked")]
+    dropped = [k for k in sd if k not in fits]
+    outside = [k for k in [*left, *dropped] if TYPE_BRANCH_MARK not in f".{k}"]
+    if outside:
+        raise HoverNetError(
+            f"{path} does not fit the {model.mode} network beyond its type branch, e.g. "
+            f"{', '.join(outside[:3])}: the file is not a {model.mode} checkpoint"
+        )
+    model.load_state_dict(fits, strict=False)
+    return (
+        f"weights from {path} except {len(left)} tensor(s) of the type branch, initialised afresh "
+        f"(the checkpoint has nr_types={nr_types}, this data {model.nr_types}){note}"
+    )

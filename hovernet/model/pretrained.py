@@ -78,13 +78,18 @@ def torchvision_key_map(keys) -> dict[str, str]:
     return out
 
 
-def _read(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
+def check_weights_file(path: str | os.PathLike) -> None:
+    """Raise the one clear message for a missing encoder-weights file."""
+    if not Path(path).is_file():
         raise HoverNetError(
             f"pretrained weights {path} do not exist: download "
             "ImageNet-ResNet50-Preact_pytorch.tar (or a torchvision ResNet-50 state dict) "
             "yourself and pass its path"
         )
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    check_weights_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for non-checkpoint bytes

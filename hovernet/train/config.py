@@ -34,6 +34,7 @@ class TrainConfig:
     lr_drop_factor: float = 0.1
     weight_decay: float = 0.0
     pretrained: Path | None = None  # ImageNet encoder weights (local file)
+    init: Path | None = None  # whole-model checkpoint to start from (fine-tuning); "bundled"
     freeze_encoder: bool | None = None  # None: a frozen-encoder phase first when pretrained
     loss_weights: dict[str, float] = field(default_factory=dict)  # term -> weight overrides
     msge_variant: str = "paper"
@@ -67,7 +68,7 @@ class TrainConfig:
         return LossWeights(**self.loss_weights)
 
 
-_PATH_FIELDS = {"out", "pretrained"}
+_PATH_FIELDS = {"out", "pretrained", "init"}
 
 
 def _normalise_key(key: str) -> str:
@@ -117,6 +118,10 @@ def check_config(cfg: TrainConfig, source: str = "config") -> TrainConfig:
         )
     if cfg.view is not None and cfg.view not in VIEWS:
         raise HoverNetError(f"{source}: view {cfg.view!r}: use train or valid")
+    if cfg.init is not None and cfg.pretrained is not None:
+        raise HoverNetError(
+            f"{source}: init and pretrained both give starting weights: pass one of them"
+        )
     if cfg.mpp is not None and not cfg.mpp > 0:
         raise HoverNetError(f"{source}: mpp must be a positive number of microns per pixel")
     try:

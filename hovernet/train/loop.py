@@ -226,6 +226,19 @@ def _log(cfg: TrainConfig, dist: Dist, line: str) -> None:
         print(line, flush=True)
 
 
+def _init_path(cfg: TrainConfig) -> Path | None:
+    """The checkpoint `cfg.init` names ("bundled": the package's), checked to exist."""
+    if cfg.init is None or cfg.resume:
+        return None
+    if str(cfg.init) == "bundled":
+        from hovernet.model.bundled import bundled_model_path
+
+        return bundled_model_path()
+    if not Path(cfg.init).is_file():
+        raise HoverNetError(f"--init {cfg.init}: no such file; pass a checkpoint or 'bundled'")
+    return Path(cfg.init)
+
+
 def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
     """Train (or resume with `cfg.resume`) the run in `cfg.out`; see the module docstring."""
     from hovernet.infer.tile import autocast_dtype
@@ -238,6 +251,11 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
         torch.distributed.init_process_group(backend, rank=dist.rank, world_size=dist.world)
     device = pick_device(cfg, dist)
     amp_dtype = autocast_dtype(device, cfg.precision)
+    init_path = _init_path(cfg)  # before the run folder exists: a bad path leaves nothing
+    if cfg.pretrained is not None and not cfg.resume:
+        from hovernet.model.pretrained import check_weights_file
+
+        check_weights_file(cfg.pretrained)
     run = prepare_run_folder(cfg) if dist.main else cfg.out
     if dist.world > 1:
         torch.distributed.barrier()
@@ -250,6 +268,10 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
         from hovernet.model.pretrained import load_encoder_weights
 
         _log(cfg, dist, f"encoder: {load_encoder_weights(net, cfg.pretrained).summary()}")
+    if init_path is not None:
+        from hovernet.model.checkpoints import init_from_checkpoint
+
+        _log(cfg, dist, f"starting from {init_from_checkpoint(net, init_path, cfg.mpp)}")
     if cfg.sync_bn and dist.world > 1:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(device)
