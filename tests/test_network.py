@@ -119,3 +119,16 @@ def test_tf_same_pad_puts_extra_pixel_bottom_right():
     assert padded.shape == (1, 1, 5, 5)
     assert padded[0, 0, :4, :4].eq(1).all() and padded[0, 0, 4].eq(0).all()
     assert tf_same_pad(torch.ones(1, 1, 5, 5), 3, 2).shape == (1, 1, 7, 7)  # odd: 1 + 1
+
+
+def test_prepared_upsampling_is_nearest_interpolation_bit_for_bit():
+    x = torch.randn(2, 8, 5, 7)
+    product = UpSample2x()(x)
+    up = UpSample2x()
+    prepare_for_inference(up)
+    assert up.nearest and torch.equal(up(x), product)
+    # a matrix other than ones (never released, but loadable) keeps the product
+    odd = UpSample2x()
+    odd.unpool_mat.copy_(torch.tensor([[1.0, 0.5], [0.5, 1.0]]))
+    prepare_for_inference(odd)
+    assert not odd.nearest and torch.equal(odd(x)[:, :, 0::2, 1::2], 0.5 * x)

@@ -8,6 +8,8 @@
   execution order), plus the pairs a module lists in its `FOLD_PAIRS` class attribute (HoVer-Net's
   residual and dense units, whose children are not run in sequence). HoVer-Net's pre-activation
   BNs (BN before ReLU before conv) cannot be folded and stay;
+- calls `for_inference()` on every submodule that has it (HoVer-Net's up-sampling switches to
+  `F.interpolate`, identical for its all-ones matrix);
 - optionally switches to channels-last memory layout (NHWC), which oneDNN convs prefer on CPU.
 
 The prepared model is for inference only: its state dict no longer has the trained layout
@@ -47,6 +49,8 @@ def prepare_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Mo
         for module in list(model.modules()):
             for conv_name, bn_name in _fold_pairs(module):
                 _fold(module, conv_name, bn_name)
+            if callable(getattr(module, "for_inference", None)):
+                module.for_inference()
         model.prepared_for_inference = True
     if channels_last:
         model.to(memory_format=torch.channels_last)
