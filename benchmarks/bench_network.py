@@ -10,23 +10,28 @@ per multiply-add), how many times fewer FLOPs per output pixel than `fast` it ne
 milliseconds per megapixel of output (the `prepared` variant below at the largest batch timed),
 also as a speed-up over `fast`.
 
-Second table, seconds per patch at batch 1 and 4 for MONAI (`monai.networks.nets.HoVerNet`,
-original and fast only, eval + inference_mode, same thread count) and for this package's variants:
+Second table, seconds per patch at batch 1 and 8 for MONAI (`monai.networks.nets.HoVerNet`,
+original and fast only, eval + inference_mode, same thread count) and for this package's variants
+(the backends of `hovernet infer --backend`, see hovernet/infer/backends.py):
 
-    plain       eval + torch.no_grad
-    inference   eval + torch.inference_mode
-    chlast      inference + channels-last memory layout
-    folded      inference + BatchNorm folded into the preceding convs
-    prepared    folded + channels-last (= prepare_for_inference(model))
+    plain        eval + torch.no_grad
+    inference    eval + torch.inference_mode
+    chlast       inference + channels-last memory layout
+    folded       inference + BatchNorm folded into the preceding convs
+    prepared     folded + channels-last (= prepare_for_inference(model)): `--backend torch`
+    onnxruntime  the prepared model exported in memory and run by ONNX Runtime's CPU execution
+                 provider with the same thread count: `--backend onnxruntime` (the CPU default)
 
-"vs MONAI" is MONAI's time / ours (> 1: ours is faster). Timings are the best of `--reps`
-calls (batch 4: `--reps` - 1; cheap models get more calls, until `--min-seconds` have been timed,
-at most 50), the configurations interleaved so that load from other
-processes hits all alike, after one warm-up round at batch 1; batch 4 is timed for MONAI, plain
-and prepared only. "max rel diff" compares each variant's outputs with `plain` on the same
-random input. The default run takes about 4 minutes on 2 idle cores; `--quick` (about 30 s there)
-times only `prepared` at batch 1, once after the warm-up (cheap models: more often), and skips
-MONAI. On a loaded machine, timings of small models (lite) suffer most: rerun when it is idle.
+"vs MONAI" and "vs prepared" are that baseline's time / the variant's (> 1: faster). Timings
+are the best of `--reps` calls (batch 8: `--reps` - 1; cheap models get more calls, until
+`--min-seconds` have been timed, at most 50), the configurations interleaved so that load from
+other processes hits all alike, after one warm-up round at batch 1; the larger batch is timed
+for MONAI, plain, prepared and onnxruntime only. "max rel diff" compares each variant's outputs
+with `plain` on the same random input. The ONNX export (trace, conversion and session) is
+timed once per architecture and printed under the table. The default run takes about 8 minutes
+on 2 idle cores; `--quick` (about 30 s there) times only `prepared` and `onnxruntime` at batch
+1, once after the warm-up (cheap models: more often), and skips MONAI. On a loaded machine,
+timings of small models (lite) suffer most: rerun when it is idle.
 """
 
 from __future__ import annotations
@@ -43,15 +48,33 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hovernet.infer.backends import OnnxRuntimeBackend  # noqa: E402
 from hovernet.model.inference import prepare_for_inference  # noqa: E402
 from hovernet.model.registry import ARCHITECTURES, build_model  # noqa: E402
+from hovernet.resources import available_cpus  # noqa: E402
 
 NR_TYPES = {"original": 5, "fast": 6, "lite": 6}  # CoNSeP- and PanNuke-like heads
 MONAI_MODES = ("original", "fast")  # the architectures MONAI implements
-VARIANTS = ("MONAI", "plain", "inference", "chlast", "folded", "prepared")
-BATCH4_VARIANTS = ("MONAI", "plain", "prepared")
+VARIANTS = ("MONAI", "plain", "inference", "chlast", "folded", "prepared", "onnxruntime")
+LARGE_BATCH_VARIANTS = ("MONAI", "plain", "prepared", "onnxruntime")
 BASELINE = "fast"
 MAX_ROUNDS = 50
+
+
+class OrtVariant(torch.nn.Module):
+    """The ONNX Runtime backend with the models' call interface (NCHW tensor in, dict out)."""
+
+    def __init__(self, prepared: torch.nn.Module, threads: int):
+        super().__init__()
+        start = time.perf_counter()
+        self.backend = OnnxRuntimeBackend(prepared, threads=threads)
+        self.export_s = time.perf_counter() - start
+        self.counted = prepared  # parameters and FLOPs are the prepared model's
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ort = self.backend
+        arrays = ort.session.run(ort.outputs, {ort.input_name: x.numpy()})
+        return {k: torch.from_numpy(a) for k, a in zip(ort.outputs, arrays, strict=True)}
 
 
 def monai_model(mode: str, nr_types: int) -> torch.nn.Module:
@@ -62,7 +85,9 @@ def monai_model(mode: str, nr_types: int) -> torch.nn.Module:
         return MonaiHoVerNet(mode=mode, out_classes=nr_types).eval()
 
 
-def variants(mode: str, names: tuple[str, ...]) -> dict[str, tuple[torch.nn.Module, object, bool]]:
+def variants(
+    mode: str, names: tuple[str, ...], threads: int
+) -> dict[str, tuple[torch.nn.Module, object, bool]]:
     """name -> (model, grad context, input is 0..1 instead of 0..255), for the names asked."""
     torch.manual_seed(0)
     base = build_model(mode, NR_TYPES[mode]).eval()
@@ -78,6 +103,11 @@ def variants(mode: str, names: tuple[str, ...]) -> dict[str, tuple[torch.nn.Modu
         ),
         "prepared": lambda: (
             prepare_for_inference(copy.deepcopy(base)),
+            torch.inference_mode,
+            False,
+        ),
+        "onnxruntime": lambda: (
+            OrtVariant(prepare_for_inference(copy.deepcopy(base)), threads),
             torch.inference_mode,
             False,
         ),
@@ -100,18 +130,23 @@ def flops_per_patch(model: torch.nn.Module, size: int, scale: float = 1.0) -> fl
 
 
 def run(
-    mode: str, batches: list[int], reps: int, names: tuple[str, ...], min_seconds: float
+    mode: str,
+    batches: list[int],
+    reps: int,
+    names: tuple[str, ...],
+    min_seconds: float,
+    threads: int,
 ) -> list[dict]:
     size = ARCHITECTURES[mode].geometry.input_size
-    configs = variants(mode, names)
+    configs = variants(mode, names, threads)
     gen = torch.Generator().manual_seed(0)
     x = {b: torch.rand(b, 3, size, size, generator=gen) * 255 for b in batches}
     rows = []
     for batch in batches:
-        timed = [n for n in configs if batch == 1 or n in BATCH4_VARIANTS]
+        timed = [n for n in configs if batch == 1 or n in LARGE_BATCH_VARIANTS]
         times: dict[str, list[float]] = {n: [] for n in timed}
         outputs = {}
-        # the first batch-1 round warms up; batch 4 (4x the work) gets one round fewer; cheap
+        # the first batch-1 round warms up; larger batches get one round fewer; cheap
         # models get more rounds, until `min_seconds` have been timed (at most MAX_ROUNDS)
         rounds = reps + 1 if batch == 1 else max(reps - 1, 1)
         spent, rep = 0.0, 0
@@ -130,8 +165,11 @@ def run(
                 spent += elapsed
             rep += 1
         monai_time = min(times["MONAI"]) if "MONAI" in times else None
+        prepared_time = min(times["prepared"]) if "prepared" in times else None
         for name in timed:
             model, _, unit_range = configs[name]
+            export = getattr(model, "export_s", None)
+            model = getattr(model, "counted", model)
             diff = ""
             if name != "MONAI" and "plain" in outputs:
                 diff = max(
@@ -151,7 +189,9 @@ def run(
                     "gflops": flops_per_patch(model, size, 1 / 255 if unit_range else 1) / 1e9,
                     "seconds": seconds,
                     "ratio": "" if monai_time is None else f"{monai_time / seconds:.2f}",
+                    "vs_prepared": f"{prepared_time / seconds:.2f}" if prepared_time else "",
                     "diff": diff,
+                    "export": export,
                 }
             )
     return rows
@@ -199,7 +239,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=list(ARCHITECTURES))
     parser.add_argument("--batches", nargs="+", type=int, default=None)
     parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=available_cpus())
     parser.add_argument(
         "--min-seconds",
         type=float,
@@ -213,27 +253,38 @@ def main() -> None:
     unknown = [m for m in args.modes if m not in ARCHITECTURES]
     if unknown:
         parser.error(f"unknown modes {unknown}: use {', '.join(ARCHITECTURES)}")
-    batches = args.batches or ([1] if args.quick else [1, 4])
+    batches = args.batches or ([1] if args.quick else [1, 8])
     reps = args.reps or (1 if args.quick else 2)
-    names = ("prepared",) if args.quick else VARIANTS
+    names = ("prepared", "onnxruntime") if args.quick else VARIANTS
     torch.set_num_threads(args.threads)
+    import onnxruntime
+
     print(
-        f"torch {torch.__version__}, {args.threads} threads, best of {reps}"
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} "
+        f"threads, best of {reps}"
         f"{' (quick)' if args.quick else ''}\n"
     )
     all_rows = []
     for mode in args.modes:
-        all_rows += run(mode, batches, reps, names, args.min_seconds)
+        all_rows += run(mode, batches, reps, names, args.min_seconds, args.threads)
     print_summary([summary(mode, all_rows) for mode in args.modes])
     print()
     print(
-        "| mode | batch | variant | params (M) | GFLOP/patch | s/patch | vs MONAI | max rel diff |"
+        "| mode | batch | variant | params (M) | GFLOP/patch | s/patch | vs MONAI | vs prepared "
+        "| max rel diff |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in all_rows:
         print(
             f"| {r['mode']} | {r['batch']} | {r['variant']} | {r['params']:.2f} | "
-            f"{r['gflops']:.1f} | {r['seconds']:.3f} | {r['ratio']} | {r['diff']} |"
+            f"{r['gflops']:.1f} | {r['seconds']:.3f} | {r['ratio']} | {r['vs_prepared']} | "
+            f"{r['diff']} |"
+        )
+    exports = {r["mode"]: r["export"] for r in all_rows if r["export"] is not None}
+    if exports:
+        print(
+            "\nONNX export (trace + convert + session): "
+            + ", ".join(f"{mode} {s:.1f} s" for mode, s in exports.items())
         )
 
 

@@ -10,7 +10,7 @@ Backends:
 
 - `torch`: the PyTorch model itself (CPU or CUDA, autocast per `--precision`);
 - `onnxruntime`: the model exported to ONNX in memory when the backend is built (a few seconds:
-  one traced forward pass plus the conversion; see benchmarks/bench_backends.py) and run by ONNX
+  one traced forward pass plus the conversion; see benchmarks/bench_network.py) and run by ONNX
   Runtime's CPU execution provider, float32. Same outputs as PyTorch to float rounding, about
   1.5x (HoVer-Net) to 2x (small networks) faster on CPU;
 - `auto`: ONNX Runtime for a CPU model in float32, PyTorch on CUDA or with bf16/fp16 autocast.

@@ -117,7 +117,7 @@ def export_onnx(model: nn.Module) -> bytes:
 
     The model is traced once on a zero batch of 1 on the device of its parameters (this costs
     about one forward pass plus the conversion: a few seconds on CPU, see
-    benchmarks/bench_backends.py).
+    benchmarks/bench_network.py).
     """
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
