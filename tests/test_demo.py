@@ -14,6 +14,7 @@ import tifffile
 from skimage.color import rgb2hed
 
 from hovernet.demo import SAMPLE_SLIDE
+from hovernet.model.bundled import BUNDLED_NAME
 
 MPP = 0.499  # CMU-1-Small-Region.svs
 
@@ -75,7 +76,7 @@ def test_demo_segments_the_bundled_slide_with_the_bundled_model(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
-    assert "using the bundled CPU model lite-v1" in result.stderr
+    assert f"using the bundled CPU model {BUNDLED_NAME}" in result.stderr
     summary = json.loads((out / "CMU-1-Small-Region.summary.json").read_text())
     assert 500 <= summary["nuclei_per_mm2"] <= 20000
     assert f"{summary['nuclei']} nuclei" in result.stdout

@@ -10,11 +10,6 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 PY=${PYTHON:-python}
 $PY "$HERE/prepare_data.py" "$SHARED" "$WORK/resampled"
 B=$WORK/resampled; P=$WORK/patches
-$PY -m hovernet extract-patches --images $B/monuseg/images --annotations $B/monuseg/labels \
-    --out $P/monuseg --window 364 --step 224 --quiet
-$PY -m hovernet extract-patches --images $B/dsb/images --annotations $B/dsb/labels \
-    --out $P/dsb --window 364 --step 224 --quiet
-$PY -m hovernet extract-patches --images $B/consep/images --annotations $B/consep/labels \
-    --format inst --type-info $B/consep/type_info.json --out $P/consep --window 364 --step 224 --quiet
+bash "$HERE/extract.sh" "$B" "$P"
 $PY -m hovernet train --data $P/monuseg --data $P/consep --data $P/dsb --out $WORK/run \
     --config "$HERE/lite.yaml" "$@"
