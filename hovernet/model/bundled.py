@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BUNDLED_NAME = "lite-v1"
+BUNDLED_NAME = "lite-v2"
 BUNDLED_PATH = Path(__file__).resolve().parent.parent / "weights" / f"{BUNDLED_NAME}.pth"
 BUNDLED_SUMMARY = (
     f"the bundled CPU model {BUNDLED_NAME} (lite, 0.5 um/px, 4 types; trained on MoNuSeg, CoNSeP "
