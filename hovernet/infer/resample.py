@@ -9,6 +9,9 @@ Pure functions (arrays in, arrays out) used by tile inference (`--input_mpp`, `-
 - `labels_to_input`: a label map back to the input's exact size by nearest neighbour, pixel
   centres aligned, so each input pixel takes the label of the network pixel it lies in and no
   new labels appear (2x exactly: every label pixel becomes a 2 x 2 block);
+- `refine_to_foreground`: enlarged labels trimmed and grown to the enlarged (bilinear)
+  nucleus probability >= 0.5, so outlines follow the probability instead of the network's
+  pixel grid;
 - `nuclei_to_input`: the instance map and records in input pixels, the records (bbox, centroid,
   contour) re-derived from the mapped-back map by `hovernet.infer.postprocess.instance_records`
   and the type fields kept from the network-resolution records;
@@ -134,12 +137,41 @@ def labels_to_input(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return labels[rows[:, None], cols[None, :]]
 
 
+def refine_to_foreground(labels: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """Enlarged labels (`labels_to_input`) made to follow the enlarged nucleus probability.
+
+    `prob` is the network's nucleus probability, already resized to the labels' size
+    (bilinear). Pixels under the post-processing's foreground threshold (0.5) lose their
+    label, foreground pixels next to a label (1 px) gain it, so an outline is no longer a
+    staircase of network pixels. A nucleus that would lose every pixel keeps its enlarged
+    ones: every nucleus survives. Measured with the bundled 0.5 um/px model on 40x
+    validation images held out from its training: PQ +0.006 on 3 MoNuSeg tiles (SQ +0.004)
+    and +0.006 on 80 CoNSeP crops (SQ +0.010).
+    """
+    from skimage.segmentation import expand_labels
+
+    from hovernet.infer.postprocess import FOREGROUND_THRESHOLD
+
+    fg = prob >= FOREGROUND_THRESHOLD
+    refined = expand_labels(np.where(fg, labels, 0), distance=1) * fg
+    kept = np.zeros(int(labels.max()) + 1, dtype=bool)
+    kept[refined.ravel()] = True
+    lost = ~kept[labels]
+    refined[lost] = labels[lost]  # label 0 is never "kept": background stays 0
+    return refined.astype(labels.dtype, copy=False)
+
+
 def nuclei_to_input(
-    inst_map: np.ndarray, nuclei: dict[int, dict], shape: tuple[int, ...]
+    inst_map: np.ndarray,
+    nuclei: dict[int, dict],
+    shape: tuple[int, ...],
+    prob: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[int, dict]]:
     """The network-resolution instance map and records -> the same in input pixels.
 
-    The map is `labels_to_input`; bbox, centroid and contour are re-derived from it by
+    The map is `labels_to_input`, refined by `refine_to_foreground` when the input is finer
+    than the network and `prob` (the network-resolution nucleus probability) is given;
+    bbox, centroid and contour are re-derived from it by
     `instance_records`, and `type`, `type_prob` and `type_probs` are kept from `nuclei` (they
     were voted at the network's resolution). Ids are unchanged when every nucleus survives
     (always when the input is finer than the network); nuclei that vanish when the input is
@@ -150,6 +182,8 @@ def nuclei_to_input(
     if inst_map.shape[:2] == tuple(shape[:2]):
         return inst_map, nuclei
     mapped = labels_to_input(inst_map, shape)
+    if prob is not None and shape[0] >= inst_map.shape[0] and shape[1] >= inst_map.shape[1]:
+        mapped = refine_to_foreground(mapped, _resize(np.asarray(prob, np.float32), shape[:2]))
     relabelled, records = instance_records(mapped)
     old_of = np.zeros(len(records) + 1, dtype=np.int64)
     old_of[relabelled.ravel()] = mapped.ravel()

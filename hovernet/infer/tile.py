@@ -236,7 +236,8 @@ def segment_image(
     maps = predict_maps(model, resample.to_model_resolution(image, scale), batch_size, precision)
     map_mpp = proc_mpp or resample.model_mpp(model)  # the network maps' resolution
     inst_map, nuclei = postprocess(maps.pred_map, model.nr_types, maps.type_softmax, map_mpp)
-    inst_map, nuclei = resample.nuclei_to_input(inst_map, nuclei, image.shape)
+    prob = maps.pred_map[..., -3]  # [type,] probability, h, v
+    inst_map, nuclei = resample.nuclei_to_input(inst_map, nuclei, image.shape, prob)
     typed = maps.type_softmax is not None
     return inst_map, nuclei, resample.maps_to_input(maps.pred_map, image.shape, typed)
 
@@ -372,7 +373,8 @@ def _finish(job: _Job) -> tuple[str, int, float, float]:
         job.maps.pred_map, job.nr_types, job.maps.type_softmax, job.map_mpp
     )
     # maps at the network's resolution (--input_mpp): back to the input image's pixels
-    inst_map, nuclei = resample.nuclei_to_input(inst_map, nuclei, job.image.shape)
+    prob = job.maps.pred_map[..., -3]  # [type,] probability, h, v
+    inst_map, nuclei = resample.nuclei_to_input(inst_map, nuclei, job.image.shape, prob)
     shapes = nucleus_measurements(inst_map, nuclei)
     mid = time.perf_counter()
     paths = output_paths(job.output_dir, job.name)
