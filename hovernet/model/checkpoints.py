@@ -232,6 +232,33 @@ def load_model(
     return model.to(device).eval()
 
 
+def model_description(
+    model: nn.Module, type_info: dict | None = None, mpp: float | None = None
+) -> dict:
+    """What a saved model records besides its weights (checkpoints and exported ONNX files):
+    mode, nr_types, type_info as `{"id": [name, [r, g, b]]}` and mpp, checked against `model`."""
+    info = parse_type_info(type_info)
+    if info is not None:
+        if model.nr_types is None:
+            raise HoverNetError("type_info given for a model without type branch (nr_types=None)")
+        bad = [i for i in info if not 0 <= i < model.nr_types]
+        if bad:
+            raise HoverNetError(
+                f"type_info has type ids {bad} outside 0..{model.nr_types - 1} "
+                f"(the model has {model.nr_types} type channels)"
+            )
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise HoverNetError(f"mpp must be a positive number of microns per pixel, got {mpp!r}")
+    return {
+        "mode": model.mode,
+        "nr_types": model.nr_types,
+        "type_info": None
+        if info is None
+        else {str(k): [name, list(rgb)] for k, (name, rgb) in sorted(info.items())},
+        "mpp": None if mpp is None else float(mpp),
+    }
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
@@ -251,27 +278,10 @@ def save_checkpoint(
             "this model was prepared for inference (BatchNorm folded into the convolutions): "
             "save the model before calling prepare_for_inference"
         )
-    info = parse_type_info(type_info)
-    if info is not None:
-        if model.nr_types is None:
-            raise HoverNetError("type_info given for a model without type branch (nr_types=None)")
-        bad = [i for i in info if not 0 <= i < model.nr_types]
-        if bad:
-            raise HoverNetError(
-                f"type_info has type ids {bad} outside 0..{model.nr_types - 1} "
-                f"(the model has {model.nr_types} type channels)"
-            )
-    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
-        raise HoverNetError(f"mpp must be a positive number of microns per pixel, got {mpp!r}")
     payload = {
         "hovernet_format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "mode": model.mode,
-        "nr_types": model.nr_types,
-        "type_info": None
-        if info is None
-        else {str(k): [name, list(rgb)] for k, (name, rgb) in info.items()},
-        "mpp": None if mpp is None else float(mpp),
+        **model_description(model, type_info, mpp),
         "desc": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
     clash = sorted(set(extra or {}) & set(payload))

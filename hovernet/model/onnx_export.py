@@ -169,16 +169,12 @@ def metadata_props(
     model: nn.Module, type_info: TypeInfo | None = None, mpp: float | None = None
 ) -> dict[str, str]:
     """The metadata written into an exported file: name -> JSON text."""
-    info = parse_type_info(type_info)
+    from hovernet.model.checkpoints import model_description
+
     values = {
         "hovernet_format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "mode": model.mode,
-        "nr_types": model.nr_types,
-        "type_info": None
-        if info is None
-        else {str(k): [name, list(rgb)] for k, (name, rgb) in sorted(info.items())},
-        "mpp": None if mpp is None else float(mpp),
+        **model_description(model, type_info, mpp),
         "input_size": model.geometry.input_size,
         "output_size": model.geometry.output_size,
     }
