@@ -75,6 +75,40 @@ def test_resume_mid_epoch_is_exact(folders, tmp_path):
     assert obj["type_info"]["2"][0] == "inflammatory"
 
 
+def test_ema_is_the_checkpoint_model_and_resumes_exactly(folders, tmp_path):
+    decay = 0.5
+    straight = train(_cfg(folders, tmp_path / "a", ema_decay=decay, lr=3e-3))
+    obj = torch.load(tmp_path / "a" / "last.pth", weights_only=True)
+    averaged, trained = obj["desc"], obj["train_desc"]
+    assert obj["ema_n_averaged"] == straight.state.global_step == 4
+    # the average does not change the training itself
+    train(_cfg(folders, tmp_path / "p", lr=3e-3))
+    plain = _weights(tmp_path / "p" / "last.pth")
+    assert all(torch.equal(plain[k], trained[k]) for k in plain)
+    # one step per call, resumed each time: the same weights, and the average is
+    # ema_1 = w_1, ema_k = d * ema_(k-1) + (1 - d) * w_k over every float tensor (BN stats too)
+    expected = None
+    for step in range(4):
+        train(_cfg(folders, tmp_path / "b", ema_decay=decay, lr=3e-3, stop_after_steps=1,
+                   resume=step > 0))  # fmt: skip
+        w = torch.load(tmp_path / "b" / "last.pth", weights_only=True)["train_desc"]
+        if expected is None:
+            expected = {k: v.clone() for k, v in w.items()}
+        else:
+            for k, v in w.items():
+                if v.is_floating_point():
+                    expected[k] = decay * expected[k] + (1 - decay) * v
+    for key, value in averaged.items():
+        assert torch.equal(w[key], trained[key]), key
+        if value.is_floating_point():
+            assert torch.allclose(value, expected[key], atol=1e-6), key
+    conv, mean = "d0.conv0.weight", "d0.bn0.running_mean"
+    assert not torch.allclose(averaged[conv], trained[conv])
+    assert not torch.allclose(averaged[mean], trained[mean])
+    with pytest.raises(HoverNetError, match="ema_decay must be in"):
+        config_from_dict({"ema_decay": 1.0})
+
+
 def test_training_lowers_the_loss_and_writes_the_run(folders, tmp_path):
     cfg = _cfg(folders, tmp_path / "run", epochs=3, lr=3e-3, tensorboard=True, valid_images=2)
     cfg.valid_every = 1

@@ -65,6 +65,9 @@ def register(app: typer.Typer) -> None:
         steps_per_epoch: int | None = typer.Option(
             None, "--steps-per-epoch", help="Steps per epoch (draws with replacement)."
         ),
+        ema: float | None = typer.Option(
+            None, "--ema", help="Decay of a moving average of the weights, e.g. 0.999 (0 = off)."
+        ),
         class_weights: str | None = typer.Option(
             None, "--class-weights", help="Type cross-entropy weight per type id, e.g. 1,1,4."
         ),
@@ -108,7 +111,7 @@ def register(app: typer.Typer) -> None:
             data=data or None, out=out, arch=arch, epochs=epochs, batch=batch, lr=lr, gpu=gpu,
             view=view, pretrained=pretrained, init=init, freeze_encoder=freeze_encoder, mpp=mpp,
             time_limit=time_limit, steps_per_epoch=steps_per_epoch, msge_variant=msge,
-            device=device, precision=precision, workers=workers, seed=seed,
+            ema_decay=ema, device=device, precision=precision, workers=workers, seed=seed,
             valid_images=valid_images, valid_patches=valid_patches,
             augment=False if no_augment else None, resume=resume or None,
             overwrite=overwrite or None,

@@ -33,6 +33,8 @@ class TrainConfig:
     lr_drop_epoch: int = 25  # epoch (counted in the phase) after which lr x lr_drop_factor
     lr_drop_factor: float = 0.1
     weight_decay: float = 0.0
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights (and BN
+    # statistics), updated every step; validation, best.pth and last.pth's model are the average
     pretrained: Path | None = None  # ImageNet encoder weights (local file)
     init: Path | None = None  # whole-model checkpoint to start from (fine-tuning); "bundled"
     freeze_encoder: bool | None = None  # None: a frozen-encoder phase first when pretrained
@@ -112,6 +114,11 @@ def check_config(cfg: TrainConfig, source: str = "config") -> TrainConfig:
         raise HoverNetError(f"{source}: steps_per_epoch must be at least 1")
     if cfg.time_limit is not None and cfg.time_limit <= 0:
         raise HoverNetError(f"{source}: time_limit must be a positive number of minutes")
+    if not (isinstance(cfg.ema_decay, (int, float)) and 0.0 <= cfg.ema_decay < 1.0):
+        raise HoverNetError(
+            f"{source}: ema_decay must be in [0, 1) (0 = off; 0.99-0.9999 are usual), "
+            f"got {cfg.ema_decay!r}"
+        )
     if cfg.msge_variant not in MSGE_VARIANTS:
         raise HoverNetError(
             f"{source}: msge_variant {cfg.msge_variant!r}: use one of {', '.join(MSGE_VARIANTS)}"

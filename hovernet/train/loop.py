@@ -6,6 +6,11 @@ Run folder:
     last.pth        the latest state: model (the project's checkpoint format, so `hovernet infer`
                     reads it as it is) + optimiser, scaler, epoch, step and RNG state for --resume
     best.pth        the model of the epoch with the best validation PQ (or loss without PQ)
+
+With `ema_decay` > 0 the run also keeps an exponential moving average of the weights and BatchNorm
+statistics (`torch.optim.swa_utils.AveragedModel`), updated after every step. The average is what
+is validated and what best.pth and last.pth hold as their model (so `hovernet infer` uses it);
+last.pth keeps the trained weights themselves under `train_desc` for --resume.
     metrics.jsonl   one line per epoch: epoch, train_loss, each term, lr, the validation figures
     plots/*.png     loss terms, validation Dice, accuracy, PQ, learning rate
     tensorboard/    TensorBoard logs
@@ -164,7 +169,16 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save_run_checkpoint(path, net, data, cfg, state, optimizer, scaler, device) -> None:
+def make_ema(net: torch.nn.Module, decay: float):
+    """The moving average of `net` (parameters and buffers), or None when `decay` is 0."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def save_run_checkpoint(path, net, data, cfg, state, optimizer, scaler, device, ema=None) -> None:
     extra = {
         "train_state": asdict(state),
         "optimizer": optimizer.state_dict(),
@@ -172,14 +186,16 @@ def save_run_checkpoint(path, net, data, cfg, state, optimizer, scaler, device) 
         "rng": _rng_state(device),
         "config": config_to_dict(cfg),
     }
-    save_checkpoint(path, net, type_info=data.type_info, mpp=cfg.mpp, extra=extra)
+    model = net
+    if ema is not None:  # the average is the checkpoint's model; the trained weights ride along
+        extra["train_desc"] = net.state_dict()
+        extra["ema_n_averaged"] = int(ema.n_averaged)
+        model = ema.module
+    save_checkpoint(path, model, type_info=data.type_info, mpp=cfg.mpp, extra=extra)
 
 
-def load_run_checkpoint(path: Path, net, optimizer, scaler, device) -> TrainState:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if "train_state" not in obj:
-        raise HoverNetError(f"{path} holds no training state: it cannot be resumed")
-    state_dict = {k.removeprefix("module."): v for k, v in obj["desc"].items()}
+def _load_weights(path: Path, net: torch.nn.Module, desc: dict) -> None:
+    state_dict = {k.removeprefix("module."): v for k, v in desc.items()}
     try:
         net.load_state_dict(state_dict)
     except RuntimeError as exc:
@@ -187,6 +203,19 @@ def load_run_checkpoint(path: Path, net, optimizer, scaler, device) -> TrainStat
             f"{path} does not fit the configured model ({net.mode}, nr_types={net.nr_types}): "
             f"{str(exc).splitlines()[0]}; resume with the run's own settings"
         ) from None
+
+
+def load_run_checkpoint(path: Path, net, optimizer, scaler, device, ema=None) -> TrainState:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if "train_state" not in obj:
+        raise HoverNetError(f"{path} holds no training state: it cannot be resumed")
+    _load_weights(path, net, obj.get("train_desc", obj["desc"]))
+    if ema is not None:
+        if "train_desc" in obj:  # the checkpoint's model is the average
+            _load_weights(path, ema.module, obj["desc"])
+            ema.n_averaged.fill_(int(obj["ema_n_averaged"]))
+        else:  # a run started without ema_decay: the average starts here
+            ema.n_averaged.fill_(0)
     optimizer.load_state_dict(obj["optimizer"])
     if scaler is not None and obj.get("scaler"):
         scaler.load_state_dict(obj["scaler"])
@@ -280,9 +309,10 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
         net.to(memory_format=torch.channels_last)
     optimizer = _make_optimizer(cfg, net)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    ema = make_ema(net, cfg.ema_decay)
     state = TrainState()
     if cfg.resume:
-        state = load_run_checkpoint(run / "last.pth", net, optimizer, scaler, device)
+        state = load_run_checkpoint(run / "last.pth", net, optimizer, scaler, device, ema)
         if dist.main:
             _truncate_metrics(run / "metrics.jsonl", state.epoch)
     if dist.main:
@@ -356,6 +386,8 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
                         model, batch, cfg, device, amp_dtype, channels_last, optimizer, scaler,
                         class_weights, dist, state,
                     )  # fmt: skip
+                    if ema is not None:
+                        ema.update_parameters(net)
                     for k, v in values.items():
                         state.sums[k] = state.sums.get(k, 0.0) + v
                     state.step_in_epoch += 1
@@ -375,17 +407,18 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
             if stopped != "done" and state.step_in_epoch < sampler.steps:
                 if dist.main:
                     save_run_checkpoint(
-                        run / "last.pth", net, data, cfg, state, optimizer, scaler, device
+                        run / "last.pth", net, data, cfg, state, optimizer, scaler, device, ema
                     )
                 why = "time limit reached" if stopped == "time" else "step limit reached"
                 _log(cfg, dist, f"{why} at step {state.global_step}: saved last.pth (--resume)")
                 break
             record = _end_epoch(cfg, dist, state, lr, sampler.steps, epoch)
             validate_now = cfg.valid_every and (epoch + 1) % cfg.valid_every == 0 and data.valid
+            scored = net if ema is None else ema.module
             if dist.main and validate_now:
                 record.update(
                     patch_metrics(
-                        net,
+                        scored,
                         data.valid,
                         device,
                         cfg.batch,
@@ -399,7 +432,7 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
                 if cfg.valid_images > 0:
                     record.update(
                         instance_metrics(
-                            net, data.valid, cfg.valid_images, cfg.valid_crop, cfg.batch,
+                            scored, data.valid, cfg.valid_images, cfg.valid_crop, cfg.batch,
                             cfg.precision, mpp=cfg.mpp,
                         )
                     )  # fmt: skip
@@ -407,7 +440,9 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
             state.step_in_epoch = 0
             state.sums = {}
             if dist.main:
-                _finish_epoch(cfg, run, net, data, state, optimizer, scaler, device, record, writer)
+                _finish_epoch(
+                    cfg, run, net, data, state, optimizer, scaler, device, record, writer, ema
+                )
                 _log(cfg, dist, _summary(record))
             if dist.world > 1:
                 torch.distributed.barrier()
@@ -488,17 +523,19 @@ def _end_epoch(cfg, dist, state, lr, steps, epoch) -> dict:
     return record
 
 
-def _finish_epoch(cfg, run, net, data, state, optimizer, scaler, device, record, writer):
+def _finish_epoch(cfg, run, net, data, state, optimizer, scaler, device, record, writer, ema):
     from hovernet.train.plots import write_plots
 
     score = record.get("valid_pq", -record.get("valid_loss", math.inf))
     if "valid_pq" in record or "valid_loss" in record:
         if score > state.best_score:
             state.best_score, state.best_epoch = float(score), state.epoch
-            save_run_checkpoint(run / "best.pth", net, data, cfg, state, optimizer, scaler, device)
+            save_run_checkpoint(
+                run / "best.pth", net, data, cfg, state, optimizer, scaler, device, ema
+            )
     record["best_epoch"] = state.best_epoch
     _append_line(run / "metrics.jsonl", record)
-    save_run_checkpoint(run / "last.pth", net, data, cfg, state, optimizer, scaler, device)
+    save_run_checkpoint(run / "last.pth", net, data, cfg, state, optimizer, scaler, device, ema)
     if writer is not None:
         for k, v in record.items():
             if isinstance(v, (int, float)) and k != "epoch":

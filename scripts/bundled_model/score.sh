@@ -2,27 +2,43 @@
 # Scores of a model as in docs/model-card.md, with `hovernet infer` + `hovernet stats` at each data
 # set's native resolution (0.25 um/px; the model's 0.5 um/px is reached by --input_mpp).
 #   bash scripts/bundled_model/score.sh SHARED_DATA OUT_DIR [CHECKPOINT]   (default: bundled)
+# SPLIT=test (default): the 14 MoNuSeg test images and the CoNSeP test patches.
+# SPLIT=valid: the images the training runs held out for validation (extract-patches, seed 0,
+#   --valid-fraction 0.2): 3 MoNuSeg training images and the 80 CoNSeP training crops of tiles
+#   12, 14, 19, 22 and 25. Every choice made for the bundled model was made on these.
 set -euo pipefail
 SHARED=${1:?shared data folder}; OUT=${2:?output folder}; CKPT=${3:-}
+SPLIT=${SPLIT:-test}
 PY=${PYTHON:-python}
 MODEL=(); [ -n "$CKPT" ] && MODEL=(--model_path "$CKPT")
-mkdir -p "$OUT/monuseg_test" "$OUT/consep_test"
-# the 14 MoNuSeg test images (split.json "test")
-$PY - "$SHARED/monuseg" "$OUT/monuseg_test" <<'PYEOF'
+mkdir -p "$OUT/monuseg_$SPLIT" "$OUT/consep_$SPLIT"
+$PY - "$SHARED" "$OUT" "$SPLIT" <<'PYEOF'
 import json, os, sys
-src, dst = sys.argv[1], sys.argv[2]
-for name in json.load(open(f"{src}/split.json"))["test"]:
-    link = f"{dst}/{name}.png"
-    if not os.path.exists(link):
-        os.symlink(os.path.abspath(f"{src}/images/{name}.png"), link)
+from pathlib import Path
+shared, out, split = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+held_out = ["TCGA-21-5786-01Z-00-DX1", "TCGA-CH-5767-01Z-00-DX1", "TCGA-E2-A1B5-01Z-00-DX1"]
+monuseg = json.load(open(shared / "monuseg/split.json"))["test"] if split == "test" else held_out
+links = [(shared / f"monuseg/images/{n}.png", out / f"monuseg_{split}/{n}.png") for n in monuseg]
+if split == "valid":
+    tiles = {f"train_{k}" for k in (12, 14, 19, 22, 25)}
+    for src in sorted((shared / "consep_train_patches/images").glob("*.jpg")):
+        if src.stem.rsplit("_", 1)[0] in tiles:
+            links.append((src, out / f"consep_valid/{src.name}"))
+for src, link in links:
+    if not link.exists():
+        os.symlink(src.resolve(), link)
 PYEOF
-$PY -m hovernet infer "${MODEL[@]}" --device cpu tile --input_dir "$OUT/monuseg_test" \
-    --input_mpp 0.25 --output_dir "$OUT/pred_monuseg" --quiet
-$PY -m hovernet stats --mode instance --pred_dir "$OUT/pred_monuseg/mat" \
-    --true_dir "$SHARED/monuseg/labels" --out "$OUT/monuseg_instance.json" --allow-unmatched --quiet
-$PY -m hovernet infer "${MODEL[@]}" --device cpu tile --input_dir "$SHARED/consep_patches/images" \
-    --input_mpp 0.25 --output_dir "$OUT/pred_consep" --quiet
-$PY -m hovernet stats --mode instance --pred_dir "$OUT/pred_consep/mat" \
-    --true_dir "$SHARED/consep_patches/labels" --out "$OUT/consep_instance.json" --quiet
-$PY -m hovernet stats --mode type --pred_dir "$OUT/pred_consep/json" \
-    --true_dir "$SHARED/consep_patches/labels" --out "$OUT/consep_type.json" --mpp 0.25 --radius 3 --quiet
+if [ "$SPLIT" = test ]; then CONSEP_IN=$SHARED/consep_patches/images; CONSEP=$SHARED/consep_patches
+else CONSEP_IN=$OUT/consep_valid; CONSEP=$SHARED/consep_train_patches; fi
+$PY -m hovernet infer "${MODEL[@]}" --device cpu tile --input_dir "$OUT/monuseg_$SPLIT" \
+    --input_mpp 0.25 --output_dir "$OUT/pred_monuseg_$SPLIT" --quiet
+$PY -m hovernet stats --mode instance --pred_dir "$OUT/pred_monuseg_$SPLIT/mat" \
+    --true_dir "$SHARED/monuseg/labels" --out "$OUT/monuseg_${SPLIT}_instance.json" \
+    --allow-unmatched --quiet
+$PY -m hovernet infer "${MODEL[@]}" --device cpu tile --input_dir "$CONSEP_IN" \
+    --input_mpp 0.25 --output_dir "$OUT/pred_consep_$SPLIT" --quiet
+$PY -m hovernet stats --mode instance --pred_dir "$OUT/pred_consep_$SPLIT/mat" \
+    --true_dir "$CONSEP/labels" --out "$OUT/consep_${SPLIT}_instance.json" --allow-unmatched --quiet
+$PY -m hovernet stats --mode type --pred_dir "$OUT/pred_consep_$SPLIT/json" \
+    --true_dir "$CONSEP/labels" --out "$OUT/consep_${SPLIT}_type.json" --mpp 0.25 --radius 3 \
+    --allow-unmatched --quiet
