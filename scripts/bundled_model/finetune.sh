@@ -4,8 +4,9 @@
 # state re-saved without optimiser state as the shipped checkpoint.
 #   bash scripts/bundled_model/finetune.sh SHARED_DATA WORK_DIR LITE_V1.pth [extra train options]
 # lite-v1.pth: git show 0538159:hovernet/weights/lite-v1.pth > lite-v1.pth
-# lite-v3: FINETUNE_CONFIG=finetune-v3.yaml OUT_NAME=lite-v3 with lite-v2.pth as the third
-# argument (git show <commit>:hovernet/weights/lite-v2.pth > lite-v2.pth).
+# OUT_NAME (default lite-v2): the name of the re-saved checkpoint. VALID_FRACTION (extract.sh)
+# and options after the third argument (e.g. --lr 1e-4 --epochs 4 --ema 0.995 --seed 2) vary the
+# run; the model card lists the variants tried from lite-v2 and what they scored.
 # Resumable: rerun `hovernet train --out WORK_DIR/run --resume` after a stop.
 set -euo pipefail
 SHARED=${1:?shared data folder}; WORK=${2:?work folder}; INIT=${3:?lite-v1 checkpoint}; shift 3
@@ -16,7 +17,7 @@ export NO_ALBUMENTATIONS_UPDATE=1
 B=$WORK/resampled; P=$WORK/ft_patches
 bash "$HERE/extract.sh" "$B" "$P" 112
 $PY -m hovernet train --data $P/monuseg --data $P/consep --data $P/dsb --out $WORK/run \
-    --config "${FINETUNE_CONFIG:-$HERE/finetune.yaml}" --init "$INIT" --device cpu "$@"
+    --config "$HERE/finetune.yaml" --init "$INIT" --device cpu "$@"
 $PY - "$WORK/run/last.pth" "$WORK/${OUT_NAME:-lite-v2}.pth" <<'PYEOF'
 import sys
 from hovernet.model.checkpoints import load_model, save_checkpoint
