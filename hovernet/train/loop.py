@@ -6,14 +6,14 @@ Run folder:
     last.pth        the latest state: model (the project's checkpoint format, so `hovernet infer`
                     reads it as it is) + optimiser, scaler, epoch, step and RNG state for --resume
     best.pth        the model of the epoch with the best validation PQ (or loss without PQ)
+    metrics.jsonl   one line per epoch: epoch, train_loss, each term, lr, the validation figures
+    plots/*.png     loss terms, validation Dice, accuracy, PQ, learning rate
+    tensorboard/    TensorBoard logs
 
 With `ema_decay` > 0 the run also keeps an exponential moving average of the weights and BatchNorm
 statistics (`torch.optim.swa_utils.AveragedModel`), updated after every step. The average is what
 is validated and what best.pth and last.pth hold as their model (so `hovernet infer` uses it);
 last.pth keeps the trained weights themselves under `train_desc` for --resume.
-    metrics.jsonl   one line per epoch: epoch, train_loss, each term, lr, the validation figures
-    plots/*.png     loss terms, validation Dice, accuracy, PQ, learning rate
-    tensorboard/    TensorBoard logs
 
 Exact resume: an epoch's sample order and every sample's augmentation are drawn from (seed,
 epoch) alone (`EpochSampler`), the learning rate is a function of the epoch, and the checkpoint
@@ -210,12 +210,10 @@ def load_run_checkpoint(path: Path, net, optimizer, scaler, device, ema=None) ->
     if "train_state" not in obj:
         raise HoverNetError(f"{path} holds no training state: it cannot be resumed")
     _load_weights(path, net, obj.get("train_desc", obj["desc"]))
-    if ema is not None:
-        if "train_desc" in obj:  # the checkpoint's model is the average
-            _load_weights(path, ema.module, obj["desc"])
-            ema.n_averaged.fill_(int(obj["ema_n_averaged"]))
-        else:  # a run started without ema_decay: the average starts here
-            ema.n_averaged.fill_(0)
+    # the checkpoint's model is the average; a run started without one starts it at its next step
+    if ema is not None and "train_desc" in obj:
+        _load_weights(path, ema.module, obj["desc"])
+        ema.n_averaged.fill_(int(obj["ema_n_averaged"]))
     optimizer.load_state_dict(obj["optimizer"])
     if scaler is not None and obj.get("scaler"):
         scaler.load_state_dict(obj["scaler"])

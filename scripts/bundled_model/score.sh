@@ -38,7 +38,7 @@ $PY -m hovernet stats --mode instance --pred_dir "$OUT/pred_monuseg_$SPLIT/mat" 
 $PY -m hovernet infer "${MODEL[@]}" --device cpu tile --input_dir "$CONSEP_IN" \
     --input_mpp 0.25 --output_dir "$OUT/pred_consep_$SPLIT" --quiet
 $PY -m hovernet stats --mode instance --pred_dir "$OUT/pred_consep_$SPLIT/mat" \
-    --true_dir "$CONSEP/labels" --out "$OUT/consep_${SPLIT}_instance.json" --allow-unmatched --quiet
+    --true_dir "$CONSEP/labels" --out "$OUT/consep_${SPLIT}_instance.json" --quiet
 $PY -m hovernet stats --mode type --pred_dir "$OUT/pred_consep_$SPLIT/json" \
     --true_dir "$CONSEP/labels" --out "$OUT/consep_${SPLIT}_type.json" --mpp 0.25 --radius 3 \
-    --allow-unmatched --quiet
+    --quiet
