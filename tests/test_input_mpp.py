@@ -49,10 +49,11 @@ def image() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def at_both(image):
-    """(input-resolution results with input_mpp=0.25, the same image at 0.5 without resampling)."""
+    """(input-resolution results with input_mpp=0.25 at one phase, the same image at 0.5 without
+    resampling)."""
     net = blob_net()
     small = to_model_resolution(image, 0.5)
-    return segment_image(net, image, input_mpp=0.25), segment_image(net, small), small
+    return segment_image(net, image, input_mpp=0.25, phases=1), segment_image(net, small), small
 
 
 def test_image_is_area_averaged_to_the_model_resolution(image, at_both):
@@ -167,7 +168,7 @@ def test_run_tile_outputs_are_in_input_pixels_and_geojson_round_trips(image, at_
     src.mkdir()
     shutil.copy(MONUSEG, src / "tile.png")
     lines: list[str] = []
-    config = TileConfig((src,), tmp_path / "out", input_mpp=0.25, save_raw_map=True)
+    config = TileConfig((src,), tmp_path / "out", input_mpp=0.25, save_raw_map=True, phases=1)
     summary = run_tile(blob_net(), config, log=lines.append)
     assert not summary.failed
     assert any("0.25 um/px are resampled to the model's resolution, 0.5 um/px" in x for x in lines)
@@ -230,7 +231,8 @@ def test_cli_end_to_end_with_input_mpp(image, lite_checkpoint, tmp_path):
     cv2.imwrite(str(src / "crop.png"), image[100:500, 200:600, ::-1])  # 400 x 400 at 0.25
     out = tmp_path / "out"
     args = ["infer", f"--model_path={lite_checkpoint}", "--backend=torch", "tile"]
-    args += [f"--input_dir={src}", f"--output_dir={out}", "--save_raw_map", "--input_mpp=0.25"]
+    args += [f"--input_dir={src}", f"--output_dir={out}", "--save_raw_map", "--phases=1"]
+    args += ["--input_mpp=0.25"]
     code, stdout, err = run_cli(args)
     assert code == 0, err
     assert "resampled to the model's resolution, 0.5 um/px" in stdout + err

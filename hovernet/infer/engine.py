@@ -118,7 +118,9 @@ def run_engine(
     """Network -> workers -> `on_result(key, result, error)`: in the order of `items`, or as
     each job finishes with `config.report_as_done`; every job is reported before this returns.
 
-    `make_job(key, image, maps)` returns (job, bytes it holds); `work(job)` runs in a worker
+    `make_job(key, image, maps)` returns (job, bytes it holds), or (None, 0) when the item
+    makes no job of its own (tile mode's sub-pixel phases: the image's last phase makes the
+    job, and only it is reported); `work(job)` runs in a worker
     (or inline when `config.workers == 0`). An exception in `work` is passed to `on_result` as
     `error` (result None) and the run goes on; an exception from `items`, the network or
     `on_result` ends the run. `pool` lets a caller keep one pool over several runs (slides).
@@ -182,6 +184,9 @@ def run_engine(
             )
             job, nbytes = make_job(key, image, maps)
             del image, maps
+            if job is None:
+                t_net = time.perf_counter()
+                continue
             if pool is None:
                 done: Future = Future()
                 try:

@@ -127,6 +127,33 @@ def _to_pred_maps(channels: np.ndarray, typed: bool) -> PredMaps:
     return PredMaps(np.concatenate([type_id, channels[..., :3]], axis=-1), softmax)
 
 
+def merge_phase_maps(
+    phase_maps: list[PredMaps], offsets: list[tuple[int, int]], shape: tuple[int, ...]
+) -> tuple[PredMaps, np.ndarray]:
+    """The maps of an image's phases (`resample.phase_offsets`) -> (maps on the first phase's
+    network grid, nucleus probability at the image's pixels or at the network's).
+
+    One phase: its maps as they are and their probability. Several: probability, h, v and the
+    type softmax are averaged at the image's pixels (`resample.merge_phases`), area-averaged
+    back to the network grid for post-processing, and the type ids taken from the averaged
+    softmax; the probability at the image's pixels is what outlines are refined to.
+    """
+    from hovernet.infer import resample
+
+    first = phase_maps[0]
+    if len(phase_maps) == 1:
+        return first, first.pred_map[..., -3]  # [type,] probability, h, v
+    typed = first.type_softmax is not None
+    channels = [
+        np.concatenate([m.pred_map[..., -3:], m.type_softmax], axis=-1) if typed else m.pred_map
+        for m in phase_maps
+    ]
+    fine = resample.merge_phases(channels, offsets, shape)
+    coarse = resample._resize(fine, first.pred_map.shape[:2])
+    coarse = coarse.reshape(*first.pred_map.shape[:2], fine.shape[2])
+    return _to_pred_maps(coarse, typed), np.ascontiguousarray(fine[..., 0])
+
+
 @dataclass
 class _Pending:
     key: Any
@@ -212,6 +239,7 @@ def segment_image(
     backend: str | None = None,
     input_mpp: float | None = None,
     proc_mpp: float | None = None,
+    phases: int | None = None,
 ) -> tuple[np.ndarray, dict[int, dict], np.ndarray]:
     """Nuclei of one RGB uint8 image of any size: (inst_map, nuclei, pred_map).
 
@@ -223,6 +251,9 @@ def segment_image(
 
     `input_mpp` (um/px of `image`) resamples it to `proc_mpp`, else `model.meta.mpp`, for the
     network; all three results are mapped back to the image's pixels (`hovernet.infer.resample`).
+    `phases` (1, 2 or 4; None: 4 where the image is at least 1.5x finer than the network, else
+    1) runs the network on that many sub-pixel shifts of the image and averages the maps
+    (`resample.phase_offsets`, `merge_phase_maps`).
     """
     from hovernet.infer import resample
     from hovernet.infer.postprocess import postprocess
@@ -233,10 +264,15 @@ def segment_image(
         use_backend(model, backend, precision)
     image = _check_image(image, "image")
     scale = resample.resolution_scale(input_mpp, resample.model_mpp(model), proc_mpp)
-    maps = predict_maps(model, resample.to_model_resolution(image, scale), batch_size, precision)
+    offsets = resample.phase_offsets(scale, phases)
+    items = [
+        (k, resample.to_model_resolution(resample.shift_image(image, offset), scale))
+        for k, offset in enumerate(offsets)
+    ]
+    phase_maps = [maps for _, _, maps in predict_stream(model, items, batch_size, precision)]
+    maps, prob = merge_phase_maps(phase_maps, offsets, image.shape)
     map_mpp = proc_mpp or resample.model_mpp(model)  # the network maps' resolution
     inst_map, nuclei = postprocess(maps.pred_map, model.nr_types, maps.type_softmax, map_mpp)
-    prob = maps.pred_map[..., -3]  # [type,] probability, h, v
     inst_map, nuclei = resample.nuclei_to_input(inst_map, nuclei, image.shape, prob)
     typed = maps.type_softmax is not None
     return inst_map, nuclei, resample.maps_to_input(maps.pred_map, image.shape, typed)
@@ -341,11 +377,13 @@ class _Job:
     draw_dot: bool
     save_raw_map: bool
     map_mpp: float | None = None  # resolution of the maps (scales the watershed's constants)
+    prob: np.ndarray | None = None  # nucleus probability (merged phases: at the image's pixels)
 
     @property
     def nbytes(self) -> int:
-        soft = self.maps.type_softmax
-        return self.image.nbytes + self.maps.pred_map.nbytes + (0 if soft is None else soft.nbytes)
+        from hovernet.infer.engine import maps_nbytes
+
+        return maps_nbytes(self.image, self.maps.pred_map, self.maps.type_softmax, self.prob)
 
 
 def output_paths(output_dir: Path, name: str) -> dict[str, Path]:
@@ -373,7 +411,7 @@ def _finish(job: _Job) -> tuple[str, int, float, float]:
         job.maps.pred_map, job.nr_types, job.maps.type_softmax, job.map_mpp
     )
     # maps at the network's resolution (--input_mpp): back to the input image's pixels
-    prob = job.maps.pred_map[..., -3]  # [type,] probability, h, v
+    prob = job.maps.pred_map[..., -3] if job.prob is None else job.prob  # [type,] prob, h, v
     inst_map, nuclei = resample.nuclei_to_input(inst_map, nuclei, job.image.shape, prob)
     shapes = nucleus_measurements(inst_map, nuclei)
     mid = time.perf_counter()
@@ -413,12 +451,14 @@ class TileConfig:
     overwrite: bool = False  # redo images whose five outputs exist already
     input_mpp: float | None = None  # um/px of the inputs; None = at the network's resolution
     proc_mpp: float | None = None  # um/px to run the network at; None = the model's
+    phases: int | None = None  # sub-pixel phases (1, 2, 4); None = 4 on inputs >= 1.5x finer
 
     def __post_init__(self) -> None:
-        from hovernet.infer.resample import check_mpp
+        from hovernet.infer.resample import check_mpp, check_phases
 
         check_mpp(self.input_mpp, "--input_mpp")
         check_mpp(self.proc_mpp, "--proc_mpp")
+        check_phases(self.phases)
 
 
 @dataclass
@@ -480,9 +520,16 @@ def run_tile(
     files = list_inputs(config.inputs)
     mpp = resample.model_mpp(model)
     scale = resample.resolution_scale(config.input_mpp, mpp, config.proc_mpp)
+    offsets = resample.phase_offsets(scale, config.phases)
     note = resample.resolution_note(config.input_mpp, mpp, config.proc_mpp)
     if note:
         log(note)
+    if len(offsets) > 1:
+        log(
+            f"the network runs on {len(offsets)} sub-pixel phases of each image (shifted by half "
+            f"a network pixel, {offsets[-1][0]} input px), averaged: finer outlines for "
+            f"{len(offsets)}x the network time (--phases 1: one)"
+        )
     out = config.output_dir
     created = check_writable_dir(out)
     remove_temporaries(out)  # left by a run that was killed
@@ -506,7 +553,8 @@ def run_tile(
         return len(TileGrid(shape, geometry.input_size, geometry.output_size))
 
     bar.set_total(
-        sum(patches_of(resample.model_shape(s, scale)) for s in sizes.values() if s is not None)
+        len(offsets)
+        * sum(patches_of(resample.model_shape(s, scale)) for s in sizes.values() if s is not None)
     )
     budget = max(1, int(config.mem_usage * physical_memory()))
     total = len(todo)
@@ -524,26 +572,35 @@ def run_tile(
     status()
     start = time.perf_counter()
     originals: dict[Path, np.ndarray] = {}  # input images, by path, while resampled ones run
+    phase_maps: dict[Path, list[PredMaps]] = {}  # maps of the phases run so far, by path
 
     def to_network(items: Iterator[tuple[Path, np.ndarray]]) -> Iterator[tuple[Path, np.ndarray]]:
         for path, image in items:
-            resampled = resample.to_model_resolution(image, scale)
-            if resampled is not image:
-                originals[path] = image
-            yield path, resampled
+            for offset in offsets:
+                resampled = resample.to_model_resolution(resample.shift_image(image, offset), scale)
+                if resampled is not image:
+                    originals[path] = image
+                yield path, resampled
 
-    def make_job(path: Path, image: np.ndarray, maps: PredMaps) -> tuple[_Job, int]:
+    def make_job(path: Path, image: np.ndarray, maps: PredMaps) -> tuple[_Job | None, int]:
         if fatal:
             raise HoverNetError(fatal[0])
         n_patches = patches_of(image.shape[:2])
-        if sizes.get(path) is None:
-            bar.set_total((bar.total or 0) + n_patches)
+        done = phase_maps.setdefault(path, [])
+        if sizes.get(path) is None and not done:  # size unknown before reading: count it now
+            bar.set_total((bar.total or 0) + len(offsets) * n_patches)
         with lock:
             nuclei = sum(summary.done.values())
         bar.advance(n_patches, nuclei=nuclei)
+        done.append(maps)
+        if len(done) < len(offsets):
+            return None, 0  # the image's other phases are still to come
+        del phase_maps[path]
+        original = originals.pop(path, image)
+        maps, prob = merge_phase_maps(done, offsets, original.shape)
         job = _Job(
             path.stem,
-            originals.pop(path, image),
+            original,
             maps,
             model.nr_types,
             out,
@@ -551,6 +608,7 @@ def run_tile(
             config.draw_dot,
             config.save_raw_map,
             config.proc_mpp or mpp,
+            prob if len(offsets) > 1 else None,
         )
         return job, job.nbytes
 
