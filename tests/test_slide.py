@@ -38,12 +38,13 @@ MPP = 0.25
 MONUSEG = DATA / "monuseg" / "images"
 
 
-def run(image, out, name="slide", **kw):
+def run(image, out, name="slide", slide_mpp=MPP, **kw):
     """Run one in-memory slide through slide mode; returns (result, paths)."""
     config = SlideConfig(
-        out, proc_mpp=MPP, region_size=kw.pop("region_size", 328), quiet=True, **kw
-    )
-    slide = ArraySlide(Path(f"{name}.svs"), image, MPP)
+        out, proc_mpp=kw.pop("proc_mpp", MPP), region_size=kw.pop("region_size", 328), quiet=True,
+        **kw,
+    )  # fmt: skip
+    slide = ArraySlide(Path(f"{name}.svs"), image, slide_mpp)
     results = run_slides(
         BlobNet(),
         [slide.path],
@@ -193,10 +194,15 @@ def filled(contour, box) -> np.ndarray:
     return mask.astype(bool)
 
 
-def compare_with_tile_mode(image, out, region_size, workers):
-    result, paths = run(image, out, region_size=region_size, post_proc_workers=workers)
+def compare_with_tile_mode(image, out, region_size, workers, proc_mpp=MPP):
+    """Slide mode's nuclei against tile mode's on the whole image; with a `proc_mpp` coarser
+    than the slide's, both run at the same sub-pixel phases (the default, 4 at 2x)."""
+    result, paths = run(
+        image, out, region_size=region_size, post_proc_workers=workers, proc_mpp=proc_mpp
+    )
     assert result.status == "done", result.reason
-    _, tile_nuclei, _ = segment_image(BlobNet(), image, batch_size=8, precision="fp32")
+    kw = {} if proc_mpp == MPP else {"input_mpp": MPP, "proc_mpp": proc_mpp}
+    _, tile_nuclei, _ = segment_image(BlobNet(), image, batch_size=8, precision="fp32", **kw)
     height, width = image.shape[:2]
     tile_labels = np.zeros((height, width), np.int32)
     for nid, rec in tile_nuclei.items():
@@ -237,6 +243,23 @@ def test_seams_match_whole_image_tile_mode(tmp_path):
     # the tiles' own border (x or y = 1000 is not on a seam: that is checked by the slow test)
     image = mosaic(2)[:984, :984]
     compare_with_tile_mode(image, tmp_path, region_size=328, workers=0)
+
+
+def test_seams_match_whole_image_tile_mode_with_phases(tmp_path):
+    # the slide at 0.25 um/px, the network at 0.5: regions are read at 0.25 and run at 4
+    # phases; 984 px: 2 x 2 regions of 656 px (whole multiples of twice the output size)
+    image = mosaic(2)[:984, :984]
+    result = compare_with_tile_mode(image, tmp_path, region_size=656, workers=0, proc_mpp=0.5)
+    summary = result.summary
+    assert (summary["phases"], summary["proc_mpp"], summary["outline_mpp"]) == (4, 0.5, 0.25)
+    assert summary["regions_tissue"] == 4
+    one, _ = run(image, tmp_path / "one", proc_mpp=0.5, region_size=656, phases=1)
+    assert one.summary["outline_mpp"] == 0.5 and one.summary["phases"] == 1
+    assert summary["network_windows_this_run"] > 3 * one.summary["network_windows_this_run"]
+    with pytest.raises(HoverNetError, match="--phases must be one of 1, 2, 4, got 3"):
+        SlideConfig(tmp_path, phases=3)
+    failed, _ = run(image[:400, :400], tmp_path / "same", name="s", phases=4)  # 0.25 at 0.25
+    assert failed.status == "failed" and "--phases 4 needs images" in failed.reason
 
 
 @pytest.mark.slow
@@ -449,7 +472,9 @@ def test_cli_wsi_end_to_end_skip_and_missing_mpp(tmp_path, lite_checkpoint):
     assert "a: " in stdout and "1 slides done" in stdout
     summary = json.loads((out / "a.summary.json").read_text())
     assert summary["proc_mpp"] == 0.5 and summary["dimensions"] == [640, 700]
-    assert summary["mag"] == pytest.approx(20.0)
+    # the slide is at 0.25 um/px, the model at 0.5: 4 phases (the default), outlines at 0.25
+    assert (summary["phases"], summary["outline_mpp"]) == (4, 0.25)
+    assert summary["mag"] == pytest.approx(40.0)
     for suffix in (
         ".geojson.gz",
         ".json",
@@ -468,14 +493,14 @@ def test_cli_wsi_end_to_end_skip_and_missing_mpp(tmp_path, lite_checkpoint):
 
     with tifffile.TiffFile(out / "a.instances.tif") as tif:
         labels = decode_rgb24(tif.pages[0].asarray())
-    assert labels.shape == (350, 320) and labels.max() == summary["nuclei"]
-    # the geojson is in level-0 pixels: twice the processing coordinates
+    assert labels.shape == (700, 640) and labels.max() == summary["nuclei"]
+    # the geojson is in level-0 pixels, here the JSON's outline pixels too
     doc = json.loads(gzip.open(out / "a.geojson.gz", "rt").read())
     orig = json.loads((out / "a.json").read_text())
     if doc["features"]:
         xs = np.array(doc["features"][0]["geometry"]["coordinates"][0])[:, 0]
         cx = orig["nuc"]["1"]["centroid"][0]
-        assert xs.min() <= 2 * cx + 1 and 2 * cx - 1 <= xs.max()
+        assert xs.min() <= cx + 1 and cx - 1 <= xs.max()
 
     # again, with the MPP given: a is skipped, nompp runs
     code, stdout, stderr = cli([*args[:-1], "--slide_mpp=0.25"])

@@ -202,7 +202,7 @@ def phase_offsets(scale: float | None, phases: int | None = None) -> list[tuple[
         )
         raise HoverNetError(
             f"--phases {phases} needs images at least {PHASE_MIN_SHRINK:g}x finer than the "
-            f"network (e.g. --input_mpp 0.25 with a 0.5 um/px model); these {where}: use "
+            f"network (e.g. 40x, 0.25 um/px, with a 0.5 um/px model); these {where}: use "
             "--phases 1"
         )
     d = max(1, round(0.5 / scale))

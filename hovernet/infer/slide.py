@@ -1,7 +1,8 @@
 """Slide mode: whole-slide images through the shared engine, in bounded memory, resumable.
 
 Per slide: open it (`hovernet.io.wsi.open_slide`), find tissue on a thumbnail (or a user
-mask), plan overlapping regions at the processing resolution (`hovernet.infer.regions`), then
+mask), plan overlapping regions at the processing resolution (`hovernet.infer.regions`; with
+sub-pixel phases at twice that resolution, each region run at its phases), then
 stream the tissue regions through `hovernet.infer.engine.run_engine`: background threads read
 regions ahead, the network runs on batches that span regions, worker processes post-process
 each region and keep the nuclei whose centroid lies in its core, and this process stores them
@@ -29,9 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from hovernet.config import ModelGeometry
 from hovernet.errors import HoverNetError
 from hovernet.infer.engine import EngineConfig, make_pool, maps_nbytes, read_ahead, run_engine
-from hovernet.infer.regions import Region, owned_nuclei, plan_regions
+from hovernet.infer.regions import NUCLEUS_MARGIN, Region, owned_nuclei, plan_regions
+from hovernet.infer.resample import phase_offsets
 from hovernet.io.slides import IMAGE_SUFFIXES
 from hovernet.io.type_info import TypeInfo
 from hovernet.progress import Progress
@@ -156,6 +159,12 @@ class SlideConfig:
     overwrite: bool = False
     model_name: str = ""
     quiet: bool = False
+    phases: int | None = None  # sub-pixel phases (1, 2, 4); None = 4 on slides >= 1.5x finer
+
+    def __post_init__(self) -> None:
+        from hovernet.infer.resample import check_phases
+
+        check_phases(self.phases)
 
 
 @dataclass
@@ -191,14 +200,20 @@ class _RegionJob:
     height: int
     scale: float
     proc_mpp: float | None = None  # resolution of the maps (scales the watershed's constants)
+    # sub-pixel phases: the merged nucleus probability at the region's pixels (twice as fine
+    # as the maps), to which the nuclei are mapped back; None: the maps are at its pixels
+    prob: np.ndarray | None = None
 
 
 def _region_work(job: _RegionJob) -> tuple[list[dict], int]:
     """Post-process one region: its owned nuclei in whole-slide coordinates, and the cut count."""
     from hovernet.infer.measure import nucleus_measurements
     from hovernet.infer.postprocess import postprocess
+    from hovernet.infer.resample import nuclei_to_input
 
     inst_map, nuclei = postprocess(job.pred_map, job.nr_types, job.type_softmax, job.proc_mpp)
+    if job.prob is not None:
+        inst_map, nuclei = nuclei_to_input(inst_map, nuclei, job.prob.shape, job.prob)
     keep, cut = owned_nuclei(nuclei, job.region, job.width, job.height)
     rx0, ry0 = job.region.read[:2]
     # outlines in whole-slide processing pixels (corner coordinates), as tile mode's GeoJSON
@@ -279,6 +294,29 @@ def _slide_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def slide_phases(slide_mpp: float, proc_mpp: float, phases: int | None) -> int:
+    """How many sub-pixel phases to run: `phases`, or 4 where the slide is at least 1.5x finer
+    than the processing resolution (`hovernet.infer.resample.phase_offsets`), else 1."""
+    from hovernet.infer.resample import phase_offsets
+
+    return len(phase_offsets(slide_mpp / proc_mpp, phases))
+
+
+def _phased(
+    items: Iterator[tuple[Region, np.ndarray]],
+    offsets: list[tuple[int, int]],
+    shapes: dict[int, tuple[int, ...]],
+) -> Iterator[tuple[Region, np.ndarray]]:
+    """Each region read at twice the processing resolution -> its phases at the processing
+    resolution (`shapes` records the read's shape for merging the maps)."""
+    from hovernet.infer.resample import shift_image, to_model_resolution
+
+    for region, image in items:
+        shapes[region.index] = image.shape
+        for offset in offsets:
+            yield region, to_model_resolution(shift_image(image, offset), 0.5)
+
+
 def _read_regions(
     slide, regions: list[Region], mpp: float, workers: int
 ) -> Iterator[tuple[Region, np.ndarray]]:
@@ -323,11 +361,25 @@ def run_slide(
                     f"warning: {name}: the slide ({slide.mpp:.3f} um/px) is coarser than the "
                     f"processing resolution ({proc_mpp:.3f} um/px): regions are upsampled"
                 )
-            width, height = slide.size_at(proc_mpp)
+            n_phases = slide_phases(slide.mpp, proc_mpp, config.phases)
+            # the pixels nuclei are outlined in: the processing resolution, or with phases
+            # twice as fine (regions are read there and shrunk for the network at each phase)
+            k = 1 if n_phases == 1 else 2
+            frame_mpp = proc_mpp / k
+            if k > 1:
+                log(
+                    f"{name}: the network runs on {n_phases} sub-pixel phases of each region "
+                    f"(read at {frame_mpp:g} um/px, shifted by half a network pixel), averaged: "
+                    f"finer outlines for {n_phases}x the network time (--phases 1: one)"
+                )
+            width, height = slide.size_at(frame_mpp)
             scale = slide.dimensions[0] / width
             thumb, thumb_mpp, mask, mask_mpp = (tissue_fn or _default_tissue)(slide, name, config)
-            plan = plan_regions(width, height, model.geometry, config.region_size, config.margin)
-            tissue_idx = plan.tissue_indices(mask, mask_mpp / proc_mpp, config.min_tissue_fraction)
+            net = model.geometry
+            geometry = ModelGeometry(net.mode, net.input_size * k, net.output_size * k)
+            margin = config.margin if config.margin is not None else net.margin + NUCLEUS_MARGIN
+            plan = plan_regions(width, height, geometry, config.region_size, margin * k)
+            tissue_idx = plan.tissue_indices(mask, mask_mpp / frame_mpp, config.min_tissue_fraction)
             tissue_mm2 = tissue_area_mm2(mask, mask_mpp)
             if not tissue_idx:
                 log(f"warning: {name}: no tissue found; exporting no nuclei (check the mask)")
@@ -337,6 +389,7 @@ def run_slide(
                 "dimensions": list(slide.dimensions),
                 "slide_mpp": round(float(slide.mpp), 6),
                 "proc_mpp": round(proc_mpp, 6),
+                "phases": n_phases,
                 "scale": scale,
                 "core": plan.core,
                 "margin": plan.margin,
@@ -351,9 +404,22 @@ def run_slide(
                 nuclei_so_far = store.count()
                 with Progress(len(tissue_idx), name, "regions", config.quiet) as bar:
                     bar.advance(len(tissue_idx) - len(todo), nuclei=nuclei_so_far)
+                    from hovernet.infer.tile import merge_phase_maps
+
                     nr_types = getattr(model, "nr_types", None)
+                    offsets = phase_offsets(1 / k, n_phases)
+                    shapes: dict[int, tuple[int, ...]] = {}  # regions' read shapes (phases)
+                    pending: dict[int, list] = {}  # maps of the phases run so far, by region
 
                     def make_job(region: Region, image: np.ndarray, maps) -> tuple[Any, int]:
+                        prob = None
+                        if k > 1:
+                            done = pending.setdefault(region.index, [])
+                            done.append(maps)
+                            if len(done) < n_phases:
+                                return None, 0  # the region's other phases are still to come
+                            del pending[region.index]
+                            maps, prob = merge_phase_maps(done, offsets, shapes.pop(region.index))
                         job = _RegionJob(
                             region,
                             maps.pred_map,
@@ -363,8 +429,9 @@ def run_slide(
                             height,
                             scale,
                             proc_mpp,
+                            prob,
                         )
-                        return job, maps_nbytes(maps.pred_map, maps.type_softmax)
+                        return job, maps_nbytes(maps.pred_map, maps.type_softmax, prob)
 
                     def on_result(region: Region, result, exc: BaseException | None) -> None:
                         nonlocal nuclei_so_far
@@ -383,7 +450,9 @@ def run_slide(
                         config.mem_budget,
                         max_in_flight=max(2, 2 * config.post_proc_workers),
                     )
-                    items = _read_regions(slide, todo, proc_mpp, config.read_workers)
+                    items = _read_regions(slide, todo, frame_mpp, config.read_workers)
+                    if k > 1:
+                        items = _phased(items, offsets, shapes)
                     stats = run_engine(
                         model, items, make_job, _region_work, on_result, engine, pool
                     )
@@ -392,12 +461,12 @@ def run_slide(
                         f"{len(failures)} region(s) failed (rerun to retry them): {failures[0]}"
                     )
                 mag = (
-                    slide.magnification * slide.mpp / proc_mpp
+                    slide.magnification * slide.mpp / frame_mpp
                     if slide.magnification
-                    else 10.0 / proc_mpp
+                    else 10.0 / frame_mpp
                 )
                 summary = _export(
-                    store, slide, paths, config, name, thumb, thumb_mpp, mask, proc_mpp, mag, log
+                    store, slide, paths, config, name, thumb, thumb_mpp, mask, frame_mpp, mag, log
                 )
                 wall = time.perf_counter() - start
                 summary.update(
@@ -422,20 +491,21 @@ def run_slide(
     return SlideResult(name, "done", "", summary["nuclei"], summary)
 
 
-def _export(store, slide, paths, config, name, thumb, thumb_mpp, mask, proc_mpp, mag, log) -> dict:
+def _export(store, slide, paths, config, name, thumb, thumb_mpp, mask, frame_mpp, mag, log) -> dict:
+    """Write the exports from the store; `frame_mpp` is the resolution of its coordinates."""
     from hovernet.io import slide_exports as ex
     from hovernet.io.writers import class_of
 
     ex.export_geojson(paths["geojson"], store, config.type_info, name)
     ex.export_csv(paths["csv"], store, config.type_info)
     ex.export_json(paths["json"], store, mag)
-    ex.export_overlay(paths["overlay"], thumb, thumb_mpp / proc_mpp, store, config.type_info)
+    ex.export_overlay(paths["overlay"], thumb, thumb_mpp / frame_mpp, store, config.type_info)
     if config.save_mask:
         ex.write_png(paths["mask"], mask)
     if config.save_thumb:
         ex.write_png(paths["thumb"], thumb)
     if config.save_label_map:
-        _write_label_maps(store, paths, slide.size_at(proc_mpp), proc_mpp)
+        _write_label_maps(store, paths, slide.size_at(frame_mpp), frame_mpp)
     per_class: dict[str, int] = {}
     for t, n in sorted(store.counts_by_type().items(), key=lambda kv: (kv[0] is None, kv[0])):
         per_class[class_of({"type": t}, config.type_info)[0]] = n
@@ -446,7 +516,9 @@ def _export(store, slide, paths, config, name, thumb, thumb_mpp, mask, proc_mpp,
         "slide": str(slide.path),
         "dimensions": list(slide.dimensions),
         "slide_mpp": float(slide.mpp),
-        "proc_mpp": proc_mpp,
+        "proc_mpp": float(store.meta["proc_mpp"]),
+        "phases": int(store.meta.get("phases", 1)),
+        "outline_mpp": frame_mpp,  # resolution of the JSON coordinates and label maps
         "mag": mag,
         "nuclei": store.count(),
         "nuclei_per_class": per_class,
@@ -456,7 +528,8 @@ def _export(store, slide, paths, config, name, thumb, thumb_mpp, mask, proc_mpp,
 
 
 def _write_label_maps(store, paths: dict[str, Path], size: tuple[int, int], mpp: float) -> None:
-    """Instance ids (export numbering) and types as tiled pyramidal TIFFs at proc resolution."""
+    """Instance ids (export numbering) and types as tiled pyramidal TIFFs at `mpp` (the store's
+    coordinates: the processing resolution, or twice as fine with phases)."""
     import cv2
 
     from hovernet.io.pyramid import write_label_pyramid

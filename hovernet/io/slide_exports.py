@@ -1,5 +1,8 @@
 """Slide-mode exports, streamed from the nucleus store (`hovernet.io.store`) in bounded memory.
 
+The store's pixels are those of the processing resolution, or twice as fine when slide mode
+ran at sub-pixel phases; `meta["scale"]` converts them to level 0.
+
 Nuclei are numbered 1..N in store order (region by region, in the order post-processing found
 them), which does not depend on interruptions: a resumed run exports the same files as an
 uninterrupted one. Every file is written under a temporary name and renamed when complete.
@@ -8,7 +11,7 @@ uninterrupted one. Every file is written under a temporary name and renamed when
 |---|---|
 | `<slide>.geojson.gz` | level-0 pixels (QuPath detections, tile mode's Feature layout) |
 | `<slide>.csv` | level-0 pixels; area in level-0 px^2, perimeter in level-0 px |
-| `<slide>.json` | the original's schema (`mag`, `nuc`) at the processing resolution, `mag` |
+| `<slide>.json` | the original's schema (`mag`, `nuc`) in the store's pixels (see below), `mag` |
 | `<slide>.overlay.png` | the thumbnail with nuclei in type colours and a legend |
 """
 
@@ -100,7 +103,8 @@ def export_csv(path: PathLike, store: NucleusStore, type_info: TypeInfo | None) 
 
 def export_json(path: PathLike, store: NucleusStore, mag: float | None) -> None:
     """The original's JSON (`{"mag", "nuc": {id: {bbox, centroid, contour, type_prob, type}}}`)
-    in whole-slide pixels at the processing resolution, which `mag` names. The bboxes are
+    in the store's whole-slide pixels (the processing resolution, or twice as fine with
+    sub-pixel phases), which `mag` names. The bboxes are
     [[rmin, cmin], [rmax, cmax]] of the whole slide (rows first, as tile mode and the
     original's tile mode write them)."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:

@@ -11,8 +11,9 @@ Tables (stdlib `sqlite3`, WAL journal, one transaction per finished region):
   eccentricity, solidity, type_probs, contour)`: `x, y` is the centroid in level-0 pixels of the
   slide; `cx, cy`, the bbox (`rmin, cmin, rmax, cmax`, max exclusive), the measurements (pixels)
   and `contour` (int32 [x, y] pairs through pixel centres, as tile mode's records) are in
-  whole-slide pixels at the processing resolution; `meta["scale"]` (level-0 pixels per
-  processing pixel) converts them. `type_probs` is a JSON list or NULL.
+  whole-slide pixels at the processing resolution (twice as fine with sub-pixel phases);
+  `meta["scale"]` (level-0 pixels per such pixel) converts them. `type_probs` is a JSON list
+  or NULL.
 
 A killed run leaves at most one region's transaction unfinished, which SQLite rolls back.
 """
