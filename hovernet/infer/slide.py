@@ -35,6 +35,7 @@ from hovernet.errors import HoverNetError
 from hovernet.infer.engine import EngineConfig, make_pool, maps_nbytes, read_ahead, run_engine
 from hovernet.infer.regions import NUCLEUS_MARGIN, Region, owned_nuclei, plan_regions
 from hovernet.infer.resample import phase_offsets
+from hovernet.infer.tile import merge_phase_maps, unique_stems
 from hovernet.io.slides import IMAGE_SUFFIXES
 from hovernet.io.type_info import TypeInfo
 from hovernet.progress import Progress
@@ -98,8 +99,6 @@ def list_slides(spec: str | os.PathLike) -> list[Path]:
 
 
 def _unique(files: list[Path]) -> list[Path]:
-    from hovernet.infer.tile import unique_stems
-
     return unique_stems(files, "slides")
 
 
@@ -297,8 +296,6 @@ def _slide_lock(path: Path) -> Iterator[None]:
 def slide_phases(slide_mpp: float, proc_mpp: float, phases: int | None) -> int:
     """How many sub-pixel phases to run: `phases`, or 4 where the slide is at least 1.5x finer
     than the processing resolution (`hovernet.infer.resample.phase_offsets`), else 1."""
-    from hovernet.infer.resample import phase_offsets
-
     return len(phase_offsets(slide_mpp / proc_mpp, phases))
 
 
@@ -404,8 +401,6 @@ def run_slide(
                 nuclei_so_far = store.count()
                 with Progress(len(tissue_idx), name, "regions", config.quiet) as bar:
                     bar.advance(len(tissue_idx) - len(todo), nuclei=nuclei_so_far)
-                    from hovernet.infer.tile import merge_phase_maps
-
                     nr_types = getattr(model, "nr_types", None)
                     offsets = phase_offsets(1 / k, n_phases)
                     shapes: dict[int, tuple[int, ...]] = {}  # regions' read shapes (phases)
