@@ -34,8 +34,8 @@ from hovernet.config import ModelGeometry
 from hovernet.errors import HoverNetError
 from hovernet.infer.engine import EngineConfig, make_pool, maps_nbytes, read_ahead, run_engine
 from hovernet.infer.regions import NUCLEUS_MARGIN, Region, owned_nuclei, plan_regions
-from hovernet.infer.resample import phase_offsets
-from hovernet.infer.tile import merge_phase_maps, unique_stems
+from hovernet.infer.resample import phase_inputs, phase_offsets
+from hovernet.infer.tile import PhaseCollector, merge_phase_maps, unique_stems
 from hovernet.io.slides import IMAGE_SUFFIXES
 from hovernet.io.type_info import TypeInfo
 from hovernet.progress import Progress
@@ -306,12 +306,10 @@ def _phased(
 ) -> Iterator[tuple[Region, np.ndarray]]:
     """Each region read at twice the processing resolution -> its phases at the processing
     resolution (`shapes` records the read's shape for merging the maps)."""
-    from hovernet.infer.resample import shift_image, to_model_resolution
-
     for region, image in items:
         shapes[region.index] = image.shape
-        for offset in offsets:
-            yield region, to_model_resolution(shift_image(image, offset), 0.5)
+        for phase in phase_inputs(image, offsets, 0.5):
+            yield region, phase
 
 
 def _read_regions(
@@ -404,16 +402,14 @@ def run_slide(
                     nr_types = getattr(model, "nr_types", None)
                     offsets = phase_offsets(1 / k, n_phases)
                     shapes: dict[int, tuple[int, ...]] = {}  # regions' read shapes (phases)
-                    pending: dict[int, list] = {}  # maps of the phases run so far, by region
+                    phases = PhaseCollector(n_phases)
 
                     def make_job(region: Region, image: np.ndarray, maps) -> tuple[Any, int]:
                         prob = None
                         if k > 1:
-                            done = pending.setdefault(region.index, [])
-                            done.append(maps)
-                            if len(done) < n_phases:
+                            done = phases.add(region.index, maps)
+                            if done is None:
                                 return None, 0  # the region's other phases are still to come
-                            del pending[region.index]
                             maps, prob = merge_phase_maps(done, offsets, shapes.pop(region.index))
                         job = _RegionJob(
                             region,

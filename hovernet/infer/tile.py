@@ -161,6 +161,25 @@ def merge_phase_maps(
     return _to_pred_maps(coarse, typed), prob
 
 
+class PhaseCollector:
+    """Holds the maps of each image's (or region's) phases, which arrive in order, until the
+    last of its `n` phases arrives."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._maps: dict[Any, list[PredMaps]] = {}
+
+    def is_first(self, key: Any) -> bool:
+        """Whether no phase of `key` has arrived yet."""
+        return key not in self._maps
+
+    def add(self, key: Any, maps: PredMaps) -> list[PredMaps] | None:
+        """All of `key`'s phase maps once its last phase arrives, else None."""
+        done = self._maps.setdefault(key, [])
+        done.append(maps)
+        return self._maps.pop(key) if len(done) == self.n else None
+
+
 @dataclass
 class _Pending:
     key: Any
@@ -272,10 +291,7 @@ def segment_image(
     image = _check_image(image, "image")
     scale = resample.resolution_scale(input_mpp, resample.model_mpp(model), proc_mpp)
     offsets = resample.phase_offsets(scale, phases)
-    items = [
-        (k, resample.to_model_resolution(resample.shift_image(image, offset), scale))
-        for k, offset in enumerate(offsets)
-    ]
+    items = enumerate(resample.phase_inputs(image, offsets, scale))
     phase_maps = [maps for _, _, maps in predict_stream(model, items, batch_size, precision)]
     maps, prob = merge_phase_maps(phase_maps, offsets, image.shape)
     map_mpp = proc_mpp or resample.model_mpp(model)  # the network maps' resolution
@@ -579,12 +595,11 @@ def run_tile(
     status()
     start = time.perf_counter()
     originals: dict[Path, np.ndarray] = {}  # input images, by path, while resampled ones run
-    phase_maps: dict[Path, list[PredMaps]] = {}  # maps of the phases run so far, by path
+    phases = PhaseCollector(len(offsets))
 
     def to_network(items: Iterator[tuple[Path, np.ndarray]]) -> Iterator[tuple[Path, np.ndarray]]:
         for path, image in items:
-            for offset in offsets:
-                resampled = resample.to_model_resolution(resample.shift_image(image, offset), scale)
+            for resampled in resample.phase_inputs(image, offsets, scale):
                 if resampled is not image:
                     originals[path] = image
                 yield path, resampled
@@ -593,16 +608,14 @@ def run_tile(
         if fatal:
             raise HoverNetError(fatal[0])
         n_patches = patches_of(image.shape[:2])
-        done = phase_maps.setdefault(path, [])
-        if sizes.get(path) is None and not done:  # size unknown before reading: count it now
+        if sizes.get(path) is None and phases.is_first(path):  # size unknown before reading
             bar.set_total((bar.total or 0) + len(offsets) * n_patches)
         with lock:
             nuclei = sum(summary.done.values())
         bar.advance(n_patches, nuclei=nuclei)
-        done.append(maps)
-        if len(done) < len(offsets):
+        done = phases.add(path, maps)
+        if done is None:
             return None, 0  # the image's other phases are still to come
-        del phase_maps[path]
         original = originals.pop(path, image)
         maps, prob = merge_phase_maps(done, offsets, original.shape)
         job = _Job(
