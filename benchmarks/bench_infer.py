@@ -28,7 +28,9 @@ import numpy as np
 import torch
 
 from hovernet.demo import SAMPLE
-from hovernet.infer.tile import TileConfig, autocast_dtype, predict_stream, run_tile
+from hovernet.device import autocast_dtype
+from hovernet.infer.predict import predict_stream
+from hovernet.infer.tile import TileConfig, run_tile
 from hovernet.infer.tiling import TileGrid
 from hovernet.io.slides import read_rgb
 from hovernet.model.inference import prepare_for_inference

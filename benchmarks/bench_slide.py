@@ -215,7 +215,8 @@ def _network_only(model, windows: int, args, precision, wall) -> dict:
 
     import torch
 
-    from hovernet.infer.tile import _run_batch, autocast_dtype
+    from hovernet.device import autocast_dtype
+    from hovernet.infer.predict import run_batch
 
     g = model.geometry
     batch = np.random.default_rng(0).integers(
@@ -224,11 +225,11 @@ def _network_only(model, windows: int, args, precision, wall) -> dict:
     dtype = autocast_dtype(torch.device(args.device), precision)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     with torch.inference_mode():
-        _run_batch(model, batch, dtype)
+        run_batch(model, batch, dtype)
         sync()
         start = time.perf_counter()
         for _ in range(math.ceil(windows / args.batch_size)):
-            _run_batch(model, batch, dtype)  # returns maps on the CPU: includes the copy back
+            run_batch(model, batch, dtype)  # returns maps on the CPU: includes the copy back
         sync()
     net = time.perf_counter() - start
     return {"windows": windows, "network_only_s": net, "efficiency": net / wall}

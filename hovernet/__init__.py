@@ -19,7 +19,7 @@ _EXPORTS = {
     "save_checkpoint": "hovernet.model.checkpoints",
     "hv_targets": "hovernet.data.targets",
     "postprocess": "hovernet.infer.postprocess",
-    "segment_image": "hovernet.infer.tile",
+    "segment_image": "hovernet.infer.predict",
     "HoverNetError": "hovernet.errors",
 }
 

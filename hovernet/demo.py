@@ -37,24 +37,26 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hovernet.cli.infer import InferOptions, load_for_inference, model_label
-    from hovernet.infer.slide import SlideConfig, output_paths, run_slides
-    from hovernet.resources import available_cpus
+    from hovernet.infer.loading import LoadOptions, load_for_inference, model_label
+    from hovernet.infer.slide import SlideConfig, run_slides
+    from hovernet.io.slide_exports import output_paths
+    from hovernet.resources import spare_cpus
 
     start = time.perf_counter()
     if not args.slide.is_file():
         raise HoverNetError(f"slide {args.slide} does not exist: pass --slide <file>")
-    opts = InferOptions(
+    opts = LoadOptions(
         model_path=args.model_path, device=args.device, threads=args.threads, backend=args.backend
     )
     model, type_info = load_for_inference(opts)
-    print(f"model: {model_label(opts)} ({model.mode}, nr_types={model.nr_types})", flush=True)
+    label = model_label(opts.model_path)
+    print(f"model: {label} ({model.mode}, nr_types={model.nr_types})", flush=True)
     config = SlideConfig(
         output_dir=args.output_dir,
         type_info=type_info,
-        post_proc_workers=max(1, min(2, available_cpus() - 1)),
+        post_proc_workers=spare_cpus(2),
         overwrite=args.overwrite,
-        model_name=model_label(opts),
+        model_name=label,
     )
     (result,) = run_slides(model, [args.slide], config)
     if result.status == "failed":

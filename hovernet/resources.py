@@ -42,3 +42,19 @@ def available_cpus() -> int:
     if quota is not None:
         count = min(count, max(1, math.ceil(quota)))
     return max(1, count)
+
+
+def rank_cpus() -> int:
+    """This process's share of the usable cores: `available_cpus()` divided among the
+    LOCAL_WORLD_SIZE processes that torchrun starts on this machine (1 without torchrun)."""
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, available_cpus() // local)
+
+
+def spare_cpus(at_most: int, at_least: int = 1) -> int:
+    """The one default for helper processes or threads beside a busy main process (network,
+    training loop): this process's cores (`rank_cpus`) less one, within [at_least, at_most]."""
+    return max(at_least, min(at_most, rank_cpus() - 1))

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from slide_helpers import ArraySlide, dark_tissue
 
-from hovernet.cli.infer_wsi import _gather, _init_distributed
-from hovernet.infer.slide import SlideConfig, my_slides, rank_and_world, run_slides
+from hovernet.infer.ranks import gather, init_distributed, my_slides, rank_and_world
+from hovernet.infer.slide import SlideConfig, run_slides
 from hovernet.model.standin import BlobNet
 
 
@@ -25,7 +25,7 @@ def main() -> None:
     slide_dir, out, region_size, workers = sys.argv[1:5]
     slides = sorted(Path(slide_dir).glob("*.npy"))
     rank, world = rank_and_world()
-    distributed = _init_distributed()
+    distributed = init_distributed()
     config = SlideConfig(
         Path(out),
         proc_mpp=0.25,
@@ -47,7 +47,7 @@ def main() -> None:
         dark_tissue,
     )
     if distributed:
-        results = _gather(results)
+        results = gather(results)
     if rank == 0:
         print("RESULTS " + json.dumps({r.name: [r.status, r.n_nuclei] for r in results}))
 

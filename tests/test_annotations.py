@@ -14,13 +14,9 @@ from conftest import DATA
 from scipy import ndimage
 
 from hovernet.errors import HoverNetError
+from hovernet.data.annotated import labels_to_arrays, load_annotated
 from hovernet.io.annotations import (
     CLASS_MERGES,
-    ColourMaskLabels,
-    EmptyMaskWarning,
-    labels_to_arrays,
-    load_annotated,
-    load_type_info,
     read_consep_mat,
     read_imagescope_xml,
     read_label_maps,
@@ -28,7 +24,9 @@ from hovernet.io.annotations import (
     read_original_patch,
     read_qupath_geojson,
 )
+from hovernet.io.colour_masks import ColourMaskLabels, EmptyMaskWarning
 from hovernet.io.slides import open_image, read_rgb
+from hovernet.io.type_info import load_type_info
 
 SEED = DATA / "seed_format"
 MONUSEG_XML = sorted((DATA / "monuseg" / "raw").glob("*/*.xml"))

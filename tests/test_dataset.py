@@ -11,7 +11,7 @@ import torch
 from patchdata import make_patch_folder, mosaic_patch, save_original_npy
 
 from hovernet.cli import main
-from hovernet.cli.view_dataset import GAP, HEADER, grid_shape
+from hovernet.data.preview import GAP, HEADER, grid_shape
 from hovernet.data.dataset import (
     PatchDataset,
     class_balanced_sampler,

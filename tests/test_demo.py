@@ -31,12 +31,13 @@ def _crop_slide(path, x, y, size):
 
 
 def test_bundled_model_on_a_crop_of_the_demo_slide_finds_plausible_nuclei(tmp_path):
-    from hovernet.cli.infer import InferOptions, load_for_inference
-    from hovernet.infer.slide import SlideConfig, output_paths, run_slides
+    from hovernet.infer.loading import LoadOptions, load_for_inference
+    from hovernet.infer.slide import SlideConfig, run_slides
+    from hovernet.io.slide_exports import output_paths
 
     crop = tmp_path / "cmu_crop.tif"
     rgb = _crop_slide(crop, 700, 1200, 768)  # stroma and epithelium in the slide's middle
-    model, type_info = load_for_inference(InferOptions(model_path=None, device="cpu"))
+    model, type_info = load_for_inference(LoadOptions(model_path=None, device="cpu"))
     assert model.mode == "lite" and model.meta.mpp == 0.5
     config = SlideConfig(output_dir=tmp_path / "out", type_info=type_info, post_proc_workers=0)
     (result,) = run_slides(model, [crop], config, log=lambda line: None)

@@ -21,7 +21,7 @@ def test_monuseg_labels_survive_the_geojson_round_trip(tmp_path, index):
     inst = tifffile.imread(LABELS[index]).astype(np.int32)
     inst_map, nuclei = instance_records(inst)
     path = tmp_path / "qupath" / "tile.geojson"
-    write_geojson(path, nuclei, None, inst_map=inst_map)
+    write_geojson(path, nuclei, None, nucleus_measurements(inst_map, nuclei))
     labels = read_qupath_geojson(path, inst_map.shape)
     back = labels.read_rows(0, labels.height)
     assert labels.n_instances == len(nuclei) > 300

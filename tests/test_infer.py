@@ -31,7 +31,9 @@ from shapely.geometry import shape
 from hovernet.cli import main
 from hovernet.config import GEOMETRY
 from hovernet.errors import HoverNetError
-from hovernet.infer.tile import TileConfig, check_type_info, list_inputs, load_type_info, run_tile
+from hovernet.infer.tile import TileConfig, run_tile
+from hovernet.io.inputs import list_inputs
+from hovernet.io.type_info import check_type_info, load_type_info
 from hovernet.infer.tiling import TileGrid
 from hovernet.io.slides import read_rgb
 

@@ -28,7 +28,8 @@ from hovernet.infer.resample import (
     resolution_scale,
     to_model_resolution,
 )
-from hovernet.infer.tile import TileConfig, run_tile, segment_image
+from hovernet.infer.predict import segment_image
+from hovernet.infer.tile import TileConfig, run_tile
 from hovernet.io.annotations import read_qupath_geojson
 from hovernet.io.slides import read_rgb
 from hovernet.model.checkpoints import ModelMeta

@@ -23,7 +23,8 @@ from hovernet.infer.resample import (
     shift_image,
     to_model_resolution,
 )
-from hovernet.infer.tile import TileConfig, run_tile, segment_image
+from hovernet.infer.predict import segment_image
+from hovernet.infer.tile import TileConfig, run_tile
 from hovernet.io.slides import read_rgb
 
 

@@ -87,7 +87,7 @@ def test_scaled_constants_find_the_small_nuclei_of_a_20x_model() -> None:
     import cv2
     import tifffile
 
-    from hovernet.infer.tile import predict_maps
+    from hovernet.infer.predict import predict_maps
     from hovernet.metrics import instance_stats
     from hovernet.model.checkpoints import load_model
     from hovernet.model.inference import prepare_for_inference

@@ -22,15 +22,11 @@ from shapely.geometry import shape
 from slide_helpers import ArraySlide, dark_tissue, disk_image
 
 from hovernet.errors import HoverNetError
-from hovernet.infer.slide import (
-    SlideConfig,
-    list_slides,
-    my_slides,
-    output_paths,
-    parse_shard,
-    run_slides,
-)
-from hovernet.infer.tile import segment_image
+from hovernet.infer.predict import segment_image
+from hovernet.infer.ranks import my_slides, parse_shard
+from hovernet.infer.slide import SlideConfig, run_slides
+from hovernet.io.inputs import list_slides
+from hovernet.io.slide_exports import output_paths
 from hovernet.io.store import NucleusStore
 from hovernet.model.standin import ANCHOR, BlobNet
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from hovernet.config import GEOMETRY, ModelGeometry
 from hovernet.errors import HoverNetError
-from hovernet.infer.tile import predict_maps, predict_stream
+from hovernet.infer.predict import predict_maps, predict_stream
 from hovernet.infer.tiling import Stitcher, TileGrid
 
 RADIUS = 3  # the stand-in's receptive field: (2 * RADIUS + 1)^2 pixels

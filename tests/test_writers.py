@@ -60,8 +60,9 @@ def written(typed_case: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
     write_json(paths["json"], c["nuclei"], mag=40)
     write_mat(paths["mat"], c["inst_map"], c["nuclei"], raw_map=c["pred_map"])
-    write_geojson(paths["geojson"], c["nuclei"], c["type_info"], inst_map=c["inst_map"])
-    write_csv(paths["csv"], c["inst_map"], c["nuclei"], c["type_info"])
+    shapes = nucleus_measurements(c["inst_map"], c["nuclei"])
+    write_geojson(paths["geojson"], c["nuclei"], c["type_info"], measurements=shapes)
+    write_csv(paths["csv"], c["nuclei"], c["type_info"], shapes)
     write_overlay(paths["overlay"], c["image"], c["nuclei"], c["type_info"], draw_dot=True)
     return paths
 
@@ -200,7 +201,7 @@ def test_untyped_outputs(tmp_path) -> None:
     pred_map = np.load(REFERENCE / "postproc_untyped_0.npz")["pred_map"]
     inst_map, nuclei = postprocess(pred_map)
     write_mat(tmp_path / "a.mat", inst_map, nuclei)
-    write_csv(tmp_path / "a.csv", inst_map, nuclei, None)
+    write_csv(tmp_path / "a.csv", nuclei, None, nucleus_measurements(inst_map, nuclei))
     write_geojson(tmp_path / "a.geojson", nuclei, None)
     write_json(tmp_path / "a.json", nuclei)
     mat = scipy.io.loadmat(tmp_path / "a.mat")
@@ -226,7 +227,7 @@ def test_geojson_outlines_follow_pixel_edges_even_for_degenerate_shapes(tmp_path
     inst[20:35, 5] = 2
     _, nuclei = instance_records(inst)
     assert len(nuclei) == 2
-    write_geojson(tmp_path / "d.geojson", nuclei, None, inst_map=inst)
+    write_geojson(tmp_path / "d.geojson", nuclei, None, nucleus_measurements(inst, nuclei))
     features = json.loads((tmp_path / "d.geojson").read_text())["features"]
     for feature in features:
         geom = shape(feature["geometry"])
@@ -245,7 +246,7 @@ def test_geojson_outlines_follow_pixel_edges_even_for_degenerate_shapes(tmp_path
 def test_empty_results_write_empty_files(tmp_path) -> None:
     inst = np.zeros((16, 16), np.int32)
     write_mat(tmp_path / "e.mat", inst, {})
-    write_csv(tmp_path / "e.csv", inst, {}, None)
+    write_csv(tmp_path / "e.csv", {}, None, {})
     write_geojson(tmp_path / "e.geojson", {}, None)
     write_overlay(tmp_path / "e.png", np.zeros((16, 16, 3), np.uint8), {}, None)
     assert scipy.io.loadmat(tmp_path / "e.mat")["inst_uid"].size == 0
@@ -262,7 +263,7 @@ def test_typed_outputs_have_the_same_structure_with_no_nuclei(typed_case, writte
     image = typed_case["image"]
     empty = np.zeros(image.shape[:2], np.int32)
     write_mat(tmp_path / "e.mat", empty, {}, typed=True)
-    write_csv(tmp_path / "e.csv", empty, {}, info)
+    write_csv(tmp_path / "e.csv", {}, info, {})
     write_overlay(tmp_path / "e.png", image, {}, info)
     full = scipy.io.loadmat(written["mat"])
     mat = scipy.io.loadmat(tmp_path / "e.mat")

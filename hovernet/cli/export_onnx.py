@@ -26,7 +26,7 @@ class ExportConfig:
 
 def run_export(cfg: ExportConfig) -> str:
     """Export and write atomically; returns a one-line summary."""
-    from hovernet.infer.tile import check_type_info, load_type_info
+    from hovernet.io.type_info import check_type_info, load_type_info
     from hovernet.model.checkpoints import load_model
     from hovernet.model.inference import prepare_for_inference
     from hovernet.model.onnx_export import write_onnx

@@ -79,16 +79,16 @@ def register(app: typer.Typer) -> None:
         """Cut training patches (mirror-padded windows) from many image/annotation pairs."""
         from rich.console import Console
 
-        from hovernet.errors import HoverNetError
-        from hovernet.io.annotations import load_type_info
-        from hovernet.io.atomic import check_writable_dir
-        from hovernet.io.extraction import (
+        from hovernet.data.extraction import (
             PRESETS,
             ExtractConfig,
             find_sources,
             remove_dataset,
             run_extraction,
         )
+        from hovernet.errors import HoverNetError
+        from hovernet.io.atomic import check_writable_dir
+        from hovernet.io.type_info import load_type_info
         from hovernet.progress import Progress
 
         size, stride = PRESETS["fast"]

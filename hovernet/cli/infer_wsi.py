@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 
+from hovernet.cli.infer_common import InferOptions
 from hovernet.errors import HoverNetError
 
 
@@ -96,8 +97,6 @@ def register_wsi(infer_app: typer.Typer) -> None:
     ) -> None:
         """Segment whole-slide images: <slide>.geojson.gz, .json, .csv, .overlay.png and
         .summary.json per slide, from a resumable per-slide SQLite store (<slide>.db)."""
-        from hovernet.cli.infer import InferOptions
-
         opts: InferOptions = ctx.obj
         if not 0 < mem_usage <= 1:
             raise HoverNetError(f"--mem_usage must be a share in (0, 1], got {mem_usage}")
@@ -130,51 +129,58 @@ def register_wsi(infer_app: typer.Typer) -> None:
         )
 
 
-def run_wsi(opts, input_dir: str, output_dir: Path, shard: str | None, fields: dict, mem_usage):
+def run_wsi(
+    opts: InferOptions,
+    input_dir: str,
+    output_dir: Path,
+    shard: str | None,
+    fields: dict,
+    mem_usage: float,
+) -> None:
     """List and share out the slides, load the model, run, report; exit 2 if any failed."""
     from dataclasses import replace
 
-    from hovernet.cli.infer import _describe, load_for_inference, model_label
     from hovernet.infer.engine import physical_memory
-    from hovernet.infer.slide import (
-        SlideConfig,
-        default_workers,
-        list_slides,
+    from hovernet.infer.loading import describe_model, load_for_inference, model_label
+    from hovernet.infer.ranks import (
+        gather,
+        init_distributed,
         my_slides,
         parse_shard,
         rank_and_world,
-        run_slides,
     )
+    from hovernet.infer.slide import SlideConfig, run_slides
+    from hovernet.io.inputs import list_slides
 
     slides = list_slides(input_dir)
     rank, world = rank_and_world(parse_shard(shard))
     mine = my_slides(slides, rank, world)
-    distributed = _init_distributed()
+    distributed = init_distributed()
     if distributed and opts.device in ("auto", "cuda"):
         import torch
 
         if torch.cuda.is_available():
             opts = replace(opts, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    model, type_info = load_for_inference(opts)
+    load = opts.load_options()
+    model, type_info = load_for_inference(load)
     who = f"rank {rank}/{world}: " if world > 1 else ""
-    print(
-        f"{who}{_describe(model, type_info, opts)}; {len(mine)} of {len(slides)} slides", flush=True
-    )
-    workers = opts.nr_post_proc_workers
+    line = describe_model(model, type_info, load, opts.batch_size)
+    print(f"{who}{line}; {len(mine)} of {len(slides)} slides", flush=True)
+    label = model_label(load.model_path)
     config = SlideConfig(
         output_dir=output_dir,
         batch_size=opts.batch_size,
         precision=opts.precision,
-        post_proc_workers=default_workers() if workers is None else workers,
+        post_proc_workers=opts.post_proc_workers(at_most=8, at_least=1),
         read_workers=max(1, opts.nr_inference_workers),
         mem_budget=int(mem_usage * physical_memory()),
         type_info=type_info,
-        model_name=f"{model.mode}, nr_types={model.nr_types}, {Path(model_label(opts)).name}",
+        model_name=f"{model.mode}, nr_types={model.nr_types}, {Path(label).name}",
         **fields,
     )
     results = run_slides(model, mine, config, log=_log)
     if distributed:
-        results = _gather(results)
+        results = gather(results)
     failed = [r for r in results if r.status == "failed"]
     done = [r for r in results if r.status == "done"]
     if rank == 0 or not distributed:
@@ -191,22 +197,3 @@ def run_wsi(opts, input_dir: str, output_dir: Path, shard: str | None, fields: d
 
 def _log(line: str) -> None:
     print(line, flush=True)
-
-
-def _init_distributed() -> bool:
-    """Join the process group of a torchrun launch (gloo: only small results are exchanged)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
-        return False
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return True
-
-
-def _gather(results: list) -> list:
-    import torch.distributed as dist
-
-    everyone: list = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, results)
-    return [r for part in everyone for r in part]

@@ -1,10 +1,10 @@
 """Inference backends: what runs the network on a batch of windows.
 
-The tile engine (`hovernet.infer.tile.predict_stream`, used by tile and slide mode and by
-`segment_image`) runs every batch through one function, `_run_batch(model, patches, dtype)`.
-`use_backend(model, name)` attaches a backend to the model there; without one the batch runs
-through PyTorch as before. So the choice is made once, where the model is loaded, and nothing
-downstream changes.
+The engine (`hovernet.infer.predict.predict_stream`, used by tile and slide mode and by
+`segment_image`) runs every batch through one function, `run_batch(model, patches, dtype)`.
+`use_backend(model, name)` records a backend for the model (in a table keyed weakly by the
+model, read back with `backend_of`); without one the batch runs through PyTorch. So the choice
+is made once, where the model is loaded, and nothing downstream changes.
 
 Backends:
 
@@ -26,16 +26,23 @@ threads give the cores straight back to the post-processing worker processes.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from hovernet.device import autocast_dtype, model_device
 from hovernet.errors import HoverNetError
+from hovernet.infer.maps import logits_to_maps
+from hovernet.model.onnx_export import INPUT_NAME, output_names, timed_export
 from hovernet.resources import available_cpus
 
 BACKENDS = ("auto", "torch", "onnxruntime")
-ATTRIBUTE = "inference_backend"  # where the engine finds the backend on the model
+# model -> its backend (absent: PyTorch); weak keys, so the table never keeps a model alive
+_CHOSEN: weakref.WeakKeyDictionary[torch.nn.Module, OnnxRuntimeBackend] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _fingerprint(model: torch.nn.Module) -> tuple:
@@ -56,8 +63,6 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, model: torch.nn.Module, threads: int | None = None, ort=None):
-        from hovernet.model.onnx_export import INPUT_NAME, output_names, timed_export
-
         self.ort = ort if ort is not None else _import_onnxruntime()
         self.model = model
         self.threads = threads or available_cpus()
@@ -89,8 +94,6 @@ class OnnxRuntimeBackend:
 
     def run(self, patches: np.ndarray) -> np.ndarray:
         """N x S x S x 3 uint8 windows -> N x s x s x (3 + C) float32 [np prob, h, v, softmax]."""
-        from hovernet.infer.tile import logits_to_maps
-
         if _fingerprint(self.model) != self.fingerprint:
             raise HoverNetError(
                 "the model's weights changed after its ONNX Runtime backend was built: call "
@@ -129,19 +132,17 @@ def use_backend(
     threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> str:
-    """Attach the chosen backend to `model` for the tile engine; returns the name in use.
+    """Choose the backend that runs `model` in the engine; returns the name in use.
 
     Call it after the weights are final (load, `prepare_for_inference`): the ONNX Runtime
     backend holds an exported copy and refuses to run once the weights change. Calling it again
     with the same choice reuses the attached backend while the weights are unchanged.
     """
-    from hovernet.infer.tile import autocast_dtype, model_device
-
     device = model_device(model)
     name = resolve_backend(backend, device, autocast_dtype(device, precision))
-    current = getattr(model, ATTRIBUTE, None)
+    current = _CHOSEN.get(model)
     if name == "torch":
-        setattr(model, ATTRIBUTE, None)
+        _CHOSEN.pop(model, None)
         return "torch"
     wanted = threads or available_cpus()
     if (
@@ -154,7 +155,7 @@ def use_backend(
         ort = _import_onnxruntime()
     except Exception as exc:  # missing, or a broken install (ImportError, OSError, ...)
         log(_fallback_line(exc))
-        setattr(model, ATTRIBUTE, None)
+        _CHOSEN.pop(model, None)
         return "torch"
     try:
         built = OnnxRuntimeBackend(model, wanted, ort)
@@ -162,9 +163,9 @@ def use_backend(
         raise  # export failure: names the layer, no silent fallback
     except Exception as exc:  # the runtime itself failed to load the exported model
         log(_fallback_line(exc))
-        setattr(model, ATTRIBUTE, None)
+        _CHOSEN.pop(model, None)
         return "torch"
-    setattr(model, ATTRIBUTE, built)
+    _CHOSEN[model] = built
     return built.name
 
 
@@ -176,6 +177,6 @@ def _fallback_line(exc: Exception) -> str:
     )
 
 
-def backend_of(model: torch.nn.Module):
-    """The backend attached to `model` (None: PyTorch)."""
-    return getattr(model, ATTRIBUTE, None)
+def backend_of(model: torch.nn.Module) -> OnnxRuntimeBackend | None:
+    """The backend chosen for `model` (None: PyTorch)."""
+    return _CHOSEN.get(model)

@@ -1,10 +1,11 @@
 """The one inference engine behind tile mode and slide mode.
 
-`run_engine` drives a stream of images through `predict_stream` (batches span image
-boundaries) in this process, hands each image's maps to a pool of post-processing worker
-processes, and reports the results back in input order. The network never waits for
-post-processing while the pool has room: maps waiting for a worker are kept under a memory
-budget, and only when that budget is full does the main process wait for the oldest job.
+`run_engine` drives a stream of images through `hovernet.infer.predict.predict_stream`
+(batches span image boundaries) in this process, hands each image's maps to a pool of
+post-processing worker processes, and reports the results back in input order. The network
+never waits for post-processing while the pool has room: maps waiting for a worker are kept
+under a memory budget, and only when that budget is full does the main process wait for the
+oldest job.
 
 Front ends differ only in what they feed in (whole tiles, or overlapping regions of a slide),
 what a job is (`make_job`) and what a worker does with it (`work`, a top-level function so that
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hovernet.infer.predict import predict_stream
 from hovernet.infer.tiling import TileGrid
 
 
@@ -125,8 +127,6 @@ def run_engine(
     `error` (result None) and the run goes on; an exception from `items`, the network or
     `on_result` ends the run. `pool` lets a caller keep one pool over several runs (slides).
     """
-    from hovernet.infer.tile import predict_stream
-
     geometry = model.geometry
     stats = EngineStats()
     own_pool = pool is None and config.workers > 0

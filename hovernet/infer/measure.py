@@ -8,15 +8,7 @@ from collections.abc import Iterable
 import numpy as np
 from skimage.measure import regionprops
 
-# name -> unit, in the order the CSV and GeoJSON writers list them
-MEASUREMENTS = {
-    "area": "px^2",
-    "perimeter": "px",
-    "eccentricity": "",
-    "solidity": "",
-}
-
-Outline = list[list[tuple[int, int]]]  # polygons, each a ring of (x, y) pixel-corner points
+from hovernet.nuclei import MEASUREMENTS, Outline
 
 
 def mask_outline(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> Outline:

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from hovernet.errors import HoverNetError
+from hovernet.infer.postprocess import FOREGROUND_THRESHOLD, instance_records
 
 
 def check_mpp(value: float | None, name: str) -> float | None:
@@ -112,7 +113,7 @@ def model_shape(shape: tuple[int, ...], scale: float | None) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Area averaging when shrinking (either side), bilinear when enlarging."""
     height, width = shape
     shrink = height < array.shape[0] or width < array.shape[1]
@@ -125,7 +126,7 @@ def to_model_resolution(image: np.ndarray, scale: float | None) -> np.ndarray:
     shape = model_shape(image.shape, scale)
     if shape == tuple(image.shape[:2]):
         return image
-    out = _resize(np.ascontiguousarray(image), shape)
+    out = resize(np.ascontiguousarray(image), shape)
     return out.reshape(*shape, *image.shape[2:])
 
 
@@ -157,8 +158,6 @@ def refine_to_foreground(labels: np.ndarray, prob: np.ndarray) -> np.ndarray:
     and +0.006 on 80 CoNSeP crops (SQ +0.010).
     """
     from skimage.segmentation import expand_labels
-
-    from hovernet.infer.postprocess import FOREGROUND_THRESHOLD
 
     fg = prob >= FOREGROUND_THRESHOLD
     refined = expand_labels(np.where(fg, labels, 0), distance=1) * fg
@@ -273,15 +272,13 @@ def nuclei_to_input(
     (always when the input is finer than the network); nuclei that vanish when the input is
     coarser are dropped and the rest renumbered 1..N in the same order.
     """
-    from hovernet.infer.postprocess import instance_records
-
     if inst_map.shape[:2] == tuple(shape[:2]):
         return inst_map, nuclei
     mapped = labels_to_input(inst_map, shape)
     if prob is not None and shape[0] >= inst_map.shape[0] and shape[1] >= inst_map.shape[1]:
         prob = np.asarray(prob, np.float32)
         if prob.shape[:2] != tuple(shape[:2]):
-            prob = _resize(prob, shape[:2])
+            prob = resize(prob, shape[:2])
         mapped = refine_to_foreground(mapped, prob)
     relabelled, records = instance_records(mapped)
     old_of = np.zeros(len(records) + 1, dtype=np.int64)
@@ -296,11 +293,11 @@ def nuclei_to_input(
 
 def maps_to_input(pred_map: np.ndarray, shape: tuple[int, ...], typed: bool) -> np.ndarray:
     """The H x W x C network maps resampled to `shape[:2]`: probability and h/v maps by
-    `_resize`; the arg-max type channel of a typed `pred_map` (channel 0) by nearest neighbour."""
+    `resize`; the arg-max type channel of a typed `pred_map` (channel 0) by nearest neighbour."""
     height, width = int(shape[0]), int(shape[1])
     if pred_map.shape[:2] == (height, width):
         return pred_map
-    out = _resize(np.ascontiguousarray(pred_map, dtype=np.float32), (height, width))
+    out = resize(np.ascontiguousarray(pred_map, dtype=np.float32), (height, width))
     out = out.reshape(height, width, pred_map.shape[2])
     if typed:
         out[..., 0] = labels_to_input(pred_map[..., 0], (height, width))

@@ -26,24 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from hovernet.errors import HoverNetError
-from hovernet.io.colour_masks import ColourMaskLabels, EmptyMaskWarning
+from hovernet.io.colour_masks import ColourMaskLabels
 from hovernet.io.labels import read_label_array
-from hovernet.io.slides import IMAGE_SUFFIXES, open_image, read_rgb
-from hovernet.io.type_info import TypeInfo, type_info_json
-from hovernet.io.type_info import load_type_info as read_type_info_file
+from hovernet.io.slides import IMAGE_SUFFIXES, read_rgb
+from hovernet.io.type_info import TypeInfo
 
 __all__ = [
     "CLASS_MERGES",
     "FORMATS",
-    "AnnotatedImage",
     "ArrayLabels",
-    "ColourMaskLabels",
-    "EmptyMaskWarning",
     "PolygonLabels",
     "detect_format",
-    "labels_to_arrays",
-    "load_annotated",
-    "load_type_info",
     "merge_table",
     "open_labels",
     "read_consep_mat",
@@ -52,7 +45,6 @@ __all__ = [
     "read_mask_folder",
     "read_original_patch",
     "read_qupath_geojson",
-    "type_info_json",
 ]
 
 FORMATS = ("colour", "inst", "mat", "xml", "geojson", "masks", "patch")
@@ -76,19 +68,6 @@ MERGED_TYPE_INFO: dict[str, TypeInfo] = {
 
 
 # ------------------------------------------------------------------ type_info and class merging
-def load_type_info(path: str | os.PathLike) -> TypeInfo:
-    """Read a type_info.json for annotations: background (id 0) required, one colour per class."""
-    info = read_type_info_file(path)
-    if 0 not in info:
-        raise HoverNetError(f'{path}: type_info needs class "0" (background) with its colour')
-    if min(info) < 0 or max(info) > 254:
-        raise HoverNetError(f"{path}: class ids must be 0..254")
-    colours = [c for _, c in info.values()]
-    if len(set(colours)) != len(colours):
-        raise HoverNetError(f"{path}: two classes share a colour; give each class its own")
-    return info
-
-
 def merge_table(spec: str | os.PathLike | dict | None) -> dict[int, int] | None:
     """A preset name from CLASS_MERGES, a JSON file {"source id": target id}, or a dict."""
     if spec is None or isinstance(spec, dict):
@@ -452,54 +431,3 @@ def open_labels(
     if fmt == "masks":
         return read_mask_folder(path, expect_size=shape)
     raise HoverNetError(f"unknown annotation format {fmt!r}: use one of {', '.join(FORMATS)}")
-
-
-@dataclass
-class AnnotatedImage:
-    """The internal form in memory: RGB image, instance map (1..N) and optional type map."""
-
-    image: np.ndarray
-    inst: np.ndarray
-    type: np.ndarray | None
-    type_info: TypeInfo | None = None
-
-
-def labels_to_arrays(labels) -> tuple[np.ndarray, np.ndarray | None]:
-    """Whole instance map (ids 1..N, gaps removed, smallest uint) and per-pixel type map."""
-    from hovernet.data.patches import relabel_window
-
-    inst, source = relabel_window(labels.read_rows(0, labels.height))
-    types = None if labels.inst_type is None else labels.inst_type[source][inst]
-    return inst, types
-
-
-def load_annotated(
-    image_path: str | os.PathLike | None,
-    ann_path: str | os.PathLike,
-    fmt: str = "auto",
-    *,
-    type_info: TypeInfo | None = None,
-    merge: str | dict | None = None,
-    min_size: int = 10,
-    tolerance: int = 0,
-) -> AnnotatedImage:
-    """Read an image and its annotation into memory (for images that fit; see open_labels)."""
-    fmt = detect_format(ann_path, type_info is not None) if fmt == "auto" else fmt
-    if fmt == "patch":
-        image, labels = read_original_patch(ann_path)
-    else:
-        if image_path is None:
-            raise HoverNetError(f"{ann_path}: the {fmt} format needs its image")
-        with open_image(image_path) as reader:
-            image = reader.read_region(0, 0, reader.width, reader.height)
-        labels = open_labels(
-            ann_path, fmt, shape=image.shape[:2], type_info=type_info, merge=merge,
-            min_size=min_size, tolerance=tolerance,
-        )  # fmt: skip
-    try:
-        inst, types = labels_to_arrays(labels)
-    finally:
-        labels.close()
-    if type_info is None and fmt == "mat" and types is not None and merge == "consep":
-        type_info = MERGED_TYPE_INFO["consep"]
-    return AnnotatedImage(image, inst, types, type_info)

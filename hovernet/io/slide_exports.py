@@ -23,15 +23,17 @@ import io
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hovernet.io.atomic import atomic_path, write_text_atomic
 from hovernet.io.store import NucleusStore
+from hovernet.io.type_info import TypeInfo
 from hovernet.io.writers import (
-    TypeInfo,
     class_of,
     csv_header,
     csv_row,
@@ -41,6 +43,124 @@ from hovernet.io.writers import (
 )
 
 PathLike = str | os.PathLike
+EXPORTS = {
+    "geojson": ".geojson.gz",
+    "json": ".json",
+    "csv": ".csv",
+    "overlay": ".overlay.png",
+    "summary": ".summary.json",
+}
+STORE_SUFFIX = ".db"
+
+
+def output_paths(output_dir: Path, name: str) -> dict[str, Path]:
+    """Every file slide mode writes for slide `name`: the EXPORTS, the store and the optional
+    mask, thumbnail and label maps."""
+    paths = {k: output_dir / f"{name}{suffix}" for k, suffix in EXPORTS.items()}
+    paths["store"] = output_dir / f"{name}{STORE_SUFFIX}"
+    paths["mask"] = output_dir / f"{name}.mask.png"
+    paths["thumb"] = output_dir / f"{name}.thumb.png"
+    paths["instances"] = output_dir / f"{name}.instances.tif"
+    paths["types"] = output_dir / f"{name}.types.tif"
+    return paths
+
+
+def remove_outputs(paths: Mapping[str, Path]) -> None:
+    """Delete a slide's store (with its SQLite side files) and every export (--overwrite)."""
+    for key in ("store", *EXPORTS, "mask", "thumb", "instances", "types"):
+        paths[key].unlink(missing_ok=True)
+    for extra in ("-wal", "-shm"):
+        Path(f"{paths['store']}{extra}").unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What the exports of one slide need besides its store and its file names."""
+
+    slide_path: str
+    dimensions: tuple[int, int]  # level 0, (width, height)
+    slide_mpp: float
+    frame_mpp: float  # resolution of the store's coordinates
+    frame_size: tuple[int, int]  # (width, height) of the slide at frame_mpp
+    mag: float  # the magnification written into the JSON
+    thumb: np.ndarray
+    thumb_mpp: float
+    mask: np.ndarray  # tissue mask (for --save_mask)
+    type_info: TypeInfo | None = None
+    save_mask: bool = False
+    save_thumb: bool = False
+    save_label_map: bool = False
+
+
+def export_slide(
+    store: NucleusStore,
+    paths: Mapping[str, Path],
+    spec: ExportSpec,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Write a slide's exports from its store; returns the summary's slide and nuclei fields
+    (the caller adds its run figures and writes the summary last)."""
+    name = Path(spec.slide_path).stem
+    info = spec.type_info
+    export_geojson(paths["geojson"], store, info, name)
+    export_csv(paths["csv"], store, info)
+    export_json(paths["json"], store, spec.mag)
+    export_overlay(paths["overlay"], spec.thumb, spec.thumb_mpp / spec.frame_mpp, store, info)
+    if spec.save_mask:
+        write_png(paths["mask"], spec.mask)
+    if spec.save_thumb:
+        write_png(paths["thumb"], spec.thumb)
+    if spec.save_label_map:
+        write_label_maps(store, paths, spec.frame_size, spec.frame_mpp)
+    per_class: dict[str, int] = {}
+    for t, n in sorted(store.counts_by_type().items(), key=lambda kv: (kv[0] is None, kv[0])):
+        per_class[class_of({"type": t}, info)[0]] = n
+    n_cut = store.n_cut()
+    if n_cut:
+        log(f"warning: {name}: {n_cut} nuclei touch a region border; use a larger margin")
+    return {
+        "slide": spec.slide_path,
+        "dimensions": list(spec.dimensions),
+        "slide_mpp": float(spec.slide_mpp),
+        "proc_mpp": float(store.meta["proc_mpp"]),
+        "phases": int(store.meta.get("phases", 1)),
+        "outline_mpp": spec.frame_mpp,  # resolution of the JSON coordinates and label maps
+        "mag": spec.mag,
+        "nuclei": store.count(),
+        "nuclei_per_class": per_class,
+        # class names and colours as type_info.json has them (for `hovernet view`); null: untyped
+        "type_info": {str(k): [n, list(c)] for k, (n, c) in info.items()} if info else None,
+        "nuclei_cut_by_region_border": n_cut,
+        "outputs": sorted(p.name for k, p in paths.items() if k != "summary" and p.exists()),
+    }
+
+
+def write_label_maps(
+    store: NucleusStore, paths: Mapping[str, Path], size: tuple[int, int], mpp: float
+) -> None:
+    """Instance ids (export numbering) and types as tiled pyramidal TIFFs at `mpp` (the store's
+    coordinates: the processing resolution, or twice as fine with phases)."""
+    import cv2
+
+    from hovernet.io.pyramid import write_label_pyramid
+
+    width, height = size
+    ids = {rec["store_id"]: n for n, rec in enumerate(store.nuclei(), start=1)}
+
+    def tile_fn(kind: str):
+        def read_tile(x: int, y: int, w: int, h: int) -> np.ndarray:
+            out = np.zeros((h, w), np.int32)
+            for rec in store.nuclei((x, y, x + w, y + h)):
+                value = ids[rec["store_id"]] if kind == "instances" else (rec["type"] or 0)
+                pts = (rec["contour"] - np.array([x, y], np.int32)).reshape(-1, 1, 2)
+                cv2.fillPoly(out, [pts], int(value))
+            return out.astype(np.uint32 if kind == "instances" else np.uint8)
+
+        return read_tile
+
+    for kind in ("instances", "types"):
+        dtype = np.uint32 if kind == "instances" else np.uint8
+        write_label_pyramid(paths[kind], (height, width), tile_fn(kind), mpp, dtype=dtype)
 
 
 def _numbered(store: NucleusStore) -> Iterator[tuple[int, dict[str, Any]]]:

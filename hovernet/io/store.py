@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from hovernet.errors import HoverNetError
-from hovernet.infer.measure import MEASUREMENTS
+from hovernet.nuclei import MEASUREMENTS
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -2,8 +2,8 @@
 
 Every writer takes the records of `hovernet.infer.postprocess.postprocess` (`{id: {"bbox",
 "centroid", "contour", "type", "type_prob"[, "type_probs"]}}`) and writes one file atomically
-(temporary name, then rename). They only format; measurements come from
-`hovernet.infer.measure.nucleus_measurements`. See docs/outputs.md for the formats.
+(temporary name, then rename). They only format: measurements are passed in (computed by
+`hovernet.infer.measure.nucleus_measurements`). See docs/outputs.md for the formats.
 
 `type_info` is `{type id: (name, (r, g, b))}` or None for an untyped model, whose nuclei all get
 `UNTYPED_CLASS`.
@@ -23,11 +23,10 @@ from typing import Any
 import numpy as np
 
 from hovernet.errors import HoverNetError
-from hovernet.infer.measure import MEASUREMENTS, nucleus_measurements
 from hovernet.io.atomic import atomic_path, write_text_atomic
+from hovernet.io.type_info import TypeInfo
+from hovernet.nuclei import MEASUREMENTS, Measurements, Nuclei
 
-TypeInfo = Mapping[int, tuple[str, tuple[int, int, int]]]
-Nuclei = Mapping[int, Mapping[str, Any]]
 PathLike = str | os.PathLike
 
 UNTYPED_CLASS = ("Nucleus", (255, 255, 0))
@@ -136,16 +135,6 @@ def _outline_geometry(rings: list) -> Any:
     return MultiPolygon([orient(p, sign=1.0) for p in geom.geoms])
 
 
-def _measurements(
-    inst_map: np.ndarray | None, nuclei: Nuclei, measurements: Mapping | None
-) -> Mapping[int, Mapping[str, float]] | None:
-    if measurements is not None:
-        return measurements
-    if inst_map is not None:
-        return nucleus_measurements(inst_map, nuclei)
-    return None
-
-
 def _prob_names(nuclei: Nuclei, type_info: TypeInfo | None) -> list[str]:
     """Names of the per-class mean probabilities: one per class of `type_info` (background
     included) for typed outputs, so an image without nuclei has the same columns; otherwise one
@@ -216,8 +205,7 @@ def write_geojson(
     path: PathLike,
     nuclei: Nuclei,
     type_info: TypeInfo | None,
-    inst_map: np.ndarray | None = None,
-    measurements: Mapping[int, Mapping[str, float]] | None = None,
+    measurements: Measurements | None = None,
 ) -> None:
     """QuPath (0.4-0.6) GeoJSON FeatureCollection: one detection Feature per nucleus.
 
@@ -228,11 +216,11 @@ def write_geojson(
     outline fall back to their contour (pixel centres). Each exterior ring is
     counter-clockwise in the coordinates as written (positive shoelace area, what shapely's
     `is_ccw` and RFC 7946 validators check); on screen, with y pointing down, it looks clockwise.
-    `measurements` (or `inst_map`, to compute them) adds area, perimeter, eccentricity and
+    `measurements` (from `nucleus_measurements`) adds area, perimeter, eccentricity and
     solidity; "Nucleus ID" and "Type probability" are always there.
     """
     stem = os.fspath(path).replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    shapes = _measurements(inst_map, nuclei, measurements)
+    shapes = measurements
     names = _prob_names(nuclei, type_info)
     features = [
         nucleus_feature(f"{stem}/{int(nid)}", int(nid), rec, type_info, shapes, names)
@@ -278,14 +266,14 @@ def csv_row(
 
 def write_csv(
     path: PathLike,
-    inst_map: np.ndarray,
     nuclei: Nuclei,
     type_info: TypeInfo | None,
-    measurements: Mapping[int, Mapping[str, float]] | None = None,
+    measurements: Measurements,
 ) -> None:
     """One row per nucleus: CSV_COLUMNS, then `prob_<class>` columns when records have
-    `type_probs`. Type and probability are empty for an untyped model; sizes are in pixels."""
-    shapes = _measurements(inst_map, nuclei, measurements)
+    `type_probs`. Type and probability are empty for an untyped model; sizes are in pixels;
+    `measurements` (from `nucleus_measurements`) has an entry for every nucleus."""
+    shapes = measurements
     names = _prob_names(nuclei, type_info)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

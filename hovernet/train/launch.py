@@ -37,10 +37,14 @@ def _free_port() -> int:
 def _worker(rank: int, cfg: TrainConfig, world: int, gpus: list[int] | None) -> None:
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus[rank])
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0")
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", LOCAL_WORLD_SIZE=str(world)
+    )
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or world) // world))
+    from hovernet.resources import rank_cpus
+
+    torch.set_num_threads(rank_cpus())
     try:
         train(cfg, Dist(rank, world, 0))
     finally:

@@ -35,10 +35,12 @@ from pathlib import Path
 
 import torch
 
+from hovernet.device import autocast_dtype, resolve_device
 from hovernet.errors import HoverNetError
 from hovernet.io.atomic import write_text_atomic
 from hovernet.model.checkpoints import save_checkpoint
 from hovernet.model.registry import build_model, get_architecture
+from hovernet.resources import spare_cpus
 from hovernet.train.config import CONFIG_NAME, TrainConfig, config_to_dict, config_yaml
 from hovernet.train.data import EpochSampler, SeededConcat, balanced_weights, load_training_data
 from hovernet.train.losses import hovernet_losses
@@ -89,18 +91,7 @@ def dist_from_env() -> Dist:
     return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def default_workers() -> int:
-    """DataLoader workers: the CPUs this process may use, minus one for the main loop, <= 8."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(0, min(8, cpus - 1))
-
-
 def pick_device(cfg: TrainConfig, dist: Dist) -> torch.device:
-    from hovernet.infer.tile import resolve_device
-
     device = resolve_device(cfg.device)
     if device.type == "cuda" and dist.world > 1:
         device = torch.device("cuda", dist.local_rank)
@@ -268,7 +259,6 @@ def _init_path(cfg: TrainConfig) -> Path | None:
 
 def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
     """Train (or resume with `cfg.resume`) the run in `cfg.out`; see the module docstring."""
-    from hovernet.infer.tile import autocast_dtype
     from hovernet.progress import Progress
     from hovernet.train.validate import instance_metrics, patch_metrics
 
@@ -321,7 +311,7 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
     sampler = EpochSampler(
         len(train_set), cfg.batch, cfg.seed, dist.rank, dist.world, cfg.steps_per_epoch, weights
     )
-    workers = default_workers() if cfg.workers is None else cfg.workers
+    workers = spare_cpus(8, at_least=0) if cfg.workers is None else cfg.workers
     loader = torch.utils.data.DataLoader(
         train_set,
         batch_size=cfg.batch,

@@ -18,7 +18,7 @@ import torch
 
 from hovernet.data.dataset import PatchDataset, load_patch
 from hovernet.data.targets import crop_center
-from hovernet.infer.tile import segment_image
+from hovernet.infer.predict import segment_image
 from hovernet.metrics.detection import instance_centroids, type_stats
 from hovernet.metrics.instance import instance_stats, pool_instance_stats
 from hovernet.train.losses import IGNORE, LossWeights, hovernet_losses

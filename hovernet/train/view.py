@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hovernet.data.preview import render_grid
 from hovernet.errors import HoverNetError
 from hovernet.train.config import TrainConfig
 from hovernet.train.data import EpochSampler, SeededConcat, load_training_data
@@ -16,7 +17,6 @@ def write_view(cfg: TrainConfig) -> Path:
     run's augmentation and sample order; valid: centre crops) and return its path."""
     import cv2
 
-    from hovernet.cli.view_dataset import render_grid
     from hovernet.io.atomic import atomic_path
     from hovernet.model.registry import get_architecture
 

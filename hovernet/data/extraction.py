@@ -36,13 +36,13 @@ from hovernet.data.patches import (
 from hovernet.errors import HoverNetError
 from hovernet.io.annotations import (
     MERGED_TYPE_INFO,
-    TypeInfo,
+    detect_format,
     open_labels,
     read_original_patch,
-    type_info_json,
 )
 from hovernet.io.atomic import atomic_path, write_text_atomic
 from hovernet.io.slides import IMAGE_SUFFIXES, open_image
+from hovernet.io.type_info import TypeInfo, type_info_json
 
 # Window presets (size, step). Both cut 540 x 540 windows, twice the network input, so that the
 # affine augmentation and centre crop to 270 / 256 rarely see the mirrored border.
@@ -102,7 +102,6 @@ class SourceResult:
 def find_sources(images: Path | None, annotations: Path, fmt: str, typed: bool) -> list[Source]:
     """Pair images with annotations by name: image `S.*` <-> annotation `S<token>.*` or folder
     `S/` (or `S/masks/`), token one of ANN_TOKENS. `fmt` "patch" needs no images."""
-    from hovernet.io.annotations import detect_format
 
     if fmt == "patch":
         files = [annotations] if annotations.is_file() else sorted(annotations.glob("*.npy"))
