@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_train.py [--device cuda] [--steps 20] [--archs lite fast]
     .venv/bin/python benchmarks/bench_train.py --quick        # CPU: lite only, a few steps
 
-Each step is the trainer's own (`hovernet.train.loop._train_step`: forward under autocast, the
+Each step is the trainer's own (`hovernet.train.loop.train_step`: forward under autocast, the
 HoVer-Net losses, backward, Adam), on random uint8 images and random targets already on the
 device, so the figures are the model's training speed without the data pipeline. On CUDA:
 channels-last, fp32 and bf16 autocast, peak GPU memory per configuration (torch's allocator);
@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hovernet.model.registry import ARCHITECTURES, build_model  # noqa: E402
 from hovernet.train.config import TrainConfig  # noqa: E402
-from hovernet.train.loop import Dist, TrainState, _train_step  # noqa: E402
+from hovernet.train.loop import train_step  # noqa: E402
+from hovernet.train.state import Dist, TrainParts, TrainState  # noqa: E402
 
 NR_TYPES = 5
 
@@ -55,10 +56,10 @@ def measure(arch: str, precision: str, device: torch.device, batch: int, steps: 
     data = batch_for(model, batch, device)
     state = TrainState()
 
+    parts = TrainParts(cfg, Dist(), device, model, optimizer, amp_dtype=dtype, channels_last=cuda)
+
     def step() -> None:
-        _train_step(
-            model, data, cfg, device, dtype, cuda, optimizer, None, None, Dist(), state
-        )  # fmt: skip
+        train_step(parts, model, data, state)
 
     for _ in range(warmup):
         step()

@@ -74,7 +74,8 @@ def ddp_worker(rank: int, cfg, world: int) -> None:
     """One process of a CPU (gloo) run: the test double must be registered in each process."""
     import os
 
-    from hovernet.train.loop import Dist, train
+    from hovernet.train.loop import train
+    from hovernet.train.state import Dist
 
     registry.ARCHITECTURES.update(tiny_architectures())
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0")

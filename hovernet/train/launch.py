@@ -13,7 +13,8 @@ import socket
 
 from hovernet.errors import HoverNetError
 from hovernet.train.config import TrainConfig
-from hovernet.train.loop import Dist, TrainResult, train
+from hovernet.train.loop import TrainResult, train
+from hovernet.train.state import Dist
 
 
 def parse_gpus(spec: str) -> list[int]:

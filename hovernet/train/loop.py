@@ -26,11 +26,9 @@ process takes its share of every global batch; logs and checkpoints on rank 0.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,30 +36,37 @@ import torch
 from hovernet.device import autocast_dtype, resolve_device
 from hovernet.errors import HoverNetError
 from hovernet.io.atomic import write_text_atomic
-from hovernet.model.checkpoints import save_checkpoint
 from hovernet.model.registry import build_model, get_architecture
+from hovernet.progress import Progress
 from hovernet.resources import spare_cpus
-from hovernet.train.config import CONFIG_NAME, TrainConfig, config_to_dict, config_yaml
-from hovernet.train.data import EpochSampler, SeededConcat, balanced_weights, load_training_data
+from hovernet.train.config import CONFIG_NAME, TrainConfig, config_yaml
+from hovernet.train.data import (
+    EpochSampler,
+    SeededConcat,
+    TrainingData,
+    balanced_weights,
+    load_training_data,
+)
 from hovernet.train.losses import hovernet_losses
+from hovernet.train.state import (
+    Dist,
+    TrainParts,
+    TrainState,
+    append_line,
+    dist_from_env,
+    load_run_checkpoint,
+    make_ema,
+    prepare_run_folder,
+    save_run_checkpoint,
+    truncate_metrics,
+)
+from hovernet.train.validate import instance_metrics, patch_metrics
 
-RUN_FILES = ("config.yaml", "last.pth", "best.pth", "metrics.jsonl")
 ENCODER_PREFIXES = ("d0.", "d1.", "d2.", "d3.")  # frozen in the first phase (the original's)
 
 
 class TrainingDiverged(HoverNetError):
     """A loss term became NaN or infinite."""
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0  # epochs completed; the epoch in progress is this one (0-based)
-    step_in_epoch: int = 0
-    global_step: int = 0
-    best_score: float = -math.inf
-    best_epoch: int = 0
-    sums: dict[str, float] = field(default_factory=dict)  # running sums of the epoch's terms
-    train_seconds: float = 0.0
 
 
 @dataclass
@@ -73,22 +78,15 @@ class TrainResult:
     step_losses: list[float] = field(default_factory=list)  # total loss of each step of this call
 
 
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
+@dataclass
+class _Budget:
+    """When this call stops before the run is done: --time-limit, stop_after_steps."""
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_from_env() -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    started: float
+    limit_s: float | None
+    stop_after_steps: int | None
+    steps: int = 0  # steps taken by this call
+    step_losses: list[float] = field(default_factory=list)
 
 
 def pick_device(cfg: TrainConfig, dist: Dist) -> torch.device:
@@ -125,107 +123,6 @@ def set_encoder_frozen(model: torch.nn.Module, frozen: bool) -> None:
         param.requires_grad_(not (frozen and name.startswith(tuple(prefixes))))
 
 
-def prepare_run_folder(cfg: TrainConfig) -> Path:
-    out = cfg.out
-    if out is None:
-        raise HoverNetError("no run folder: pass --out RUN")
-    existing = [n for n in RUN_FILES if (out / n).exists()]
-    if cfg.resume:
-        if not (out / "last.pth").is_file():
-            raise HoverNetError(
-                f"--resume: {out}/last.pth does not exist: start the run without --resume"
-            )
-    elif existing and not cfg.overwrite:
-        raise HoverNetError(
-            f"run folder {out} already holds a run ({', '.join(existing)}): continue it with "
-            "--resume, pass --overwrite to start again, or choose another --out"
-        )
-    elif existing:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def make_ema(net: torch.nn.Module, decay: float):
-    """The moving average of `net` (parameters and buffers), or None when `decay` is 0."""
-    if not decay:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
-
-def save_run_checkpoint(path, net, data, cfg, state, optimizer, scaler, device, ema=None) -> None:
-    extra = {
-        "train_state": asdict(state),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": _rng_state(device),
-        "config": config_to_dict(cfg),
-    }
-    model = net
-    if ema is not None:  # the average is the checkpoint's model; the trained weights ride along
-        extra["train_desc"] = net.state_dict()
-        extra["ema_n_averaged"] = int(ema.n_averaged)
-        model = ema.module
-    save_checkpoint(path, model, type_info=data.type_info, mpp=cfg.mpp, extra=extra)
-
-
-def _load_weights(path: Path, net: torch.nn.Module, desc: dict) -> None:
-    state_dict = {k.removeprefix("module."): v for k, v in desc.items()}
-    try:
-        net.load_state_dict(state_dict)
-    except RuntimeError as exc:
-        raise HoverNetError(
-            f"{path} does not fit the configured model ({net.mode}, nr_types={net.nr_types}): "
-            f"{str(exc).splitlines()[0]}; resume with the run's own settings"
-        ) from None
-
-
-def load_run_checkpoint(path: Path, net, optimizer, scaler, device, ema=None) -> TrainState:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if "train_state" not in obj:
-        raise HoverNetError(f"{path} holds no training state: it cannot be resumed")
-    _load_weights(path, net, obj.get("train_desc", obj["desc"]))
-    # the checkpoint's model is the average; a run started without one starts it at its next step
-    if ema is not None and "train_desc" in obj:
-        _load_weights(path, ema.module, obj["desc"])
-        ema.n_averaged.fill_(int(obj["ema_n_averaged"]))
-    optimizer.load_state_dict(obj["optimizer"])
-    if scaler is not None and obj.get("scaler"):
-        scaler.load_state_dict(obj["scaler"])
-    _set_rng_state(obj["rng"], device)
-    return TrainState(**obj["train_state"])
-
-
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    if not path.is_file():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln)["epoch"] <= epochs_done]
-    if len(kept) != len(lines):
-        write_text_atomic(path, "".join(ln + "\n" for ln in kept))
-
-
-def _append_line(path: Path, record: dict) -> None:
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-
-
 def _make_optimizer(cfg: TrainConfig, net: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -257,12 +154,8 @@ def _init_path(cfg: TrainConfig) -> Path | None:
     return Path(cfg.init)
 
 
-def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
-    """Train (or resume with `cfg.resume`) the run in `cfg.out`; see the module docstring."""
-    from hovernet.progress import Progress
-    from hovernet.train.validate import instance_metrics, patch_metrics
-
-    dist = dist or dist_from_env()
+def _setup(cfg: TrainConfig, dist: Dist) -> tuple[TrainParts, TrainingData, Path, TrainState]:
+    """Process group, device, run folder, data, model, optimiser; the resumed state."""
     if dist.world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend, rank=dist.rank, world_size=dist.world)
@@ -295,17 +188,45 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
     channels_last = cfg.channels_last and device.type == "cuda"
     if channels_last:
         net.to(memory_format=torch.channels_last)
-    optimizer = _make_optimizer(cfg, net)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    ema = make_ema(net, cfg.ema_decay)
+    parts = TrainParts(
+        cfg=cfg,
+        dist=dist,
+        device=device,
+        net=net,
+        optimizer=_make_optimizer(cfg, net),
+        amp_dtype=amp_dtype,
+        channels_last=channels_last,
+        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+        ema=make_ema(net, cfg.ema_decay),
+        class_weights=_class_weights(cfg, data.nr_types),
+        type_info=data.type_info,
+    )
     state = TrainState()
     if cfg.resume:
-        state = load_run_checkpoint(run / "last.pth", net, optimizer, scaler, device, ema)
+        state = load_run_checkpoint(run / "last.pth", parts)
         if dist.main:
-            _truncate_metrics(run / "metrics.jsonl", state.epoch)
+            truncate_metrics(run / "metrics.jsonl", state.epoch)
     if dist.main:
         write_text_atomic(run / CONFIG_NAME, config_yaml(cfg))
+    return parts, data, run, state
 
+
+def _class_weights(cfg: TrainConfig, nr_types: int | None) -> torch.Tensor | None:
+    if not cfg.class_weights:
+        return None
+    if nr_types is None or len(cfg.class_weights) != nr_types:
+        raise HoverNetError(
+            f"class_weights has {len(cfg.class_weights)} values but the model has "
+            f"{nr_types or 0} types (background included): give one per type id"
+        )
+    return torch.tensor(cfg.class_weights, dtype=torch.float32)
+
+
+def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
+    """Train (or resume with `cfg.resume`) the run in `cfg.out`; see the module docstring."""
+    dist = dist or dist_from_env()
+    parts, data, run, state = _setup(cfg, dist)
+    device = parts.device
     train_set = SeededConcat(data.train)
     weights = balanced_weights(data.train) if cfg.balance_classes else None
     sampler = EpochSampler(
@@ -321,116 +242,57 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
         persistent_workers=workers > 0,
         drop_last=False,
     )
-    class_weights = None
-    if cfg.class_weights:
-        if data.nr_types is None or len(cfg.class_weights) != data.nr_types:
-            raise HoverNetError(
-                f"class_weights has {len(cfg.class_weights)} values but the model has "
-                f"{data.nr_types or 0} types (background included): give one per type id"
-            )
-        class_weights = torch.tensor(cfg.class_weights, dtype=torch.float32)
     phases = n_phases(cfg)
     total_epochs = cfg.epochs * phases
     writer = _tensorboard(cfg, run) if dist.main else None
-    started = time.monotonic()
-    seconds_before = state.train_seconds
-    steps_this_call = 0
-    step_losses: list[float] = []
     limit_s = None if cfg.time_limit is None else cfg.time_limit * 60.0
+    budget = _Budget(time.monotonic(), limit_s, cfg.stop_after_steps)
+    seconds_before = state.train_seconds
     stopped = "done"
     record: dict = {}
+    amp = parts.amp_dtype
     _log(
         cfg,
         dist,
         f"training {cfg.arch} (nr_types={data.nr_types}) on {len(train_set)} patches from "
         f"{len(cfg.data)} folder(s), {sampler.steps} steps/epoch x {total_epochs} epochs, "
         f"batch {cfg.batch} x {dist.world} process(es), {device}, "
-        f"{'fp32' if amp_dtype is None else str(amp_dtype).split('.')[-1]}, {workers} workers",
+        f"{'fp32' if amp is None else str(amp).split('.')[-1]}, {workers} workers",
     )
 
     try:
         frozen_now = None
-        model = net
+        model = parts.net
         while state.epoch < total_epochs and stopped == "done":
             epoch = state.epoch
             frozen = phases == 2 and epoch < cfg.epochs
             if phases == 2 and epoch == cfg.epochs and state.step_in_epoch == 0:
-                optimizer = _make_optimizer(cfg, net)  # the original starts phase 2 afresh
+                parts.optimizer = _make_optimizer(cfg, parts.net)  # phase 2 starts afresh
             if frozen != frozen_now:
-                set_encoder_frozen(net, frozen)
-                model = _wrap(net, dist, device)
+                set_encoder_frozen(parts.net, frozen)
+                model = _wrap(parts.net, dist, device)
                 frozen_now = frozen
             lr = lr_at(cfg, epoch)
-            for group in optimizer.param_groups:
+            for group in parts.optimizer.param_groups:
                 group["lr"] = lr
-            net.train()
+            parts.net.train()
             sampler.set_epoch(epoch, state.step_in_epoch)
-            desc = f"epoch {epoch + 1}/{total_epochs}"
-            with Progress(sampler.steps, desc, "steps", cfg.quiet or not dist.main) as bar:
-                if state.step_in_epoch:
-                    bar.advance(state.step_in_epoch)
-                for batch in loader:
-                    values = _train_step(
-                        model, batch, cfg, device, amp_dtype, channels_last, optimizer, scaler,
-                        class_weights, dist, state,
-                    )  # fmt: skip
-                    if ema is not None:
-                        ema.update_parameters(net)
-                    for k, v in values.items():
-                        state.sums[k] = state.sums.get(k, 0.0) + v
-                    state.step_in_epoch += 1
-                    state.global_step += 1
-                    step_losses.append(values["loss"])
-                    bar.advance(1, loss=values["loss"])
-                    if writer is not None:
-                        writer.add_scalar("train/loss_step", values["loss"], state.global_step)
-                    steps_this_call += 1
-                    if limit_s is not None and _time_up(started, limit_s, dist, device):
-                        stopped = "time"
-                        break
-                    if cfg.stop_after_steps and steps_this_call >= cfg.stop_after_steps:
-                        stopped = "steps"
-                        break
-            state.train_seconds = seconds_before + time.monotonic() - started
+            stopped = _run_steps(parts, model, loader, sampler.steps, state, budget, writer)
+            state.train_seconds = seconds_before + time.monotonic() - budget.started
             if stopped != "done" and state.step_in_epoch < sampler.steps:
                 if dist.main:
-                    save_run_checkpoint(
-                        run / "last.pth", net, data, cfg, state, optimizer, scaler, device, ema
-                    )
+                    save_run_checkpoint(run / "last.pth", parts, state)
                 why = "time limit reached" if stopped == "time" else "step limit reached"
                 _log(cfg, dist, f"{why} at step {state.global_step}: saved last.pth (--resume)")
                 break
-            record = _end_epoch(cfg, dist, state, lr, sampler.steps, epoch)
-            validate_now = cfg.valid_every and (epoch + 1) % cfg.valid_every == 0 and data.valid
-            scored = net if ema is None else ema.module
-            if dist.main and validate_now:
-                record.update(
-                    patch_metrics(
-                        scored,
-                        data.valid,
-                        device,
-                        cfg.batch,
-                        cfg.weights,
-                        cfg.msge_variant,
-                        amp_dtype,
-                        cfg.valid_patches,
-                        workers,
-                    )  # fmt: skip
-                )
-                if cfg.valid_images > 0:
-                    record.update(
-                        instance_metrics(
-                            scored, data.valid, cfg.valid_images, cfg.valid_crop, cfg.batch,
-                            cfg.precision, mpp=cfg.mpp,
-                        )
-                    )  # fmt: skip
+            record = _end_epoch(state, lr, epoch)
+            if dist.main and cfg.valid_every and (epoch + 1) % cfg.valid_every == 0:
+                record.update(_validate(parts, data, workers))
             state.epoch += 1
             state.step_in_epoch = 0
             state.sums = {}
             if dist.main:
-                _finish_epoch(
-                    cfg, run, net, data, state, optimizer, scaler, device, record, writer, ema
-                )
+                _finish_epoch(parts, run, state, record, writer)
                 _log(cfg, dist, _summary(record))
             if dist.world > 1:
                 torch.distributed.barrier()
@@ -440,7 +302,57 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
             writer.close()
     if dist.world > 1:
         torch.distributed.barrier()
-    return TrainResult(run, state, stopped, record, step_losses)
+    return TrainResult(run, state, stopped, record, budget.step_losses)
+
+
+def _run_steps(parts, model, loader, n_steps: int, state: TrainState, budget: _Budget, writer):
+    """One epoch's steps (from `state.step_in_epoch` on): "done", or "time" / "steps" when
+    this call's budget ran out first."""
+    cfg, dist = parts.cfg, parts.dist
+    desc = f"epoch {state.epoch + 1}/{cfg.epochs * n_phases(cfg)}"
+    with Progress(n_steps, desc, "steps", cfg.quiet or not dist.main) as bar:
+        if state.step_in_epoch:
+            bar.advance(state.step_in_epoch)
+        for batch in loader:
+            values = train_step(parts, model, batch, state)
+            if parts.ema is not None:
+                parts.ema.update_parameters(parts.net)
+            for k, v in values.items():
+                state.sums[k] = state.sums.get(k, 0.0) + v
+            state.step_in_epoch += 1
+            state.global_step += 1
+            budget.step_losses.append(values["loss"])
+            bar.advance(1, loss=values["loss"])
+            if writer is not None:
+                writer.add_scalar("train/loss_step", values["loss"], state.global_step)
+            budget.steps += 1
+            if budget.limit_s is not None and _time_up(
+                budget.started, budget.limit_s, dist, parts.device
+            ):
+                return "time"
+            if budget.stop_after_steps and budget.steps >= budget.stop_after_steps:
+                return "steps"
+    return "done"
+
+
+def _validate(parts: TrainParts, data: TrainingData, workers: int) -> dict:
+    """The validation figures of the model being scored (the moving average when kept)."""
+    cfg = parts.cfg
+    if not data.valid:
+        return {}
+    scored = parts.net if parts.ema is None else parts.ema.module
+    record = patch_metrics(
+        scored, data.valid, parts.device, cfg.batch, cfg.weights, cfg.msge_variant,
+        parts.amp_dtype, cfg.valid_patches, workers,
+    )  # fmt: skip
+    if cfg.valid_images > 0:
+        record.update(
+            instance_metrics(
+                scored, data.valid, cfg.valid_images, cfg.valid_crop, cfg.batch, cfg.precision,
+                mpp=cfg.mpp,
+            )
+        )  # fmt: skip
+    return record
 
 
 def _shutdown_loader(loader: torch.utils.data.DataLoader) -> None:
@@ -466,22 +378,21 @@ def _time_up(started: float, limit_s: float, dist: Dist, device: torch.device) -
     return bool(up.item())
 
 
-def _train_step(
-    model, batch, cfg, device, amp_dtype, channels_last, optimizer, scaler, class_weights,
-    dist, state,
-) -> dict[str, float]:  # fmt: skip
+def train_step(parts: TrainParts, model, batch: dict, state: TrainState) -> dict[str, float]:
+    """One optimiser step of `model` (the network, or its DDP wrapper) on a batch."""
+    cfg, device, amp_dtype = parts.cfg, parts.device, parts.amp_dtype
     img = batch["img"].to(device, non_blocking=True).float()
-    if channels_last:
+    if parts.channels_last:
         img = img.contiguous(memory_format=torch.channels_last)
     target = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "img"}
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)):
         out = model(img)
-    total, terms = hovernet_losses(out, target, cfg.weights, cfg.msge_variant, class_weights)
+    total, terms = hovernet_losses(out, target, cfg.weights, cfg.msge_variant, parts.class_weights)
     names = ["loss", *terms]
     values = torch.stack([total.detach(), *(t.detach() for t in terms.values())]).float()
-    if dist.world > 1:
+    if parts.dist.world > 1:
         torch.distributed.all_reduce(values)
-        values /= dist.world
+        values /= parts.dist.world
     values = values.cpu()
     if not bool(torch.isfinite(values).all()):
         bad = [n for n, v in zip(names, values.tolist(), strict=True) if not math.isfinite(v)]
@@ -491,6 +402,7 @@ def _train_step(
             f"{state.global_step + 1} (epoch {state.epoch + 1}): training stopped, "
             f"{cfg.out}/last.pth keeps the last good state; lower --lr or check the data"
         )
+    optimizer, scaler = parts.optimizer, parts.scaler
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(total).backward()
@@ -502,7 +414,7 @@ def _train_step(
     return dict(zip(names, values.tolist(), strict=True))
 
 
-def _end_epoch(cfg, dist, state, lr, steps, epoch) -> dict:
+def _end_epoch(state: TrainState, lr: float, epoch: int) -> dict:
     n = max(state.step_in_epoch, 1)
     means = {k: v / n for k, v in state.sums.items()}
     record = {"epoch": epoch + 1, "train_loss": means.pop("loss", float("nan"))}
@@ -511,19 +423,17 @@ def _end_epoch(cfg, dist, state, lr, steps, epoch) -> dict:
     return record
 
 
-def _finish_epoch(cfg, run, net, data, state, optimizer, scaler, device, record, writer, ema):
+def _finish_epoch(parts: TrainParts, run: Path, state: TrainState, record: dict, writer) -> None:
     from hovernet.train.plots import write_plots
 
     score = record.get("valid_pq", -record.get("valid_loss", math.inf))
     if "valid_pq" in record or "valid_loss" in record:
         if score > state.best_score:
             state.best_score, state.best_epoch = float(score), state.epoch
-            save_run_checkpoint(
-                run / "best.pth", net, data, cfg, state, optimizer, scaler, device, ema
-            )
+            save_run_checkpoint(run / "best.pth", parts, state)
     record["best_epoch"] = state.best_epoch
-    _append_line(run / "metrics.jsonl", record)
-    save_run_checkpoint(run / "last.pth", net, data, cfg, state, optimizer, scaler, device, ema)
+    append_line(run / "metrics.jsonl", record)
+    save_run_checkpoint(run / "last.pth", parts, state)
     if writer is not None:
         for k, v in record.items():
             if isinstance(v, (int, float)) and k != "epoch":
