@@ -140,5 +140,9 @@ def run_and_report(opts: InferOptions, config, quiet: bool = False) -> None:
             flush=True,
         )
     if summary.failed:
-        listed = "; ".join(f"{name}: {why}" for name, why in summary.failed.items())
+        # a reader's error names the file already: name it once
+        listed = "; ".join(
+            why if why.startswith(f"{name}:") else f"{name}: {why}"
+            for name, why in summary.failed.items()
+        )
         raise HoverNetError(f"{len(summary.failed)} input(s) failed and were skipped: {listed}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from hovernet.errors import HoverNetError, HoverNetWarning
+from hovernet.io import tiff_checks
 
 PLAIN_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -86,18 +87,44 @@ def _png_intact(buf: np.ndarray) -> bool:
     return False
 
 
+def _jpeg_intact(data: bytes) -> bool:
+    """The JPEG has an end-of-image marker after its first scan (a copy cut short has not).
+
+    Marker segments are skipped by their lengths up to the first scan (so an embedded EXIF
+    thumbnail's markers do not count); inside scan data 0xFF 0xD9 can only be that marker.
+    """
+    pos, end = 2, len(data)
+    if data[:2] != b"\xff\xd8":
+        return False
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xDA:  # start of scan
+            return data.find(b"\xff\xd9", pos) >= 0
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return False
+
+
 def _read_plain(path: Path) -> np.ndarray:
     return _to_rgb_uint8(_read_plain_bgr(path)[:, :, 2::-1], path)  # BGR(A) -> RGB
 
 
 def _read_tiff(path: Path) -> np.ndarray:
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
+    tif, levels = tiff_checks.open_tiff(path, "image")  # refuses files cut short
+    with tif:
+        try:
             arr = tif.series[0].levels[0].asarray()
-    except Exception as exc:  # tifffile raises many types for broken files
-        raise HoverNetError(f"{path}: cannot read the TIFF ({exc})") from exc
+        except MemoryError:
+            raise
+        except Exception as exc:  # tifffile and imagecodecs raise many types
+            part = tiff_checks.page_label(levels[0], 0)
+            raise tiff_checks.decode_error(path, part, exc, "image") from exc
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar configuration
     return _to_rgb_uint8(arr, path)
@@ -106,16 +133,33 @@ def _read_tiff(path: Path) -> np.ndarray:
 def _open_openslide(path: Path):
     import openslide
 
+    if tiff_checks.is_tiff(path):  # SVS, NDPI, ...: refuse a file cut short before OpenSlide
+        try:
+            tiff_checks.verify_tiff(path, "image")
+        except tiff_checks.TiffParseError:
+            pass  # OpenSlide says whether it can read it
     try:
         return openslide.OpenSlide(str(path))
     except Exception as exc:
         raise HoverNetError(f"{path}: OpenSlide cannot open this slide ({exc})") from exc
 
 
+def _openslide_region(path: Path, slide, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """Level-0 RGBA from OpenSlide; its read errors (a corrupt tile) are a HoverNetError."""
+    import openslide
+
+    size = slide.dimensions  # not afterwards: after an error every call fails
+    try:
+        return np.asarray(slide.read_region((x, y), 0, (w, h)))
+    except openslide.OpenSlideError as exc:
+        part = tiff_checks.region_label(x, y, w, h, 0, size)
+        raise tiff_checks.decode_error(path, part, exc, "image") from exc
+
+
 def _read_openslide(path: Path) -> np.ndarray:
     with _open_openslide(path) as slide:
         width, height = slide.dimensions
-        rgba = np.asarray(slide.read_region((0, 0), 0, (width, height)))
+        rgba = _openslide_region(path, slide, 0, 0, width, height)
     return _composite_on_white(rgba)
 
 
@@ -130,6 +174,7 @@ def _checked_suffix(path: Path) -> str:
     """The lower-case suffix of an existing image file of a supported type."""
     if not path.is_file():
         raise HoverNetError(f"{path}: no such file")
+    tiff_checks.check_not_empty(path, "image")
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise HoverNetError(
@@ -238,12 +283,23 @@ class _TiffReader(ImageReader):
 
     def _segment(self, index: int) -> np.ndarray:
         page = self._page
+        nbytes = int(page.databytecounts[index])
+        if not nbytes:  # a tile deliberately left empty (sparse TIFF): white
+            return np.full((self._ch, self._cw, 1), 255, np.uint8)
         fh = self._tif.filehandle
         fh.seek(page.dataoffsets[index])
-        data = fh.read(page.databytecounts[index])
-        seg, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
-        seg = seg.reshape(seg.shape[-3:])  # rows x cols x samples
-        return seg
+        data = fh.read(nbytes)
+        if len(data) < nbytes:  # the file shrank after it was opened
+            part = tiff_checks.chunk_label(page, index, 0)
+            raise tiff_checks.short_read(self.path, part, len(data), nbytes, "image")
+        try:
+            seg, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+            return seg.reshape(seg.shape[-3:])  # rows x cols x samples
+        except MemoryError:
+            raise
+        except Exception as exc:  # imagecodecs raises its own types
+            part = tiff_checks.chunk_label(page, index, 0)
+            raise tiff_checks.decode_error(self.path, part, exc, "image") from exc
 
     def read_region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         self._check_region(x, y, w, h)
@@ -264,8 +320,7 @@ class _OpenSlideReader(ImageReader):
 
     def read_region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         self._check_region(x, y, w, h)
-        rgba = np.asarray(self._slide.read_region((x, y), 0, (w, h)))
-        return _composite_on_white(rgba)
+        return _composite_on_white(_openslide_region(self.path, self._slide, x, y, w, h))
 
     def close(self) -> None:
         self._slide.close()
@@ -312,13 +367,8 @@ def _tiff_mpp(page) -> float | None:
 
 
 def _open_tiff(path: Path) -> ImageReader:
-    import tifffile
-
-    try:
-        tif = tifffile.TiffFile(path)
-        page = tif.series[0].levels[0].keyframe
-    except Exception as exc:
-        raise HoverNetError(f"{path}: cannot read the TIFF ({exc})") from exc
+    tif, levels = tiff_checks.open_tiff(path, "image")  # refuses files cut short
+    page = levels[0]
     shape = page.shape
     simple = (
         page.dtype == np.uint8
@@ -352,11 +402,23 @@ def _read_plain_bgr(path: Path) -> np.ndarray:
     import cv2
 
     buf = np.fromfile(path, dtype=np.uint8)
-    intact = buf.size > 0 and (path.suffix.lower() != ".png" or _png_intact(buf))
+    suffix = path.suffix.lower()
+    if buf.size == 0:
+        raise HoverNetError(f"{path}: the file is empty (0 bytes); {tiff_checks.fix_hint('image')}")
+    if suffix in (".jpg", ".jpeg") and buf[:2].tobytes() == b"\xff\xd8":
+        if not _jpeg_intact(buf.tobytes()):
+            raise HoverNetError(
+                f"{path}: cannot decode the image: the JPEG is cut short (no end-of-image "
+                f"marker); the file is damaged or incomplete: {tiff_checks.fix_hint('image')}"
+            )
+    intact = suffix != ".png" or _png_intact(buf)
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if intact else None
     del buf
     if img is None:
-        raise HoverNetError(f"{path}: cannot decode the image (corrupt or not an image file)")
+        raise HoverNetError(
+            f"{path}: cannot decode the image (corrupt or not an image file); if it is a copy, "
+            f"{tiff_checks.fix_hint('image')}"
+        )
     if img.dtype != np.uint8:
         raise HoverNetError(
             f"{path}: pixels are {img.dtype}, expected 8-bit RGB; convert the image to 8-bit first"

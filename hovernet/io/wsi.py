@@ -10,8 +10,14 @@ in the resampled grid, so overlapping or adjacent regions agree and stitch witho
 outside the slide read as white; transparent pixels are composited on white.
 
 Backends (`hovernet.io.wsi_backends`): OpenSlide (SVS, NDPI, MRXS, SCN, DICOM, tiled TIFF), tifffile
-(OME-TIFF, sub-IFD pyramids, stripped TIFF, pyramids OpenSlide does not see) and plain images
-(PNG, JPEG, BMP; decoded once, refused above a size limit since they cannot be read partially).
+(`hovernet.io.wsi_tiff`: OME-TIFF, sub-IFD pyramids, stripped TIFF, pyramids OpenSlide does not
+see) and plain images (PNG, JPEG, BMP; decoded once, refused above a size limit since they cannot
+be read partially).
+
+Damaged files are never read as white (`hovernet.io.tiff_checks`): an empty file, or a TIFF-based
+one whose image directories or tiles lie past its end (a copy cut short), is a HoverNetError when
+opened; a tile that cannot be decoded, or an OpenSlide read error, is one when read. Each names
+the file and the level, region or tile.
 """
 
 from __future__ import annotations
@@ -23,7 +29,16 @@ from pathlib import Path
 import numpy as np
 
 from hovernet.errors import HoverNetError
-from hovernet.io.wsi_backends import Backend, open_backend
+from hovernet.io import tiff_checks
+from hovernet.io.slides import PLAIN_SUFFIXES, TIFF_SUFFIXES
+from hovernet.io.wsi_backends import (
+    SUFFIXES,
+    Backend,
+    OpenSlideBackend,
+    PlainBackend,
+    _try_openslide,
+)
+from hovernet.io.wsi_tiff import TiffBackend, prefers_tifffile, tiff_levels
 
 # a pyramid level whose downsample exceeds the wanted one by at most this much is still used
 # (pyramids such as 4443 -> 2221 px have downsample 2.0005, not 2)
@@ -234,6 +249,9 @@ def open_slide(
     `backend`: "auto" (OpenSlide for the formats it reads, tifffile for OME-TIFF, sub-IFD and
     stripped TIFFs and pyramids OpenSlide does not see, a decoder for PNG/JPEG), or "openslide"
     / "tifffile" to force one.
+
+    A damaged file (empty, cut short, tiles past its end) is a HoverNetError here, whatever the
+    backend; `Slide.read` raises one for a tile that cannot be decoded.
     """
     path = Path(path)
     _check_positive(mpp, "the slide MPP (--slide_mpp)", path)
@@ -291,3 +309,63 @@ def resolve_proc_mpp(
         "the checkpoint does not record the resolution it was trained at; give --proc_mpp "
         "(e.g. 0.25) or --proc_mag (e.g. 40)"
     )
+
+
+def open_backend(path: Path, backend: str = "auto") -> Backend:
+    """The backend for `path` (see `hovernet.io.wsi.open_slide`). TIFF-based files (TIFF, SVS,
+    NDPI, ...) are checked first (`hovernet.io.tiff_checks`): a file cut short or with broken
+    tile offsets is refused here, whichever library then reads it."""
+    if path.is_dir() or not path.exists():
+        raise HoverNetError(f"{path}: no such file")
+    tiff_checks.check_not_empty(path)
+    if backend == "tifffile":
+        return TiffBackend(path)
+    if backend == "openslide":
+        if tiff_checks.is_tiff(path):
+            try:
+                tiff_checks.verify_tiff(path, "slide", tiff_levels)
+            except tiff_checks.TiffParseError:
+                pass  # not damaged as far as can be seen: OpenSlide says whether it reads it
+        osr, error = _try_openslide(path)
+        if osr is None:
+            raise HoverNetError(f"{path}: OpenSlide cannot open this slide ({error})")
+        return OpenSlideBackend(path, osr)
+    if backend != "auto":
+        raise ValueError(f"backend must be 'auto', 'openslide' or 'tifffile', not {backend!r}")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise HoverNetError(
+            f"{path}: unsupported slide type {suffix!r}; use one of " + ", ".join(sorted(SUFFIXES))
+        )
+    if suffix in PLAIN_SUFFIXES:
+        return PlainBackend(path)
+    plain_tiff = suffix in TIFF_SUFFIXES
+    opened = parse_error = None
+    if plain_tiff or tiff_checks.is_tiff(path):
+        try:
+            opened = tiff_checks.open_tiff(path, "slide", tiff_levels)  # raises when damaged
+        except tiff_checks.TiffParseError as exc:
+            parse_error = exc  # OpenSlide may still read it
+
+    def tiff_backend() -> Backend:
+        nonlocal opened
+        handed, opened = opened, None  # the backend owns (and closes) the open file now
+        return TiffBackend(path, handed)
+
+    try:
+        if opened is not None and plain_tiff and prefers_tifffile(opened[0]):
+            return tiff_backend()
+        osr, error = _try_openslide(path)
+        if osr is not None:
+            # OpenSlide sees only the first level of some pyramids that tifffile reads whole
+            if opened is None or not plain_tiff or len(osr.level_dimensions) >= len(opened[1]):
+                return OpenSlideBackend(path, osr)
+            osr.close()
+        if opened is not None:
+            return tiff_backend()
+        if parse_error is not None:
+            raise parse_error
+        raise HoverNetError(f"{path}: OpenSlide cannot open this slide ({error})")
+    finally:
+        if opened is not None:
+            opened[0].close()
