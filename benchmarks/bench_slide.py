@@ -140,7 +140,8 @@ def run_one(args, size: int, fraction: float, precision: str) -> dict:
     import torch
 
     from hovernet.infer.engine import physical_memory
-    from hovernet.infer.slide import SlideConfig, run_slides
+    from hovernet.infer.slide import run_slides
+    from hovernet.infer.slide_setup import SlideConfig
 
     if args.arch == "blob":
         from hovernet.model.standin import BlobNet

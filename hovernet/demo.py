@@ -37,8 +37,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hovernet.infer.loading import LoadOptions, load_for_inference, model_label
-    from hovernet.infer.slide import SlideConfig, run_slides
+    from hovernet.infer.loading import (
+        LoadOptions,
+        checkpoint_id,
+        load_for_inference,
+        model_label,
+    )
+    from hovernet.infer.slide import run_slides
+    from hovernet.infer.slide_setup import SlideConfig
     from hovernet.io.slide_exports import output_paths
     from hovernet.resources import spare_cpus
 
@@ -57,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         post_proc_workers=spare_cpus(2),
         overwrite=args.overwrite,
         model_name=label,
+        model_id=checkpoint_id(opts.model_path),
     )
     (result,) = run_slides(model, [args.slide], config)
     if result.status == "failed":
@@ -74,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     print("outputs:")
     for kind in ("overlay", "geojson", "csv", "json", "summary"):
         print(f"  {kind:8s} {paths[kind]}")
+    print(f"look at it in the browser: hovernet view {args.output_dir}")
     return 0
 
 

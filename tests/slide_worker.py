@@ -17,7 +17,8 @@ import numpy as np
 from slide_helpers import ArraySlide, dark_tissue
 
 from hovernet.infer.ranks import gather, init_distributed, my_slides, rank_and_world
-from hovernet.infer.slide import SlideConfig, run_slides
+from hovernet.infer.slide import run_slides
+from hovernet.infer.slide_setup import SlideConfig
 from hovernet.model.standin import BlobNet
 
 

@@ -32,7 +32,8 @@ def _crop_slide(path, x, y, size):
 
 def test_bundled_model_on_a_crop_of_the_demo_slide_finds_plausible_nuclei(tmp_path):
     from hovernet.infer.loading import LoadOptions, load_for_inference
-    from hovernet.infer.slide import SlideConfig, run_slides
+    from hovernet.infer.slide import run_slides
+    from hovernet.infer.slide_setup import SlideConfig
     from hovernet.io.slide_exports import output_paths
 
     crop = tmp_path / "cmu_crop.tif"

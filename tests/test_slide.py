@@ -24,7 +24,8 @@ from slide_helpers import ArraySlide, dark_tissue, disk_image
 from hovernet.errors import HoverNetError
 from hovernet.infer.predict import segment_image
 from hovernet.infer.ranks import my_slides, parse_shard
-from hovernet.infer.slide import SlideConfig, run_slides
+from hovernet.infer.slide import run_slides
+from hovernet.infer.slide_setup import SlideConfig
 from hovernet.io.inputs import list_slides
 from hovernet.io.slide_exports import output_paths
 from hovernet.io.store import NucleusStore

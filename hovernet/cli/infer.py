@@ -120,7 +120,7 @@ def run_and_report(opts: InferOptions, config, quiet: bool = False) -> None:
     """Load the model, run the tiles, print a summary; HoverNetError (exit 2) on any failure."""
     from dataclasses import replace
 
-    from hovernet.infer.loading import describe_model, load_for_inference
+    from hovernet.infer.loading import checkpoint_id, describe_model, load_for_inference
     from hovernet.infer.tile import run_tile
     from hovernet.io.inputs import list_inputs
     from hovernet.progress import Progress
@@ -130,7 +130,8 @@ def run_and_report(opts: InferOptions, config, quiet: bool = False) -> None:
     model, type_info = load_for_inference(load)
     with Progress(None, "infer tile", unit="patches", quiet=quiet) as bar:
         bar.log(describe_model(model, type_info, load, opts.batch_size))
-        summary = run_tile(model, replace(config, type_info=type_info), log=bar.log, progress=bar)
+        config = replace(config, type_info=type_info, model_id=checkpoint_id(load.model_path))
+        summary = run_tile(model, config, log=bar.log, progress=bar)
     if not quiet:
         print(
             f"{len(summary.done)} images, {sum(summary.done.values())} nuclei, "

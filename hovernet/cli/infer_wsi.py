@@ -50,6 +50,12 @@ def register_wsi(infer_app: typer.Typer) -> None:
             "--input-mask-dir",
             help="Folder of tissue masks named like the slides (any image, tissue non-zero).",
         ),
+        no_tissue_detection: bool = typer.Option(
+            False,
+            "--no_tissue_detection",
+            "--no-tissue-detection",
+            help="Segment the whole slide (no tissue mask): for slides with little glass.",
+        ),
         save_mask: bool = typer.Option(False, "--save_mask", "--save-mask"),
         save_thumb: bool = typer.Option(False, "--save_thumb", "--save-thumb"),
         save_label_map: bool = typer.Option(
@@ -117,6 +123,7 @@ def register_wsi(infer_app: typer.Typer) -> None:
                 slide_mpp=slide_mpp,
                 slide_mag=slide_mag,
                 mask_dir=input_mask_dir,
+                detect_tissue=not no_tissue_detection,
                 save_mask=save_mask,
                 save_thumb=save_thumb,
                 save_label_map=save_label_map,
@@ -141,7 +148,12 @@ def run_wsi(
     from dataclasses import replace
 
     from hovernet.infer.engine import physical_memory
-    from hovernet.infer.loading import describe_model, load_for_inference, model_label
+    from hovernet.infer.loading import (
+        checkpoint_id,
+        describe_model,
+        load_for_inference,
+        model_label,
+    )
     from hovernet.infer.ranks import (
         gather,
         init_distributed,
@@ -149,7 +161,8 @@ def run_wsi(
         parse_shard,
         rank_and_world,
     )
-    from hovernet.infer.slide import SlideConfig, run_slides
+    from hovernet.infer.slide import run_slides
+    from hovernet.infer.slide_setup import SlideConfig
     from hovernet.io.inputs import list_slides
 
     slides = list_slides(input_dir)
@@ -176,6 +189,7 @@ def run_wsi(
         mem_budget=int(mem_usage * physical_memory()),
         type_info=type_info,
         model_name=f"{model.mode}, nr_types={model.nr_types}, {Path(label).name}",
+        model_id=checkpoint_id(load.model_path),
         **fields,
     )
     results = run_slides(model, mine, config, log=_log)

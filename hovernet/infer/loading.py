@@ -4,6 +4,7 @@ colours, inference preparation and backend. Used by `hovernet infer` and the dem
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -47,6 +48,18 @@ class LoadOptions:
 def model_label(model_path: Path | None) -> str:
     """The model's name in messages: its path, or the bundled model's name."""
     return f"{BUNDLED_NAME} (bundled)" if model_path is None else str(model_path)
+
+
+def checkpoint_id(model_path: Path | None) -> str:
+    """The checkpoint's identity for honest reruns: the first 16 hex digits of the SHA-256 of
+    its bytes (the bundled model's when `model_path` is None), so a retrained `best.pth` under
+    the same name is another model."""
+    path = bundled_model_path() if model_path is None else Path(model_path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _warn(line: str) -> None:

@@ -16,8 +16,6 @@ slides and, inside an unfinished one, the stored regions.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -28,14 +26,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from hovernet.config import ModelGeometry
 from hovernet.errors import HoverNetError
-from hovernet.infer import tissue
 from hovernet.infer.engine import EngineConfig, make_pool, maps_nbytes, read_ahead, run_engine
 from hovernet.infer.maps import PhaseCollector, PredMaps, maps_to_nuclei, merge_phase_maps
 from hovernet.infer.measure import nucleus_measurements
-from hovernet.infer.regions import NUCLEUS_MARGIN, Region, RegionPlan, owned_nuclei, plan_regions
-from hovernet.infer.resample import check_phases, phase_inputs, phase_offsets
+from hovernet.infer.regions import Region, owned_nuclei
+from hovernet.infer.resample import phase_inputs, phase_offsets
+from hovernet.infer.slide_setup import (
+    MaskWindow,
+    SlideConfig,
+    SlideFrame,
+    default_opener,
+    default_tissue,
+    finished_differs,
+    make_frame,
+    mask_window,
+    no_tissue_warning,
+    plan_slide,
+    processed_tissue_mm2,
+    run_key,
+    slide_lock,
+)
 from hovernet.io.slide_exports import (
     ExportSpec,
     export_slide,
@@ -43,45 +54,10 @@ from hovernet.io.slide_exports import (
     remove_outputs,
     write_summary,
 )
-from hovernet.io.slides import IMAGE_SUFFIXES, read_rgb
 from hovernet.io.store import NucleusStore
-from hovernet.io.type_info import TypeInfo
-from hovernet.io.wsi import open_slide, resolve_proc_mpp
-from hovernet.progress import Progress
+from hovernet.progress import Progress, set_status
 
 FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class SlideConfig:
-    """Everything `hovernet infer wsi` needs besides the model and the slide list."""
-
-    output_dir: Path
-    proc_mpp: float | None = None
-    proc_mag: float | None = None
-    slide_mpp: float | None = None
-    slide_mag: float | None = None
-    region_size: int = 3000  # core side at the processing resolution
-    margin: int | None = None  # None: network margin + widest nucleus
-    batch_size: int = 8
-    precision: str = "auto"
-    post_proc_workers: int = 1
-    read_workers: int = 2
-    mem_budget: int = 2 << 30  # maps waiting for post-processing
-    type_info: TypeInfo | None = None
-    mask_dir: Path | None = None
-    tissue: tissue.TissueParams | None = None  # None = defaults
-    min_tissue_fraction: float = 0.0
-    save_mask: bool = False
-    save_thumb: bool = False
-    save_label_map: bool = False
-    overwrite: bool = False
-    model_name: str = ""
-    quiet: bool = False
-    phases: int | None = None  # sub-pixel phases (1, 2, 4); None = 4 on slides >= 1.5x finer
-
-    def __post_init__(self) -> None:
-        check_phases(self.phases)
 
 
 @dataclass
@@ -111,14 +87,22 @@ class RegionJob:
     # sub-pixel phases: the merged nucleus probability at the region's pixels (twice as fine
     # as the maps), to which the nuclei are mapped back; None: the maps are at its pixels
     prob: np.ndarray | None = None
+    tissue: MaskWindow | None = None  # the tissue mask under the region; None: all tissue
 
 
 def region_nuclei(job: RegionJob) -> tuple[list[dict], int]:
-    """Post-process one region: its owned nuclei in whole-slide coordinates, and the cut count."""
+    """Post-process one region: its owned nuclei whose centroid lies in the tissue mask, in
+    whole-slide coordinates, and the count of owned nuclei cut by the region's border."""
     shape = job.maps.pred_map.shape if job.prob is None else job.prob.shape
     inst_map, nuclei = maps_to_nuclei(job.maps, job.nr_types, job.proc_mpp, shape, job.prob)
     keep, cut = owned_nuclei(nuclei, job.region, job.width, job.height)
     rx0, ry0 = job.region.read[:2]
+    if job.tissue is not None:
+        keep = [
+            n
+            for n in keep
+            if job.tissue.contains(nuclei[n]["centroid"][0] + rx0, nuclei[n]["centroid"][1] + ry0)
+        ]
     # outlines in whole-slide processing pixels (corner coordinates), as tile mode's GeoJSON
     shapes = nucleus_measurements(inst_map, keep, offset=(rx0, ry0))
     out = []
@@ -140,76 +124,6 @@ def region_nuclei(job: RegionJob) -> tuple[list[dict], int]:
 # one slide
 
 
-def default_tissue(slide, name: str, config: SlideConfig):
-    """(thumbnail, its mpp, tissue mask, the mask's mpp) from the slide or the user's mask."""
-    thumb, thumb_mpp = slide.thumbnail()
-    if config.mask_dir is not None:
-        candidates = sorted(
-            p for p in Path(config.mask_dir).glob(f"{name}.*") if p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not candidates:
-            raise HoverNetError(
-                f"no mask for {name} in {config.mask_dir}: add {name}.png (tissue white) or "
-                "leave out --input_mask_dir"
-            )
-        try:
-            mask = tissue.mask_from_user_image(read_rgb(candidates[0]))
-            mask_mpp = tissue.mask_mpp(mask.shape, slide.dimensions, slide.mpp)
-        except ValueError as exc:
-            raise HoverNetError(f"{candidates[0]}: {exc}") from None
-        return thumb, thumb_mpp, mask, mask_mpp
-    params = config.tissue if config.tissue is not None else tissue.TissueParams()
-    return thumb, thumb_mpp, tissue.tissue_mask(thumb, params, mpp=thumb_mpp), thumb_mpp
-
-
-def default_opener(path: Path, config: SlideConfig):
-    return open_slide(path, mpp=config.slide_mpp, magnification=config.slide_mag)
-
-
-@contextlib.contextmanager
-def _slide_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on `<slide>.lock` (released by the OS even on SIGKILL)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise HoverNetError(
-                f"{path.with_suffix('')} is being processed by another process (lock {path}); "
-                "wait for it or give each process its own slides (--shard, torchrun)"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def slide_phases(slide_mpp: float, proc_mpp: float, phases: int | None) -> int:
-    """How many sub-pixel phases to run: `phases`, or 4 where the slide is at least 1.5x finer
-    than the processing resolution (`hovernet.infer.resample.phase_offsets`), else 1."""
-    return len(phase_offsets(slide_mpp / proc_mpp, phases))
-
-
-@dataclass(frozen=True)
-class SlideFrame:
-    """Where a slide's nuclei are outlined: the processing resolution, or with sub-pixel phases
-    twice as fine (regions are read there and shrunk for the network at each phase)."""
-
-    proc_mpp: float
-    n_phases: int
-    width: int  # the slide at `mpp`
-    height: int
-    scale: float  # level-0 pixels per frame pixel
-
-    @property
-    def k(self) -> int:
-        return 1 if self.n_phases == 1 else 2
-
-    @property
-    def mpp(self) -> float:
-        return self.proc_mpp / self.k
-
-
 class _SlideRun:
     """One slide's regions through the engine into its store. Its methods are the engine's
     item stream, `make_job` and `on_result`."""
@@ -221,6 +135,9 @@ class _SlideRun:
         self.phases = PhaseCollector(frame.n_phases)
         self.failures: list[str] = []
         self.nuclei = store.count()
+        self.mask: np.ndarray | None = None  # the tissue mask; None: the whole slide
+        self.mask_scale = 1.0  # frame pixels per mask pixel
+        self.status_note = ""  # what set_status says after the stored regions
 
     def items(self, todo: list[Region], workers: int) -> Iterator[tuple[Region, np.ndarray]]:
         """(region, network input) in order, `workers` threads reading ahead; with phases each
@@ -248,7 +165,12 @@ class _SlideRun:
             maps, prob = merge_phase_maps(done, self.offsets, self.shapes.pop(region.index))
         f = self.frame
         nr_types = getattr(self.model, "nr_types", None)
-        job = RegionJob(region, maps, nr_types, f.width, f.height, f.scale, f.proc_mpp, prob)
+        window = None
+        if self.mask is not None:
+            window = mask_window(self.mask, self.mask_scale, region.core)
+        job = RegionJob(
+            region, maps, nr_types, f.width, f.height, f.scale, f.proc_mpp, prob, window
+        )
         return job, maps_nbytes(maps.pred_map, maps.type_softmax, prob)
 
     def on_result(self, region: Region, result: Any, exc: BaseException | None) -> None:
@@ -259,33 +181,19 @@ class _SlideRun:
         self.store.add_region(region.index, region.core, nuclei, cut)
         self.nuclei += len(nuclei)
         self.bar.advance(1, nuclei=self.nuclei)
+        self.status()
 
-
-def _frame(model, slide, name: str, config: SlideConfig, log) -> SlideFrame:
-    meta = getattr(model, "meta", None)
-    proc_mpp = float(resolve_proc_mpp(getattr(meta, "mpp", None), config.proc_mpp, config.proc_mag))
-    if proc_mpp < slide.mpp / 1.01:
-        log(
-            f"warning: {name}: the slide ({slide.mpp:.3f} um/px) is coarser than the "
-            f"processing resolution ({proc_mpp:.3f} um/px): regions are upsampled"
+    def status(self) -> None:
+        stored = len(self.store.done_regions())
+        set_status(
+            f"{self.slide.path.stem}: {stored} of {self.bar.total} tissue regions stored in "
+            f"{self.store.path}{self.status_note}; rerun the same command to continue (stored "
+            "regions are kept)"
         )
-    n_phases = slide_phases(slide.mpp, proc_mpp, config.phases)
-    k = 1 if n_phases == 1 else 2
-    if k > 1:
-        log(
-            f"{name}: the network runs on {n_phases} sub-pixel phases of each region "
-            f"(read at {proc_mpp / k:g} um/px, shifted by half a network pixel), averaged: "
-            f"finer outlines for {n_phases}x the network time (--phases 1: one)"
-        )
-    width, height = slide.size_at(proc_mpp / k)
-    return SlideFrame(proc_mpp, n_phases, width, height, slide.dimensions[0] / width)
 
 
-def _plan(model, frame: SlideFrame, config: SlideConfig) -> RegionPlan:
-    net, k = model.geometry, frame.k
-    geometry = ModelGeometry(net.mode, net.input_size * k, net.output_size * k)
-    margin = config.margin if config.margin is not None else net.margin + NUCLEUS_MARGIN
-    return plan_regions(frame.width, frame.height, geometry, config.region_size, margin * k)
+def _quiet(line: str) -> None:
+    pass
 
 
 def run_slide(
@@ -296,25 +204,45 @@ def run_slide(
     log: Callable[[str], None] = print,
     opener: Callable[[Path, SlideConfig], Any] | None = None,
     tissue_fn: Callable[[Any, str, SlideConfig], tuple] | None = None,
+    status_note: str = "",
 ) -> SlideResult:
-    """Segment one slide into `config.output_dir` (see the module docstring); errors raise."""
+    """Segment one slide into `config.output_dir` (see the module docstring); errors raise.
+
+    A slide finished before with the same model and settings (`run_key`) is skipped; one
+    finished with others is refused (HoverNetError naming --overwrite), never kept silently."""
     name = path.stem
     paths = output_paths(config.output_dir, name)
+    model_mpp = getattr(getattr(model, "meta", None), "mpp", None)
     if paths["summary"].exists() and not config.overwrite:
-        return SlideResult(name, "skipped", "finished before (pass --overwrite to redo)")
+        with (opener or default_opener)(path, config) as slide:
+            frame = make_frame(
+                model_mpp, slide, name, config.proc_mpp, config.proc_mag, config.phases, _quiet
+            )
+            key = run_key(model, config, slide.mpp, frame)
+        differs = finished_differs(paths["summary"], key)
+        if differs is None:
+            return SlideResult(name, "skipped", "finished before (pass --overwrite to redo)")
+        raise HoverNetError(
+            f"{paths['summary']} was made with another model or settings ({differs}): pass "
+            "--overwrite to redo the slide, or choose another --output_dir"
+        )
     start = time.perf_counter()
-    with _slide_lock(config.output_dir / f"{name}.lock"):
+    with slide_lock(config.output_dir / f"{name}.lock"):
         if config.overwrite:
             remove_outputs(paths)
         with (opener or default_opener)(path, config) as slide:
-            frame = _frame(model, slide, name, config, log)
+            frame = make_frame(
+                model_mpp, slide, name, config.proc_mpp, config.proc_mag, config.phases, log
+            )
+            key = run_key(model, config, slide.mpp, frame)
             thumb, thumb_mpp, mask, mask_mpp = (tissue_fn or default_tissue)(slide, name, config)
-            plan = _plan(model, frame, config)
+            plan = plan_slide(model.geometry, frame, config.region_size, config.margin)
+            mask = np.asarray(mask, bool)
             tissue_idx = plan.tissue_indices(mask, mask_mpp / frame.mpp, config.min_tissue_fraction)
-            tissue_mm2 = tissue.tissue_area_mm2(mask, mask_mpp)
+            tissue_mm2 = processed_tissue_mm2(plan, mask, mask_mpp, frame.mpp, tissue_idx)
             if not tissue_idx:
-                log(f"warning: {name}: no tissue found; exporting no nuclei (check the mask)")
-            meta = {
+                log(no_tissue_warning(name, config.tissue_source()))
+            store_meta = {
                 "format": FORMAT_VERSION,
                 "slide": name,
                 "dimensions": list(slide.dimensions),
@@ -327,13 +255,18 @@ def run_slide(
                 "model": config.model_name,
                 "nr_types": getattr(model, "nr_types", None),
                 "tissue_regions": tissue_idx,
+                "run": key,
             }
-            with NucleusStore(paths["store"], meta) as store:
+            with NucleusStore(paths["store"], store_meta) as store:
                 done = store.done_regions()
                 todo = [plan.region(i) for i in tissue_idx if i not in done]
                 with Progress(len(tissue_idx), name, "regions", config.quiet) as bar:
                     run = _SlideRun(model, slide, frame, store, bar)
+                    if not mask.all():
+                        run.mask, run.mask_scale = mask, mask_mpp / frame.mpp
+                    run.status_note = status_note
                     bar.advance(len(tissue_idx) - len(todo), nuclei=run.nuclei)
+                    run.status()
                     engine = EngineConfig(
                         config.batch_size,
                         config.precision,
@@ -373,6 +306,8 @@ def run_slide(
                 summary = export_slide(store, paths, spec, log)
                 wall = time.perf_counter() - start
                 summary.update(
+                    run=key,
+                    tissue=config.tissue_source().describe(),
                     regions_total=len(plan),
                     regions_tissue=len(tissue_idx),
                     regions_this_run=len(todo),
@@ -410,8 +345,10 @@ def run_slides(
     pool = make_pool(config.post_proc_workers)
     try:
         for k, path in enumerate(slides, start=1):
+            finished = sum(r.status != "failed" for r in results)
+            note = f"; {finished} of {len(slides)} slides finished before this one"
             try:
-                result = run_slide(model, path, config, pool, log, opener, tissue_fn)
+                result = run_slide(model, path, config, pool, log, opener, tissue_fn, note)
             except Exception as exc:  # report the slide and go on with the rest
                 reason = (
                     str(exc) if isinstance(exc, HoverNetError) else f"{type(exc).__name__}: {exc}"

@@ -10,6 +10,7 @@ skipped. The one-image API is `hovernet.infer.predict.segment_image`.
 from __future__ import annotations
 
 import errno
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hovernet.device import autocast_dtype, model_device
 from hovernet.errors import HoverNetError
 from hovernet.infer import resample
 from hovernet.infer.engine import EngineConfig, maps_nbytes, physical_memory, read_ahead, run_engine
@@ -27,13 +29,19 @@ from hovernet.infer.maps import PhaseCollector, PredMaps, maps_to_nuclei, merge_
 from hovernet.infer.measure import nucleus_measurements
 from hovernet.infer.tiling import TileGrid
 from hovernet.io import writers
-from hovernet.io.atomic import check_writable_dir, remove_empty_dirs, remove_temporaries
+from hovernet.io.atomic import (
+    check_writable_dir,
+    remove_empty_dirs,
+    remove_temporaries,
+    write_text_atomic,
+)
 from hovernet.io.inputs import list_inputs
 from hovernet.io.slides import image_size, read_rgb
 from hovernet.io.type_info import TypeInfo
 from hovernet.progress import Progress, set_status
 
 OUTPUT_KINDS = ("json", "mat", "overlay", "qupath", "csv")
+RUN_RECORD = "hovernet-run.json"  # the model and settings the folder's outputs were made with
 FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
@@ -55,6 +63,7 @@ class TileConfig:
     input_mpp: float | None = None  # um/px of the inputs; None = at the network's resolution
     proc_mpp: float | None = None  # um/px to run the network at; None = the model's
     phases: int | None = None  # sub-pixel phases (1, 2, 4); None = 4 on inputs >= 1.5x finer
+    model_id: str = ""  # the checkpoint's content hash: finished images count for it only
 
     def __post_init__(self) -> None:
         resample.check_mpp(self.input_mpp, "--input_mpp")
@@ -149,6 +158,16 @@ class _TileRun:
         self.scale = resample.resolution_scale(config.input_mpp, self.mpp, config.proc_mpp)
         self.offsets = resample.phase_offsets(self.scale, config.phases)
         self.summary = TileSummary()
+        dtype = autocast_dtype(model_device(model), config.precision)
+        self.key = {
+            "model_id": config.model_id,
+            "mode": getattr(model, "mode", None),
+            "nr_types": getattr(model, "nr_types", None),
+            "precision": "fp32" if dtype is None else str(dtype).removeprefix("torch."),
+            "input_mpp": config.input_mpp,
+            "proc_mpp": config.proc_mpp or self.mpp,
+            "phases": len(self.offsets),
+        }
         self.todo: list[Path] = []
         for path in files:
             if not config.overwrite and is_done(config.output_dir, path.stem):
@@ -160,6 +179,31 @@ class _TileRun:
         self.fatal: list[str] = []
         self.originals: dict[Path, np.ndarray] = {}  # input images while resampled ones run
         self.phases = PhaseCollector(len(self.offsets))
+
+    def check_record(self) -> None:
+        """Refuse to add to a folder whose finished outputs were made with another model or
+        settings (its RUN_RECORD), unless `overwrite` redoes them; then record this run's."""
+        out, s = self.config.output_dir, self.summary
+        record = out / RUN_RECORD
+        if s.skipped:
+            try:
+                old = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                old = None
+            if not isinstance(old, dict):
+                raise HoverNetError(
+                    f"{out} holds finished outputs ({', '.join(s.skipped[:3])}, ...) but no "
+                    f"readable {RUN_RECORD} saying which model made them: pass --overwrite to "
+                    "redo them, or choose another --output_dir"
+                )
+            diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in self.key.items() if old.get(k) != v]
+            if diff:
+                raise HoverNetError(
+                    f"the outputs in {out} were made with another model or settings "
+                    f"({'; '.join(diff)}): pass --overwrite to redo them, or choose another "
+                    "--output_dir"
+                )
+        write_text_atomic(record, json.dumps(self.key, indent=1, sort_keys=True))
 
     def patches_of(self, shape: tuple[int, ...]) -> int:
         geometry = self.model.geometry
@@ -283,6 +327,7 @@ def run_tile(
     out = config.output_dir
     created = check_writable_dir(out)
     remove_temporaries(out)  # left by a run that was killed
+    run.check_record()
     summary = run.summary
     if summary.skipped:
         log(
@@ -308,6 +353,7 @@ def run_tile(
     finally:
         remove_temporaries(out)
         if created and not summary.done:
+            (out / RUN_RECORD).unlink(missing_ok=True)
             remove_empty_dirs(out)
     summary.wall_s = time.perf_counter() - start
     return summary
