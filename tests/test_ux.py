@@ -218,7 +218,7 @@ def test_typed_mat_without_nuclei_has_inst_type_and_stats_accepts_it(tmp_path):
     assert mat["inst_type"].size == 0
     header = (out / "csv" / "blank.csv").read_text().splitlines()[0].split(",")
     assert [c for c in header if c.startswith("prob_")] == [
-        "prob_background", "prob_other nuclei", "prob_inflammatory"
+        "prob_unclassified", "prob_other nuclei", "prob_inflammatory"
     ]  # fmt: skip
     code, _, err = run_cli(
         ["stats", "--mode", "type", "--pred-dir", str(out / "mat"), "--true-dir",

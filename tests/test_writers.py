@@ -276,8 +276,10 @@ def test_typed_outputs_have_the_same_structure_with_no_nuclei(typed_case, writte
     with open(tmp_path / "e.csv", newline="") as f:
         header_empty = next(csv.reader(f))
     assert header_empty == header_full
+    # class 0 is the type branch's "no type": named unclassified whatever the type info says
     assert [c for c in header_empty if c.startswith("prob_")] == [
-        f"prob_{name}" for _, (name, _) in sorted(info.items())
+        "prob_unclassified",
+        *(f"prob_{name}" for t, (name, _) in sorted(info.items()) if t > 0),
     ]
     # the legend of the empty image has a swatch in every class colour
     overlay = cv2.cvtColor(cv2.imread(str(tmp_path / "e.png")), cv2.COLOR_BGR2RGB)

@@ -31,6 +31,9 @@ PathLike = str | os.PathLike
 
 UNTYPED_CLASS = ("Nucleus", (255, 255, 0))
 UNKNOWN_COLOUR = (128, 128, 128)
+# type 0 is the type branch's "no type" class: a nucleus voted 0 is a nucleus without a class,
+# whatever the type info calls id 0 (the original's "nolabe", or "background")
+UNCLASSIFIED = "unclassified"
 # deterministic GeoJSON feature UUIDs: uuid5(namespace, "<file stem>/<nucleus id>")
 _UUID_NAMESPACE = uuid.UUID("6f1c2a52-3d0e-4c8e-9a57-7d1a4c0b9e21")
 
@@ -41,6 +44,8 @@ def class_of(nucleus: Mapping[str, Any], type_info: TypeInfo | None) -> tuple[st
     if type_info is None or t is None:
         return UNTYPED_CLASS
     name, colour = type_info.get(int(t), (f"type {int(t)}", UNKNOWN_COLOUR))
+    if int(t) == 0:  # drawn grey where the type info gives black (invisible on dark nuclei)
+        name, colour = UNCLASSIFIED, (UNKNOWN_COLOUR if tuple(colour) == (0, 0, 0) else colour)
     return str(name), tuple(int(c) for c in colour)
 
 
@@ -148,10 +153,12 @@ def _prob_names(nuclei: Nuclei, type_info: TypeInfo | None) -> list[str]:
 
 
 def prob_names(n: int, type_info: TypeInfo | None) -> list[str]:
-    """Names of `n` per-class probabilities: the type_info names, else "type <c>"."""
+    """Names of `n` per-class probabilities: the type_info names ("unclassified" for 0), else
+    "type <c>"."""
     names = []
     for c in range(n):
         name = type_info[c][0] if type_info and c in type_info else f"type {c}"
+        name = UNCLASSIFIED if c == 0 and type_info else name
         names.append(str(name))
     return names
 
@@ -353,7 +360,7 @@ def write_overlay_canvas(
     import cv2
 
     if type_info is not None:
-        order = {(str(n), tuple(int(v) for v in c)): t for t, (n, c) in type_info.items()}
+        order = {class_of({"type": t}, type_info): t for t in type_info}
         keys = sorted(counts, key=lambda k: (order.get(k, 1 << 30), k[0]))
     else:
         keys = list(counts)
