@@ -301,5 +301,9 @@ def test_train_with_init_starts_from_the_checkpoint(folders, tmp_path):
     assert _cli([*args, "--init", str(tmp_path / "missing.pth")]) == 2
     assert _cli([*args, "--pretrained", str(tmp_path / "missing.tar")]) == 2
     assert not (tmp_path / "r2").exists()  # a refused start leaves no run folder
+    (tmp_path / "broken.pth").write_bytes(bytes(range(256)) * 8)  # no checkpoint at all
+    assert _cli([*args, "--init", str(tmp_path / "broken.pth")]) == 2
+    assert _cli([*args[:-1], "fast", "--init", str(tmp_path / "start.pth")]) == 2  # lite inside
+    assert not (tmp_path / "r2").exists()
     both = [*args, "--init", str(tmp_path / "start.pth"), "--pretrained", str(tmp_path / "x")]
     assert _cli(both) == 2

@@ -65,6 +65,11 @@ def _read_file(path: Path) -> dict:
     except pickle.UnpicklingError as exc:
         # torch's message suggests loading with weights_only=False: never do that here
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None and "global" not in str(exc).lower():  # bytes that are no pickle
+            raise HoverNetError(
+                f"{path} is not a PyTorch checkpoint (its bytes are no saved tensors): pass a "
+                "file written by torch.save, e.g. the original's hovernet_*_pytorch.tar"
+            ) from None
         what = f" (it needs {found.group(1)})" if found else ""
         raise HoverNetError(
             f"{path} was refused: besides tensors it contains Python code or objects{what}, "
@@ -293,6 +298,13 @@ def save_checkpoint(
 
 
 TYPE_BRANCH_MARK = ".tp."  # every architecture names its type branch `tp` (decoder.tp, branches.tp)
+
+
+def checkpoint_architecture(path: str | os.PathLike) -> tuple[str, int | None]:
+    """(mode, nr_types) of the network a checkpoint file holds; a file that is no checkpoint
+    is a HoverNetError naming it."""
+    path = Path(path)
+    return infer_architecture(_state_dict_of(_read_file(path), path), str(path))
 
 
 def init_from_checkpoint(

@@ -151,6 +151,14 @@ def _init_path(cfg: TrainConfig) -> Path | None:
         return bundled_model_path()
     if not Path(cfg.init).is_file():
         raise HoverNetError(f"--init {cfg.init}: no such file; pass a checkpoint or 'bundled'")
+    from hovernet.model.checkpoints import checkpoint_architecture
+
+    mode, _ = checkpoint_architecture(cfg.init)  # a broken file is refused before the run folder
+    if mode != get_architecture(cfg.arch).name:
+        raise HoverNetError(
+            f"--init {cfg.init} holds a {mode} network but this run trains {cfg.arch}: pass "
+            f"--arch {mode} or another checkpoint"
+        )
     return Path(cfg.init)
 
 
