@@ -15,12 +15,13 @@ import cv2
 import numpy as np
 import pytest
 import scipy.io
-import torch
 from conftest import DATA
 from scipy import ndimage
 from test_infer import DarkBlobNet, run_cli
 
+import hovernet
 from hovernet.errors import HoverNetError
+from hovernet.infer.predict import segment_image
 from hovernet.infer.resample import (
     labels_to_input,
     nuclei_to_input,
@@ -28,7 +29,6 @@ from hovernet.infer.resample import (
     resolution_scale,
     to_model_resolution,
 )
-from hovernet.infer.predict import segment_image
 from hovernet.infer.tile import TileConfig, run_tile
 from hovernet.io.annotations import read_qupath_geojson
 from hovernet.io.slides import read_rgb
@@ -214,24 +214,13 @@ def test_run_tile_says_what_resolution_the_input_is_assumed_at(image, tmp_path):
     assert not any("um/px" in x for x in lines)
 
 
-@pytest.fixture(scope="module")
-def lite_checkpoint(tmp_path_factory):
-    from hovernet.model.checkpoints import save_checkpoint
-    from hovernet.model.registry import build_model
-
-    torch.manual_seed(0)
-    model = build_model("lite", 3).eval()
-    path = tmp_path_factory.mktemp("lite") / "lite.pth"
-    save_checkpoint(path, model, mpp=0.5)
-    return path
-
-
-def test_cli_end_to_end_with_input_mpp(image, lite_checkpoint, tmp_path):
+def test_cli_end_to_end_with_input_mpp(image, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
-    cv2.imwrite(str(src / "crop.png"), image[100:500, 200:600, ::-1])  # 400 x 400 at 0.25
+    crop = image[100:500, 200:600]  # 400 x 400 at 0.25 um/px
+    cv2.imwrite(str(src / "crop.png"), crop[..., ::-1])
     out = tmp_path / "out"
-    args = ["infer", f"--model_path={lite_checkpoint}", "--backend=torch", "tile"]
+    args = ["infer", "--backend=torch", "tile"]  # the bundled model: 0.5 um/px
     args += [f"--input_dir={src}", f"--output_dir={out}", "--save_raw_map", "--phases=1"]
     args += ["--input_mpp=0.25"]
     code, stdout, err = run_cli(args)
@@ -240,9 +229,16 @@ def test_cli_end_to_end_with_input_mpp(image, lite_checkpoint, tmp_path):
     mat = scipy.io.loadmat(out / "mat" / "crop.mat")
     assert mat["inst_map"].shape == (400, 400) and mat["raw_map"].shape == (400, 400, 4)
     assert cv2.imread(str(out / "overlay" / "crop.png")).shape == (400, 400, 3)
-    # the network map it came from is 200 x 200: every 2 x 2 block holds one label
-    inst = mat["inst_map"]
-    np.testing.assert_array_equal(inst, np.kron(inst[::2, ::2], np.ones((2, 2), inst.dtype)))
+    # a real model on real nuclei: the labels are the library's, mapped back from the 200 x 200
+    # network maps and refined to the nucleus probability at the input's pixels
+    inst, prob = mat["inst_map"], mat["raw_map"][..., 1]
+    expected, nuclei, _ = segment_image(hovernet.load_model(), crop, input_mpp=0.25, phases=1)
+    assert len(nuclei) > 20 and int(inst.max()) >= 0.95 * len(nuclei)
+    assert np.mean((inst > 0) == (expected > 0)) > 0.995
+    assert np.mean(prob[inst > 0] >= 0.5) > 0.97  # labels follow the probability...
+    assert np.mean(prob[inst == 0] < 0.5) > 0.97
+    blocks = np.kron(inst[::2, ::2], np.ones((2, 2), inst.dtype))
+    assert (inst != blocks).sum() > 100  # ...not the network's 2 x 2 pixel grid
 
     code, _, err = run_cli([*args[:-1], "--input_mpp=0", "--overwrite"])
     assert code == 2 and err.strip().splitlines() == [

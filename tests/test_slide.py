@@ -11,7 +11,7 @@ import contextlib
 import csv
 import gzip
 import json
-from dataclasses import replace
+import re
 from pathlib import Path
 
 import cv2
@@ -164,13 +164,19 @@ def test_interrupted_slide_resumes_to_the_same_exports(disk_run, tmp_path):
 
 
 def test_changed_settings_are_refused_on_resume(tmp_path):
-    image = disk_image((300, 300), [(50, 50)])
-    config = SlideConfig(tmp_path, proc_mpp=MPP, quiet=True)
     with NucleusStore(tmp_path / "s.db", {"core": 328, "proc_mpp": 0.25}):
         pass
     with pytest.raises(HoverNetError, match="other settings.*core: 328 -> 656.*--overwrite"):
         NucleusStore(tmp_path / "s.db", {"core": 656, "proc_mpp": 0.25})
-    assert config.output_dir == tmp_path and image.shape == (300, 300, 3)
+    # through slide mode: an unfinished slide (no summary) resumed with another region size
+    image = disk_image((700, 690), disk_centres(690, 700))
+    first, paths = run(image, tmp_path / "out", post_proc_workers=0)
+    assert first.status == "done"
+    paths["summary"].unlink()  # as if killed before the end
+    again, _ = run(image, tmp_path / "out", post_proc_workers=0, region_size=656)
+    assert again.status == "failed"
+    assert re.search(r"other settings.*core: 328 -> 656.*--overwrite", again.reason)
+    assert not paths["summary"].exists()
 
 
 def mosaic(n_side: int, tile: int = 1000) -> np.ndarray:
@@ -313,7 +319,10 @@ def test_failing_slide_is_reported_and_others_go_on(tmp_path):
     assert [r.status for r in results] == ["failed", "done"]
     assert "bad.svs: cannot read the slide" in results[0].reason
     assert "bad: FAILED" in lines[0] and "good: 1 nuclei" in lines[1]
-    assert replace(config, overwrite=True).overwrite
+    # a rerun redoes only what failed: the good slide is finished, the bad one fails again
+    again = run_slides(BlobNet(), [Path("bad.svs"), good.path], config, lines.append, opener,
+                       dark_tissue)  # fmt: skip
+    assert [r.status for r in again] == ["failed", "skipped"]
 
 
 # ----------------------------------------------------------------------------------------------

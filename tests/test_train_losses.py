@@ -112,11 +112,11 @@ def test_msge_variant_responds_to_its_direction(batch, variant, responds_to):
     ramp = torch.arange(s, dtype=torch.float32) / s
     along_x = ramp[None, :].expand(s, s)
     along_y = ramp[:, None].expand(s, s)
+    other = {"x": "y", "y": "x"}
     for channel in (0, 1):  # h then v
-        # the direction the variant differentiates this channel along
-        own = (
-            ("x" if channel == 0 else "y") if variant == "paper" else ("y" if channel == 0 else "x")
-        )
+        # the direction the variant differentiates this channel along: h along `responds_to`,
+        # v along the other one
+        own = responds_to if channel == 0 else other[responds_to]
         for direction, field in (("x", along_x), ("y", along_y)):
             pred = target.clone()
             pred[0, channel] = field
@@ -125,7 +125,6 @@ def test_msge_variant_responds_to_its_direction(batch, variant, responds_to):
                 assert value > 1e-3, (channel, direction)
             else:
                 assert value < 1e-10, (channel, direction)
-    assert responds_to in ("x", "y")
 
 
 def test_untyped_pixels_take_no_part(batch):
