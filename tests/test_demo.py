@@ -35,18 +35,26 @@ def test_bundled_model_on_a_crop_of_the_demo_slide_finds_plausible_nuclei(tmp_pa
     from hovernet.infer.slide import run_slides
     from hovernet.infer.slide_setup import SlideConfig
     from hovernet.io.slide_exports import output_paths
+    from hovernet.resources import spare_cpus
 
     crop = tmp_path / "cmu_crop.tif"
     rgb = _crop_slide(crop, 700, 1200, 768)  # stroma and epithelium in the slide's middle
     model, type_info = load_for_inference(LoadOptions(model_path=None, device="cpu"))
     assert model.mode == "lite" and model.meta.mpp == 0.5
-    config = SlideConfig(output_dir=tmp_path / "out", type_info=type_info, post_proc_workers=0)
+    # the default path of `hovernet infer wsi`: post-processing in worker processes
+    workers = spare_cpus(8)
+    assert workers >= 1
+    config = SlideConfig(
+        output_dir=tmp_path / "out", type_info=type_info, post_proc_workers=workers
+    )
     (result,) = run_slides(model, [crop], config, log=lambda line: None)
     assert result.status == "done", result.reason
     paths = output_paths(tmp_path / "out", "cmu_crop")
     summary = json.loads(paths["summary"].read_text())
     assert summary["tissue_mm2"] > 0.05
     assert 500 <= summary["nuclei_per_mm2"] <= 20000, summary
+    n, area = summary["nuclei"], summary["tissue_mm2"]
+    assert summary["nuclei_per_mm2"] == pytest.approx(n / area, rel=1e-4)
     # most outlines enclose haematoxylin-dark pixels: each nucleus's mean haematoxylin optical
     # density against the median over the crop's tissue
     features = json.loads(gzip.decompress(paths["geojson"].read_bytes()))["features"]
