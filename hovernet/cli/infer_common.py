@@ -113,10 +113,13 @@ def infer_group() -> typer.Typer:
         backend: str = typer.Option(
             "auto",
             "--backend",
-            help="auto (ONNX Runtime on CPU, PyTorch on CUDA), torch or onnxruntime.",
+            help="auto (ONNX Runtime on CPU in fp32, PyTorch on CUDA or in bf16), torch or "
+            "onnxruntime.",
         ),
         precision: str = typer.Option(
-            "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16."
+            "auto",
+            "--precision",
+            help="auto (bf16 on CUDA and on CPUs with AMX, else fp32), fp32, bf16 or fp16.",
         ),
     ) -> None:
         if gpu is not None:

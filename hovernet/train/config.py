@@ -9,6 +9,7 @@ Adam's state start again at the second phase, as the original builds a new optim
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ class TrainConfig:
     stop_after_steps: int | None = None  # stop (resumable) after this many steps of this call
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"  # auto = bf16 (or fp16) on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto = bf16 (or fp16) on CUDA, bf16 on CPUs with AMX, else fp32
     channels_last: bool = True  # on CUDA
     workers: int | None = None  # DataLoader workers; None = CPUs available - 1 (at most 8)
     gpu: str | None = None  # "0,1": one process per listed GPU
@@ -163,15 +164,42 @@ def resolve_config(yaml_path: Path | None, overrides: dict[str, Any]) -> TrainCo
     return config_from_dict(raw, str(yaml_path) if yaml_path else "command line")
 
 
+def _absolute(path: Path | str) -> str:
+    """`path` made absolute against the current folder (symbolic links kept), as text."""
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """Plain values (str paths) for YAML, JSON and checkpoints."""
+    """Plain values for YAML, JSON and checkpoints; paths absolute (against the current folder),
+    so that a run's config.yaml still finds its data when `--resume` runs from another folder.
+    `init: bundled` (the bundled model, not a path) stays as it is."""
     out = dataclasses.asdict(cfg)
-    out["data"] = [str(p) for p in cfg.data]
+    out["data"] = [_absolute(p) for p in cfg.data]
     for name in _PATH_FIELDS:
-        if out[name] is not None:
-            out[name] = str(out[name])
+        value = getattr(cfg, name)
+        if value is not None:
+            out[name] = (
+                "bundled" if name == "init" and str(value) == "bundled" else _absolute(value)
+            )
     return out
 
 
 def config_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def resolution_warning(cfg: TrainConfig) -> str | None:
+    """One line when the run records no resolution (no `mpp`), else None.
+
+    Without it the checkpoints cannot say what um/px they expect: slide mode (`hovernet infer
+    ... wsi`) then refuses to run without `--proc_mpp`, and tile mode's `--input_mpp` is refused,
+    since neither can match new images to the model; the validation's post-processing also runs
+    with its constants unscaled."""
+    if cfg.mpp is not None:
+        return None
+    return (
+        "no --mpp: the checkpoints will not record the training images' resolution, so slide "
+        "mode (hovernet infer wsi) and --input_mpp cannot match new images to the model (they "
+        "will ask for --proc_mpp); pass --mpp with the images' microns per pixel (0.25 at 40x, "
+        "0.5 at 20x; also accepted with --resume)"
+    )

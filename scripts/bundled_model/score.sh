@@ -3,6 +3,8 @@
 # set's native resolution (0.25 um/px; the model's 0.5 um/px is reached by --input_mpp).
 #   bash scripts/bundled_model/score.sh SHARED_DATA OUT_DIR [CHECKPOINT]   (default: bundled)
 # SPLIT=test (default): the 14 MoNuSeg test images and the CoNSeP test patches.
+# INFER_OPTS / TILE_OPTS: extra options before / after `tile` (e.g. INFER_OPTS="--precision bf16
+#   --backend torch", TILE_OPTS="--phases 2"), to score inference variants.
 # SPLIT=valid: the images the training runs held out for validation (extract-patches, seed 0,
 #   --valid-fraction 0.2): 3 MoNuSeg training images and the 80 CoNSeP training crops of tiles
 #   12, 14, 19, 22 and 25. Every choice made for the bundled model was made on these.
@@ -11,6 +13,7 @@ SHARED=${1:?shared data folder}; OUT=${2:?output folder}; CKPT=${3:-}
 SPLIT=${SPLIT:-test}
 PY=${PYTHON:-python}
 MODEL=(); [ -n "$CKPT" ] && MODEL=(--model_path "$CKPT")
+read -r -a INFER_EXTRA <<< "${INFER_OPTS:-}"; read -r -a TILE_EXTRA <<< "${TILE_OPTS:-}"
 mkdir -p "$OUT/monuseg_$SPLIT" "$OUT/consep_$SPLIT"
 $PY - "$SHARED" "$OUT" "$SPLIT" <<'PYEOF'
 import json, os, sys
@@ -30,12 +33,14 @@ for src, link in links:
 PYEOF
 if [ "$SPLIT" = test ]; then CONSEP_IN=$SHARED/consep_patches/images; CONSEP=$SHARED/consep_patches
 else CONSEP_IN=$OUT/consep_valid; CONSEP=$SHARED/consep_train_patches; fi
-$PY -m hovernet infer "${MODEL[@]}" --device cpu tile --input_dir "$OUT/monuseg_$SPLIT" \
+$PY -m hovernet infer "${MODEL[@]}" --device cpu "${INFER_EXTRA[@]}" tile "${TILE_EXTRA[@]}" \
+    --input_dir "$OUT/monuseg_$SPLIT" \
     --input_mpp 0.25 --output_dir "$OUT/pred_monuseg_$SPLIT" --quiet
 $PY -m hovernet stats --mode instance --pred_dir "$OUT/pred_monuseg_$SPLIT/mat" \
     --true_dir "$SHARED/monuseg/labels" --out "$OUT/monuseg_${SPLIT}_instance.json" \
     --allow-unmatched --quiet
-$PY -m hovernet infer "${MODEL[@]}" --device cpu tile --input_dir "$CONSEP_IN" \
+$PY -m hovernet infer "${MODEL[@]}" --device cpu "${INFER_EXTRA[@]}" tile "${TILE_EXTRA[@]}" \
+    --input_dir "$CONSEP_IN" \
     --input_mpp 0.25 --output_dir "$OUT/pred_consep_$SPLIT" --quiet
 $PY -m hovernet stats --mode instance --pred_dir "$OUT/pred_consep_$SPLIT/mat" \
     --true_dir "$CONSEP/labels" --out "$OUT/consep_${SPLIT}_instance.json" --quiet
