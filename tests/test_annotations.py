@@ -13,8 +13,8 @@ import tifffile
 from conftest import DATA
 from scipy import ndimage
 
-from hovernet.errors import HoverNetError
 from hovernet.data.annotated import labels_to_arrays, load_annotated
+from hovernet.errors import HoverNetError
 from hovernet.io.annotations import (
     CLASS_MERGES,
     read_consep_mat,

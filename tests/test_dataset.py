@@ -11,7 +11,6 @@ import torch
 from patchdata import make_patch_folder, mosaic_patch, save_original_npy
 
 from hovernet.cli import main
-from hovernet.data.preview import GAP, HEADER, grid_shape
 from hovernet.data.dataset import (
     PatchDataset,
     class_balanced_sampler,
@@ -19,6 +18,7 @@ from hovernet.data.dataset import (
     load_patch,
     patch_class_counts,
 )
+from hovernet.data.preview import GAP, HEADER, grid_shape
 from hovernet.data.targets import crop_center, hv_targets
 from hovernet.errors import HoverNetError
 

@@ -32,10 +32,10 @@ from hovernet.cli import main
 from hovernet.config import GEOMETRY
 from hovernet.errors import HoverNetError
 from hovernet.infer.tile import TileConfig, run_tile
-from hovernet.io.inputs import list_inputs
-from hovernet.io.type_info import check_type_info, load_type_info
 from hovernet.infer.tiling import TileGrid
+from hovernet.io.inputs import list_inputs
 from hovernet.io.slides import read_rgb
+from hovernet.io.type_info import check_type_info, load_type_info
 
 CONSEP = DATA / "consep_patches" / "images"
 TYPE_INFO = DATA / "seed_format" / "type_info.json"  # ids 0..2, as the seed's --nr_types=3

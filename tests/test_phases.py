@@ -17,13 +17,13 @@ from test_infer import run_cli
 from test_input_mpp import MONUSEG, blob_net
 
 from hovernet.errors import HoverNetError
+from hovernet.infer.predict import segment_image
 from hovernet.infer.resample import (
     merge_phases,
     phase_offsets,
     shift_image,
     to_model_resolution,
 )
-from hovernet.infer.predict import segment_image
 from hovernet.infer.tile import TileConfig, run_tile
 from hovernet.io.slides import read_rgb
 

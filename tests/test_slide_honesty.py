@@ -142,9 +142,9 @@ def test_a_half_done_slide_resumes_only_for_the_same_model(tmp_path):
                   lambda p, c: slide, dark_tissue)  # fmt: skip
     done = run_slide(BlobNet(), slide.path, config, None, stored.append, lambda p, c: slide,
                      dark_tissue)  # fmt: skip
-    assert done.status == "done" and done.summary["regions_this_run"] < done.summary[
-        "regions_tissue"
-    ]
+    assert (
+        done.status == "done" and done.summary["regions_this_run"] < done.summary["regions_tissue"]
+    )
     assert not (tmp_path / "s.lock").exists()
     summary = json.loads(output_paths(tmp_path, "s")["summary"].read_text())
     assert summary["run"]["model_id"] == "aaaa"

@@ -37,7 +37,9 @@ def test_finished_images_count_only_for_the_same_model(tiles, tmp_path):
     assert record["model_id"] == "aaaa" and record["phases"] == 1
     again = run(tiles, out, model_id="aaaa")
     assert again.skipped == ["a", "b"] and not again.done
-    with pytest.raises(HoverNetError, match="another model.*model_id: 'aaaa' -> 'bbbb'.*--overwrite"):
+    with pytest.raises(
+        HoverNetError, match="another model.*model_id: 'aaaa' -> 'bbbb'.*--overwrite"
+    ):
         run(tiles, out, model_id="bbbb")
     redone = run(tiles, out, model_id="bbbb", overwrite=True)
     assert sorted(redone.done) == ["a", "b"]

@@ -25,7 +25,16 @@ from hovernet.cli.options import hide_aliases, unknown_option_hint
 from hovernet.errors import HoverNetError, Interrupted
 
 # module names under hovernet.cli, in the order they appear in --help
-COMMAND_MODULES = ["convert", "extract", "view_dataset", "train", "infer", "export_onnx", "stats"]
+COMMAND_MODULES = [
+    "convert",
+    "extract",
+    "view_dataset",
+    "train",
+    "infer",
+    "view",
+    "export_onnx",
+    "stats",
+]
 PROG = "hovernet"
 
 
@@ -39,9 +48,30 @@ def build_app() -> typer.Typer:
         rich_markup_mode=None,  # plain click help: one option per line, flags without <bool>
         context_settings={"max_content_width": 80},
     )
+
+    @app.callback()
+    def main_options(
+        version: bool = typer.Option(
+            False,
+            "--version",
+            is_eager=True,
+            help="Print the version and exit.",
+            callback=_print_version,
+        ),
+    ) -> None:
+        """HoVer-Net nucleus segmentation and classification."""
+
     for name in COMMAND_MODULES:
         importlib.import_module(f"hovernet.cli.{name}").register(app)
     return app
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from hovernet import __version__
+
+        print(f"{PROG} {__version__}")
+        raise typer.Exit(0)
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:

@@ -1,0 +1,388 @@
+"""The viewer's web server: a Flask app over the slides of one output folder (docs/viewer.md).
+
+Every slide is addressed by its name in the catalog (`hovernet.view.catalog`): no request names
+a file, so nothing but the packaged page files, the stores of OUT_DIR and the slides their
+summaries name can be reached.
+
+| route | returns |
+|---|---|
+| `/` | the page (`static/index.html`) |
+| `/static/<file>` | the packaged page files (OpenSeadragon, script, style) |
+| `/api/slides` | the slides: name, dimensions, mpp, nuclei |
+| `/api/slides/<name>` | one slide: pyramid, scale, classes with counts, colour ranges, limits |
+| `/api/slides/<name>/tiles/<level>/<x>_<y>.jpg` | a JPEG tile (`hovernet.view.tiles`) |
+| `.../nuclei?bbox=x0,y0,x1,y1[&types=1,none]` | nuclei meeting the box (level-0 px), binary |
+| `.../nuclei.geojson?bbox=...[&types=...]` | the same as the export's GeoJSON Features, capped |
+| `/api/slides/<name>/density` | centroid counts per class on a grid (the heat map) |
+| `/api/slides/<name>/nucleus/<id>` | one nucleus' values (its store id, from `nuclei`) |
+
+A bad parameter is answered 400 with `{"error": "..."}`, an unknown slide, tile file name or
+route 404, any other failure 500 with one line (the traceback goes to the server's log only).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, abort, request, send_from_directory
+from werkzeug.exceptions import BadRequest, HTTPException
+
+from hovernet.view.catalog import ViewSlide, class_key
+from hovernet.view.tiles import TileCache, encode_jpeg, read_tile
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MAX_NUCLEI = 10000  # outlines per viewport request
+MAX_GEOJSON = 20000  # nuclei per GeoJSON download
+BINARY = "application/octet-stream"
+_COORD_LIMIT = 1e9
+_UINT = re.compile(r"[0-9]{1,9}")
+_TILE = re.compile(r"([0-9]{1,18})_([0-9]{1,18})\.jpg")
+log = logging.getLogger("hovernet.view")
+
+
+# -- parameters (pure) -------------------------------------------------------------------------
+def parse_bbox(text: str | None) -> tuple[float, float, float, float]:
+    """`x0,y0,x1,y1` (level-0 pixels, x0 < x1, y0 < y1) -> floats; BadRequest otherwise."""
+    hint = "pass bbox=x0,y0,x1,y1 in level-0 pixels with x0 < x1 and y0 < y1"
+    if not text:
+        raise BadRequest(f"bbox is missing: {hint}")
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise BadRequest(f"bbox {text[:80]!r} is not four numbers: {hint}") from None
+    if len(values) != 4 or not all(math.isfinite(v) and abs(v) <= _COORD_LIMIT for v in values):
+        raise BadRequest(f"bbox {text[:80]!r} is not four finite numbers: {hint}")
+    x0, y0, x1, y1 = values
+    if x1 <= x0 or y1 <= y0:
+        raise BadRequest(f"bbox {text[:80]!r} is empty: {hint}")
+    return x0, y0, x1, y1
+
+
+def parse_types(text: str | None, keys: dict[str, int | None]) -> list[int | None] | None:
+    """`types=1,2,none` -> those types (None: the parameter is absent, all types); a key not in
+    `keys` (class key -> type) is a BadRequest."""
+    if text is None:
+        return None
+    out = []
+    for item in filter(None, text.split(",")):
+        if item not in keys:
+            raise BadRequest(f"types: unknown class {item[:40]!r}; known: {', '.join(keys)}")
+        out.append(keys[item])
+    return out
+
+
+def parse_uint(text: str, what: str, lo: int, hi: int) -> int:
+    """A plain decimal integer in lo..hi; BadRequest otherwise."""
+    if not _UINT.fullmatch(text or "") or not lo <= int(text) <= hi:
+        raise BadRequest(f"{what} {str(text)[:40]!r} is not a whole number in {lo}..{hi}")
+    return int(text)
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    body = json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    response = Response(body, status=status, mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# -- the app -----------------------------------------------------------------------------------
+def create_app(
+    slides: list[ViewSlide],
+    *,
+    tile_cache_bytes: int | None = None,
+    allowed_hosts: set[str] | None = None,
+    max_nuclei: int = MAX_NUCLEI,
+) -> Flask:
+    """The app serving `slides` (from `catalog.load_slides`). `allowed_hosts`: host names the
+    Host header may carry (against DNS rebinding when bound to the loopback); None: any."""
+    app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    app.url_map.merge_slashes = False  # "/static//etc/passwd" is a 404, not a redirect
+    by_name = {s.name: s for s in slides}
+    cache = TileCache() if tile_cache_bytes is None else TileCache(tile_cache_bytes)
+    app.extensions["hovernet_view"] = {"slides": by_name, "tiles": cache}
+
+    def get_slide(name: str) -> ViewSlide:
+        slide = by_name.get(name)
+        if slide is None:
+            abort(404, description=f"no slide named {name[:80]!r} here")
+        return slide
+
+    def class_keys(slide: ViewSlide) -> dict[str, int | None]:
+        return {c["key"]: c["type"] for c in slide.classes()}
+
+    @app.before_request
+    def check_host() -> None:
+        if allowed_hosts is not None and request.host.rsplit(":", 1)[0] not in allowed_hosts:
+            abort(403, description="this viewer only answers requests made to its own address")
+
+    @app.after_request
+    def headers(response: Response) -> Response:
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return _json({"error": exc.description or exc.name}, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception):
+        log.exception("request %s failed", request.path)
+        return _json({"error": f"internal error ({type(exc).__name__}); see the server's log"}, 500)
+
+    @app.get("/")
+    def page():
+        return send_from_directory(STATIC_DIR, "index.html")
+
+    @app.get("/api/slides")
+    def list_slides():
+        return _json([_slide_entry(s) for s in slides])
+
+    @app.get("/api/slides/<name>")
+    def slide_info(name: str):
+        s = get_slide(name)
+        pyramid = s.pyramid
+        doc = _slide_entry(s)
+        doc.update(
+            tile_size=pyramid.tile,
+            max_level=pyramid.max_level,
+            scale=s.index.scale,
+            um_per_px=s.index.um_per_px,
+            classes=s.classes(),
+            ranges=s.index.value_ranges(),
+            limits={"nuclei": max_nuclei, "geojson": MAX_GEOJSON},
+            image=s.image_path.name,
+            model=s.index.meta.get("model"),
+        )
+        return _json(doc)
+
+    @app.get("/api/slides/<name>/tiles/<level>/<tile>")
+    def tile(name: str, level: str, tile: str):
+        s = get_slide(name)
+        pyramid = s.pyramid
+        lv = parse_uint(level, "level", 0, pyramid.max_level)
+        match = _TILE.fullmatch(tile)
+        if match is None:
+            abort(404, description="tiles are named <x>_<y>.jpg")
+        x, y = (int(v) for v in match.groups())
+        try:
+            pyramid.tile_box(lv, x, y)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        key = (s.name, lv, x, y)
+        data = cache.get(key)
+        if data is None:
+            data = encode_jpeg(read_tile(s.slide(), pyramid, lv, x, y))
+            cache.put(key, data)
+        response = Response(data, mimetype="image/jpeg")
+        response.headers["Cache-Control"] = "private, max-age=3600"
+        return response
+
+    def box_and_types(s: ViewSlide) -> tuple[tuple[float, ...], list | None]:
+        x0, y0, x1, y1 = parse_bbox(request.args.get("bbox"))
+        k = s.index.scale
+        types = parse_types(request.args.get("types"), class_keys(s))
+        return (x0 / k, y0 / k, x1 / k, y1 / k), types
+
+    @app.get("/api/slides/<name>/nuclei")
+    def nuclei(name: str):
+        s = get_slide(name)
+        box, types = box_and_types(s)
+        response = Response(s.index.query(box, types, max_nuclei), mimetype=BINARY)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.get("/api/slides/<name>/nuclei.geojson")
+    def nuclei_geojson(name: str):
+        s = get_slide(name)
+        box, types = box_and_types(s)
+        ids, truncated = s.index.ids_in_box(box, types, MAX_GEOJSON)
+        doc = _feature_collection(s, ids)
+        bbox = request.args["bbox"]
+        doc["hovernet"] = {"slide": s.name, "bbox": bbox, "truncated": truncated}
+        response = _json(doc)
+        response.mimetype = "application/geo+json"
+        label = "_".join(str(round(float(v))) for v in bbox.split(","))
+        response.headers["Content-Disposition"] = f'attachment; filename="{s.name}_{label}.geojson"'
+        return response
+
+    @app.get("/api/slides/<name>/density")
+    def density(name: str):
+        grid = get_slide(name).index.density()
+        counts = grid["counts"]
+        dtype = "uint16" if counts.size == 0 or counts.max() < 65536 else "uint32"
+        data = counts.astype("<u2" if dtype == "uint16" else "<u4").tobytes()
+        return _json(
+            {
+                "cell": grid["cell"],
+                "shape": grid["shape"],
+                "classes": [class_key(t) for t in grid["types"]],
+                "dtype": dtype,
+                "counts": base64.b64encode(data).decode("ascii"),
+            }
+        )
+
+    @app.get("/api/slides/<name>/nucleus/<nid>")
+    def nucleus(name: str, nid: str):
+        s = get_slide(name)
+        store_id = parse_uint(nid, "nucleus id", 1, 2**62)
+        recs = s.index.records([store_id])
+        if not recs:
+            abort(404, description=f"no nucleus {store_id} in {s.name}")
+        return _json(_nucleus_doc(s, recs[0]))
+
+    return app
+
+
+def _slide_entry(s: ViewSlide) -> dict[str, Any]:
+    return {
+        "name": s.name,
+        "dimensions": list(s.dimensions),
+        "mpp": s.summary.get("slide_mpp"),
+        "nuclei": s.index.count(),
+    }
+
+
+def _level0_shapes(rec: dict[str, Any], scale: float) -> dict[str, Any]:
+    """The record's measurements in level-0 pixels, as slide mode's exports give them."""
+    shapes = dict(rec["measurements"])
+    shapes["area"] *= scale * scale
+    shapes["perimeter"] *= scale
+    return shapes
+
+
+def _feature_collection(s: ViewSlide, ids: list[int]) -> dict[str, Any]:
+    """The nuclei `ids` as the Features of the slide's exported GeoJSON, in export order."""
+    from hovernet.io.writers import nucleus_feature, prob_names
+
+    numbers = s.index.export_numbers(ids)
+    nr_types = s.index.meta.get("nr_types")
+    names = prob_names(nr_types, s.type_info) if nr_types else []
+    scale = s.index.scale
+    features = []
+    for rec in sorted(s.index.records(ids), key=lambda r: numbers[r["store_id"]]):
+        nid = numbers[rec["store_id"]]
+        shapes = {nid: _level0_shapes(rec, scale)}
+        features.append(
+            nucleus_feature(f"{s.name}/{nid}", nid, rec, s.type_info, shapes, names, scale)
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _nucleus_doc(s: ViewSlide, rec: dict[str, Any]) -> dict[str, Any]:
+    from hovernet.io.writers import class_of, prob_names
+
+    scale, um = s.index.scale, s.index.um_per_px
+    number = s.index.export_numbers([rec["store_id"]])[rec["store_id"]]
+    name, colour = class_of(rec, s.type_info)
+    (rmin, cmin), (rmax, cmax) = rec["bbox"]
+    shapes = rec["measurements"]
+    probs = rec.get("type_probs") or []
+    names = prob_names(len(probs), s.type_info)
+    return {
+        "id": rec["store_id"],
+        "number": number,
+        "class": {"key": class_key(rec["type"]), "name": name, "colour": list(colour)},
+        "type_prob": _num(rec["type_prob"], 4),
+        "type_probs": [{"name": n, "p": _num(p, 4)} for n, p in zip(names, probs, strict=False)],
+        "centroid": [_num(v, 2) for v in rec["xy"]],
+        "bbox": [cmin * scale, rmin * scale, cmax * scale, rmax * scale],
+        "area_px": _num(shapes["area"] * scale * scale, 2),
+        "area_um2": _num(shapes["area"] * um * um, 3) if um else None,
+        "perimeter_um": _num(shapes["perimeter"] * um, 3) if um else None,
+        "eccentricity": _num(shapes["eccentricity"], 4),
+        "solidity": _num(shapes["solidity"], 4),
+    }
+
+
+def _num(value: Any, digits: int) -> float | None:
+    """A rounded float for JSON, or None for a missing or non-finite value."""
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return round(float(value), digits)
+
+
+# -- running it --------------------------------------------------------------------------------
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def serve(
+    out_dir: Path,
+    slide: Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    open_browser: bool = True,
+    echo=print,
+    threads: int = 4,
+) -> None:
+    """Serve `out_dir`'s slides until interrupted (see `hovernet view --help`)."""
+    import os
+    import sys
+    import threading
+    import warnings
+    import webbrowser
+
+    from waitress import create_server
+
+    from hovernet.errors import HoverNetError, HoverNetWarning
+    from hovernet.progress import set_status
+    from hovernet.view.catalog import load_slides
+
+    slides = load_slides(out_dir, slide)
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is 2"
+    try:
+        loopback = host in LOOPBACK
+        allowed = LOOPBACK | {host} if loopback else None
+        app = create_app(slides, allowed_hosts=allowed)
+        try:
+            server = create_server(app, host=host, port=port, threads=threads, ident="hovernet")
+        except (OSError, ValueError) as exc:
+            raise HoverNetError(
+                f"cannot listen on {host}:{port} ({getattr(exc, 'strerror', None) or exc}): "
+                "pass another --port (--port 0: any free one) or --host"
+            ) from None
+        if not loopback:
+            warnings.warn(
+                f"--host {host}: anyone on the network who can reach this machine can see these "
+                "slides and their nuclei; use the default --host 127.0.0.1 to keep them private",
+                HoverNetWarning,
+                stacklevel=2,
+            )
+        shown = f"[{host}]" if ":" in host else host
+        url = f"http://{shown}:{getattr(server, 'effective_port', port)}/"
+        names = ", ".join(s.name for s in slides[:3]) + (", ..." if len(slides) > 3 else "")
+        echo(f"viewing {len(slides)} slide(s) of {out_dir} ({names}) at {url}")
+        echo("press Ctrl-C to stop")
+        gui = (
+            sys.platform in ("darwin", "win32")
+            or os.environ.get("DISPLAY")
+            or os.environ.get("WAYLAND_DISPLAY")
+        )
+        if open_browser and gui:
+            threading.Timer(0.5, webbrowser.open, [url]).start()
+        elif open_browser:
+            echo(f"no display found: open {url} in a browser")
+        set_status(f"the viewer of {out_dir} stopped (nothing in it was changed)")
+        threading.Thread(target=_warm_up, args=(slides,), daemon=True).start()
+        try:
+            server.run()
+        finally:
+            server.close()
+    finally:
+        for s in slides:
+            s.close()
+
+
+def _warm_up(slides: list[ViewSlide]) -> None:
+    """Count the nuclei per class and cell (one pass over each store) before the page asks."""
+    for s in slides:
+        try:
+            s.index.density()
+        except Exception:  # the request that needs it reports the problem
+            log.exception("counting the nuclei of %s failed", s.name)

@@ -1,0 +1,266 @@
+"""`hovernet view` in a real browser: headless Chromium driven by Playwright on a real slide-mode
+output (the bundled model on a crop of the bundled slide).
+
+Needs Debian's `chromium` (`/usr/bin/chromium`, or HOVERNET_CHROMIUM) and the `playwright`
+package; `make test` installs both. Where either is missing the tests are skipped with the
+reason (`pytest -ra` lists it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import cv2
+import numpy as np
+import pytest
+from view_helpers import serving, slide_output
+
+from hovernet.view.catalog import load_slides
+from hovernet.view.server import create_app
+
+VIEWPORT = {"width": 1000, "height": 700}
+EPITHELIAL = (0, 200, 0)  # the bundled model's colour for class 3
+VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779",
+           "#6ece58", "#b5de2b", "#fde725"]  # fmt: skip
+
+
+def _chromium() -> str | None:
+    for candidate in (os.environ.get("HOVERNET_CHROMIUM"), "/usr/bin/chromium",
+                      shutil.which("chromium"), shutil.which("chromium-browser")):  # fmt: skip
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip(
+        "playwright.sync_api",
+        reason="playwright is not installed (`make test` installs it: pip install -e '.[test]')",
+    )
+    path = _chromium()
+    if path is None:
+        pytest.skip(
+            "no Chromium to drive: `make test` installs Debian's chromium with apt-get "
+            "(or set HOVERNET_CHROMIUM to a Chromium binary)"
+        )
+    with sync_api.sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=path, headless=True)
+        except sync_api.Error as exc:
+            pytest.skip(f"Chromium at {path} does not start here: {str(exc).splitlines()[0]}")
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def real_out(tmp_path_factory) -> Path:
+    return slide_output(tmp_path_factory.getbasetemp() / "view_real")
+
+
+@pytest.fixture(scope="module")
+def url(real_out):
+    slides = load_slides(real_out)
+    with serving(create_app(slides)) as port:
+        yield f"http://127.0.0.1:{port}/"
+    for s in slides:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def target(real_out) -> dict:
+    """The largest epithelial nucleus away from the crop's edges: its CSV row and the contour
+    the JSON export holds (the store's pixels, through pixel centres)."""
+    import csv
+
+    with open(real_out / "cmu_crop.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["type_name"] == "epithelial"]
+    inner = [r for r in rows if all(80 < float(r[k]) < 940 for k in ("centroid_x", "centroid_y"))]
+    row = max(inner, key=lambda r: float(r["area"]))
+    doc = json.loads((real_out / "cmu_crop.json").read_text())
+    contour = np.asarray(doc["nuc"][row["id"]]["contour"], float)
+    return {"row": row, "contour": contour}
+
+
+def _open(browser, url: str, view_hash: str):
+    page = browser.new_page(viewport=VIEWPORT)
+    errors: list = []
+    page.on("pageerror", lambda exc: errors.append(exc))
+    page.goto(url + "#" + view_hash)
+    _settle(page)
+    page.errors = errors
+    return page
+
+
+def _settle(page) -> None:
+    """Wait until tiles and the overlay data for the current view are in and drawn."""
+    page.wait_for_function("window.hovernetView && window.hovernetView.idle()", timeout=30000)
+    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
+def _screen(page) -> np.ndarray:
+    return cv2.cvtColor(
+        cv2.imdecode(np.frombuffer(page.screenshot(), np.uint8), 1), cv2.COLOR_BGR2RGB
+    )
+
+
+def _viewer_box(page) -> list[float]:
+    return page.evaluate(
+        "(() => { const r = document.getElementById('viewer').getBoundingClientRect();"
+        " return [r.left, r.top, r.width, r.height]; })()"
+    )
+
+
+def _hash(page) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(page.evaluate("location.hash")[1:]).items()}
+
+
+def _to_screen(page, points: np.ndarray) -> np.ndarray:
+    """Store pixels (pixel centres) -> screen pixels, from the view the page reports."""
+    state = {k: float(v) for k, v in _hash(page).items() if k in ("x", "y", "z")}
+    box = _viewer_box(page)
+    scale = page.evaluate("window.hovernetInfo.scale")
+    level0 = (points + 0.5) * scale
+    centre = np.array([box[0] + box[2] / 2, box[1] + box[3] / 2])
+    return centre + (level0 - [state["x"], state["y"]]) * state["z"]
+
+
+def _share_near(image: np.ndarray, points: np.ndarray, colour, radius: int = 2, tol=60) -> float:
+    """Share of `points` with a pixel of about `colour` within `radius` px."""
+    hits = 0
+    for x, y in np.round(points).astype(int):
+        patch = image[max(0, y - radius) : y + radius + 1, max(0, x - radius) : x + radius + 1]
+        dist = np.abs(patch.astype(int) - colour).max(axis=2)
+        hits += bool((dist <= tol).any())
+    return hits / len(points)
+
+
+def _viridis(t: float) -> np.ndarray:
+    stops = np.array([[int(h[i : i + 2], 16) for i in (1, 3, 5)] for h in VIRIDIS], float)
+    f = min(max(t, 0.0), 1.0) * (len(stops) - 1)
+    i = min(int(f), len(stops) - 2)
+    return np.round(stops[i] + (stops[i + 1] - stops[i]) * (f - i))
+
+
+def test_a_csv_nucleus_is_outlined_in_its_class_colour_where_it_lies(browser, url, target):
+    row = target["row"]
+    page = _open(browser, url, f"slide=cmu_crop&x={row['centroid_x']}&y={row['centroid_y']}&z=8")
+    assert page.evaluate("hovernetView.mode") == "outlines" and not page.errors
+    outline = _to_screen(page, target["contour"])
+    left, top, width, height = _viewer_box(page)
+    assert np.hypot(*(outline.mean(axis=0) - [left + width / 2, top + height / 2])) < 20
+    image = _screen(page)
+    assert _share_near(image, outline, EPITHELIAL) >= 0.9
+    # its inside is not painted, and 12 px outside the outline is not green either
+    centre = outline.mean(axis=0)
+    assert _share_near(image, centre[None], EPITHELIAL, radius=1) == 0
+    far = centre + (outline - centre) * (1 + 12 / np.hypot(*(outline - centre).T)[:, None])
+    assert _share_near(image, far, EPITHELIAL, radius=0) <= 0.2
+    # hiding the class removes it
+    page.click("input[data-key='3']")
+    _settle(page)
+    assert "hide=3" in page.evaluate("location.hash")
+    assert _share_near(_screen(page), outline, EPITHELIAL) <= 0.1
+    page.close()
+
+
+def test_clicking_a_nucleus_shows_its_values_under_its_csv_number(browser, url, target):
+    row = target["row"]
+    page = _open(browser, url, f"slide=cmu_crop&x={row['centroid_x']}&y={row['centroid_y']}&z=8")
+    centre = _to_screen(page, target["contour"]).mean(axis=0)
+    page.mouse.click(*centre)
+    page.wait_for_selector("#details h2", state="visible")
+    assert page.inner_text("#details h2") == f"Nucleus {row['id']}"
+    values = dict(
+        page.evaluate(
+            "[...document.querySelectorAll('#details tr')].map(r => [...r.cells]"
+            ".map(c => c.textContent))"
+        )  # fmt: skip
+    )
+    assert values["class"] == "epithelial"
+    assert float(values["eccentricity"]) == pytest.approx(float(row["eccentricity"]), abs=2e-3)
+    assert float(values["area (px²)"]) == pytest.approx(float(row["area"]), rel=2e-3)
+    page.close()
+
+
+def test_colour_by_area_uses_the_colour_bar_and_the_view_reopens_from_its_link(
+    browser, url, target, real_out
+):
+    row = target["row"]
+    view = f"slide=cmu_crop&x={row['centroid_x']}&y={row['centroid_y']}&z=8&colour=area&hide=2"
+    page = _open(browser, url, view)
+    assert page.is_visible("#colourbar") and not page.is_checked("input[data-key='2']")
+    info = page.evaluate("window.hovernetInfo")
+    lo, hi = info["ranges"]["area"]
+    area = float(row["area"]) * info["mpp"] ** 2  # level-0 px^2 -> um^2
+    step = round((area - lo) / (hi - lo) * 31) / 31  # the page's 32 colour steps
+    outline = _to_screen(page, target["contour"])
+    image = _screen(page)
+    assert _share_near(image, outline, _viridis(step), tol=40) >= 0.8
+    assert _share_near(image, outline, EPITHELIAL) <= 0.1
+    # pan, then open the link in a new tab: same place, zoom, colouring and hidden class
+    page.evaluate("hovernetView.viewer.viewport.panBy(new OpenSeadragon.Point(0.05, 0.02), true)")
+    page.wait_for_function(f"!location.hash.includes('x={float(row['centroid_x']):.1f}')")
+    _settle(page)
+    link = page.evaluate("location.hash")[1:]
+    before = _hash(page)
+    again = _open(browser, url, link)
+    after = _hash(again)
+    for key in ("x", "y"):
+        assert float(after.pop(key)) == pytest.approx(float(before.pop(key)), abs=0.5)
+    assert float(after.pop("z")) == pytest.approx(float(before.pop("z")), rel=1e-3)
+    assert after == before == {"slide": "cmu_crop", "colour": "area", "hide": "2"}
+    assert again.is_visible("#colourbar") and not again.is_checked("input[data-key='2']")
+    page.close()
+    again.close()
+
+
+def test_zoomed_out_the_nuclei_are_a_heat_map(browser, url):
+    page = _open(browser, url, "slide=cmu_crop&x=512&y=512&z=0.2")
+    assert page.evaluate("hovernetView.mode") == "heatmap"
+    painted = page.evaluate(
+        "(() => { const c = document.getElementById('overlay-canvas');"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; })()"
+    )
+    side = 1024 * 0.2
+    assert painted > 0.2 * side * side  # the tissue's nuclei, not one dot each
+    assert page.inner_text("#status").startswith("heat map of ~854 nuclei in view")
+    assert page.is_visible("#colourbar") and "nuclei/mm²" in page.inner_text("#colourbar")
+    page.close()
+
+
+def test_the_geojson_download_holds_the_nuclei_of_the_view(browser, url, target):
+    row = target["row"]
+    page = _open(browser, url, f"slide=cmu_crop&x={row['centroid_x']}&y={row['centroid_y']}&z=4")
+    with page.expect_download() as download:
+        page.click("#download")
+    doc = json.loads(Path(download.value.path()).read_text())
+    ids = {f["properties"]["measurements"]["Nucleus ID"] for f in doc["features"]}
+    assert int(row["id"]) in ids and len(ids) == len(doc["features"]) > 5
+    assert doc["hovernet"]["truncated"] is False
+    page.close()
+
+
+def test_a_folder_of_several_slides_opens_on_a_list(browser, real_out, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("first", "second"):
+        for suffix in (".db", ".summary.json"):
+            shutil.copy(real_out / f"cmu_crop{suffix}", out / f"{name}{suffix}")
+    slides = load_slides(out)
+    with serving(create_app(slides)) as port:
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#slides a")
+        assert page.inner_text("#slides").split()[:2] == ["first", "1024"]
+        page.click("text=second")
+        _settle(page)
+        assert page.inner_text("#title") == "second" and page.is_visible("#back")
+        page.close()
+    for s in slides:
+        s.close()
