@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv browser demo test test-all lint bench clean
+.PHONY: venv browser demo test test-slow test-all lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: venv browser
 	$(BIN)/ruff check hovernet tests benchmarks
 	$(BIN)/ruff format --check hovernet tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+# the tests marked slow (seams at 4096 px, SIGKILL resume, demo, DDP, cohorts, estimates): CI
+# runs them after `make test`
+test-slow: venv browser
+	$(BIN)/python -m pytest -q -m "slow and not gpu"
 
 test-all: venv browser
 	$(BIN)/python -m pytest -q

@@ -8,8 +8,11 @@ all of those settings, which oversubscribes the cores when it sizes thread or pr
 
 from __future__ import annotations
 
+import gc
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _CGROUP = Path("/sys/fs/cgroup")
@@ -58,3 +61,18 @@ def spare_cpus(at_most: int, at_least: int = 1) -> int:
     """The one default for helper processes or threads beside a busy main process (network,
     training loop): this process's cores (`rank_cpus`) less one, within [at_least, at_most]."""
     return max(at_least, min(at_most, rank_cpus() - 1))
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while many small objects that cannot form cycles
+    are made (records, outlines), restored after. The collections their allocations trigger
+    scan every object of the process: with torch imported (730k objects), the records of 300
+    nuclei took 29-48 ms with it on (spikes to 490 ms: full collections) and 20-35 ms off."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -12,6 +12,7 @@ from conftest import REFERENCE
 from test_infer import CONSEP, TYPE_INFO, DarkBlobNet, run_cli
 from test_network import golden, recipe_model
 
+from hovernet.device import cpu_has_native_bf16
 from hovernet.errors import HoverNetError
 from hovernet.infer import backends
 from hovernet.infer.backends import OnnxRuntimeBackend, backend_of, resolve_backend, use_backend
@@ -88,9 +89,10 @@ class NetworkOnBlobs(torch.nn.Module):
 def test_segment_image_same_instances_through_both_backends(arch):
     image = read_rgb(CONSEP / "test_10_000.png")  # 256 x 256: 2 x 2 windows
     model = NetworkOnBlobs(arch)
-    inst_t, nuclei_t, pred_t = segment_image(model, image, batch_size=4, backend="torch")
+    kw = {"batch_size": 4, "precision": "fp32"}  # ONNX Runtime runs in fp32 only
+    inst_t, nuclei_t, pred_t = segment_image(model, image, backend="torch", **kw)
     assert backend_of(model) is None
-    inst_o, nuclei_o, pred_o = segment_image(model, image, batch_size=4, backend="onnxruntime")
+    inst_o, nuclei_o, pred_o = segment_image(model, image, backend="onnxruntime", **kw)
     assert isinstance(backend_of(model), OnnxRuntimeBackend)
     assert len(nuclei_t) > 5
     np.testing.assert_array_equal(inst_o, inst_t)
@@ -109,7 +111,8 @@ def test_run_tile_same_outputs_through_both_backends(tmp_path):
         model = DarkBlobNet()
         assert use_backend(model, name, log=pytest.fail) == name
         out = tmp_path / name
-        summary = run_tile(model, TileConfig(files, out, batch_size=3), log=lambda line: None)
+        config = TileConfig(files, out, batch_size=3, precision="fp32")  # ONNX Runtime: fp32
+        summary = run_tile(model, config, log=lambda line: None)
         assert not summary.failed
         results[name] = [scipy.io.loadmat(out / "mat" / f"{f.stem}.mat") for f in files]
     for mat_t, mat_o in zip(results["torch"], results["onnxruntime"], strict=True):
@@ -160,7 +163,7 @@ def test_export_onnx_command_writes_metadata_and_a_dynamic_batch_model(tmp_path)
 def test_lite_through_onnxruntime_matches_torch(nr_types):
     torch.manual_seed(2)
     model = prepare_for_inference(build_model("lite", nr_types).eval())
-    assert use_backend(model, "auto", log=pytest.fail) == "onnxruntime"
+    assert use_backend(model, "auto", "fp32", log=pytest.fail) == "onnxruntime"
     windows = np.random.default_rng(0).integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
     got = backend_of(model).run(windows)  # batch 3 through a graph traced at batch 1
     with torch.inference_mode():
@@ -184,7 +187,7 @@ def test_broken_onnxruntime_falls_back_to_torch_with_one_line(monkeypatch):
     monkeypatch.setattr(backends, "_import_onnxruntime", broken)
     lines: list[str] = []
     model = DarkBlobNet()
-    assert use_backend(model, "auto", log=lines.append) == "torch"
+    assert use_backend(model, "auto", "fp32", log=lines.append) == "torch"
     assert backend_of(model) is None
     assert len(lines) == 1
     assert "onnxruntime is not usable" in lines[0] and "PyTorch" in lines[0]
@@ -227,7 +230,7 @@ def test_export_failure_names_the_layer_and_does_not_fall_back():
     model.forward = patched
     lines: list[str] = []
     with pytest.raises(HoverNetError, match=r"in layer 'odd\.1'.*linalg_svd.*--backend torch"):
-        use_backend(model, "auto", log=lines.append)
+        use_backend(model, "auto", "fp32", log=lines.append)
     assert lines == []  # an error, not a fallback
 
 
@@ -313,7 +316,9 @@ def test_cli_backend_option(tmp_path, lite_checkpoint):
     code, stdout, stderr = run_cli([*base, "--backend", "torch", *tile("t")])
     assert code == 0, stderr
     assert "PyTorch" in stdout + stderr and "ONNX Runtime" not in stdout + stderr
-    code, stdout, stderr = run_cli([*base, *tile("a")])  # auto on a CPU: ONNX Runtime
-    assert code == 0 and "ONNX Runtime" in stdout + stderr
+    # auto on a CPU: PyTorch in bf16 where the CPU computes bf16 natively, else ONNX Runtime
+    code, stdout, stderr = run_cli([*base, *tile("a")])
+    runner = "PyTorch" if cpu_has_native_bf16() else "ONNX Runtime"
+    assert code == 0 and runner in stdout + stderr
     code, _, stderr = run_cli([*base, "--backend", "tvm", *tile("x")])
     assert code == 2 and "unknown --backend 'tvm'" in stderr

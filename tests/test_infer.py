@@ -90,6 +90,7 @@ def tile_run(tmp_path_factory, checkpoint):
             "--model_mode=fast",
             f"--model_path={checkpoint}",
             "--nr_post_proc_workers=1",
+            "--precision=fp32",  # the raw map is compared with the fp32 network below
             "tile",
             f"--input_dir={inputs}",
             f"--output_dir={out}",

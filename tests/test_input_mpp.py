@@ -54,7 +54,12 @@ def at_both(image):
     resampling)."""
     net = blob_net()
     small = to_model_resolution(image, 0.5)
-    return segment_image(net, image, input_mpp=0.25, phases=1), segment_image(net, small), small
+    kw = {"precision": "fp32"}  # the geometry of mapping back, at full precision
+    return (
+        segment_image(net, image, input_mpp=0.25, phases=1, **kw),
+        segment_image(net, small, **kw),
+        small,
+    )
 
 
 def test_image_is_area_averaged_to_the_model_resolution(image, at_both):
@@ -169,7 +174,9 @@ def test_run_tile_outputs_are_in_input_pixels_and_geojson_round_trips(image, at_
     src.mkdir()
     shutil.copy(MONUSEG, src / "tile.png")
     lines: list[str] = []
-    config = TileConfig((src,), tmp_path / "out", input_mpp=0.25, save_raw_map=True, phases=1)
+    config = TileConfig(
+        (src,), tmp_path / "out", input_mpp=0.25, save_raw_map=True, phases=1, precision="fp32"
+    )
     summary = run_tile(blob_net(), config, log=lines.append)
     assert not summary.failed
     assert any("0.25 um/px are resampled to the model's resolution, 0.5 um/px" in x for x in lines)

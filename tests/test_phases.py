@@ -34,7 +34,8 @@ def image() -> np.ndarray:
 
 
 def test_offsets_are_half_a_network_pixel():
-    assert phase_offsets(0.5) == [(0, 0), (0, 1), (1, 0), (1, 1)]  # 40x into 20x: automatic
+    assert phase_offsets(0.5, 4) == [(0, 0), (0, 1), (1, 0), (1, 1)]  # 40x into 20x
+    assert phase_offsets(0.5) == [(0, 0)]  # the default: one phase
     assert phase_offsets(0.5, 2) == [(0, 0), (1, 1)]
     assert phase_offsets(0.5, 1) == [(0, 0)]
     assert phase_offsets(0.25, 4) == [(0, 0), (0, 2), (2, 0), (2, 2)]  # 80x into 20x
@@ -63,7 +64,7 @@ def test_merged_phases_recover_detail_one_phase_loses(image):
     """With maps = the image shrunk, 4 merged phases come closer to the 40x image than one
     (which is plain bilinear enlarging), and shifts of the wrong sign do far worse."""
     grey = cv2.cvtColor(image[:400, :400], cv2.COLOR_RGB2GRAY).astype(np.float32)
-    offsets = phase_offsets(0.5)
+    offsets = phase_offsets(0.5, 4)
     maps = [to_model_resolution(shift_image(grey, o), 0.5) for o in offsets]
     one = merge_phases(maps[:1], offsets[:1], grey.shape)[..., 0]
     np.testing.assert_allclose(
@@ -82,7 +83,7 @@ def test_merged_phases_recover_detail_one_phase_loses(image):
 def test_segment_image_merges_phases(image):
     net = blob_net()
     crop = image[:400, :400]
-    inst4, nuclei4, pred4 = segment_image(net, crop, input_mpp=0.25)  # automatic: 4 phases
+    inst4, nuclei4, pred4 = segment_image(net, crop, input_mpp=0.25, phases=4)
     inst1, nuclei1, _ = segment_image(net, crop, input_mpp=0.25, phases=1)
     assert inst4.shape == (400, 400) and pred4.shape == (400, 400, 4)
     assert set(np.unique(inst4)) - {0} == set(nuclei4) == set(range(1, len(nuclei4) + 1))
@@ -90,7 +91,7 @@ def test_segment_image_merges_phases(image):
     assert abs(len(nuclei4) - len(nuclei1)) <= 0.1 * len(nuclei1)
     assert 0 < ((inst4 > 0) != (inst1 > 0)).mean() < 0.05
     # the instances follow the probability averaged over the phases, at the input's pixels
-    offsets = phase_offsets(0.5)
+    offsets = phase_offsets(0.5, 4)
     probs = []
     for offset in offsets:
         small = to_model_resolution(shift_image(crop, offset), 0.5)
@@ -109,7 +110,7 @@ def test_run_tile_with_phases_and_the_cli(image, tmp_path):
     cv2.imwrite(str(src / "crop.png"), image[:300, :300, ::-1])
     cv2.imwrite(str(src / "other.png"), image[300:500, 300:600, ::-1])
     lines: list[str] = []
-    config = TileConfig((src,), tmp_path / "out", input_mpp=0.25, post_proc_workers=0)
+    config = TileConfig((src,), tmp_path / "out", input_mpp=0.25, post_proc_workers=0, phases=4)
     summary = run_tile(blob_net(), config, log=lines.append)
     assert not summary.failed and set(summary.done) == {"crop", "other"}
     assert any("4 sub-pixel phases of each image" in x for x in lines)
@@ -117,7 +118,7 @@ def test_run_tile_with_phases_and_the_cli(image, tmp_path):
     assert summary.n_patches == 4 * one.n_patches
     for name in ("crop", "other"):  # the same results as segment_image, image by image
         img = read_rgb(src / f"{name}.png")
-        inst, nuclei, _ = segment_image(blob_net(), img, input_mpp=0.25)
+        inst, nuclei, _ = segment_image(blob_net(), img, input_mpp=0.25, phases=4)
         assert summary.done[name] == len(nuclei)
         written = cv2.imread(str(tmp_path / "out" / "overlay" / f"{name}.png"))
         assert written.shape[:2] == img.shape[:2]

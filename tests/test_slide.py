@@ -25,7 +25,7 @@ from hovernet.errors import HoverNetError
 from hovernet.infer.predict import segment_image
 from hovernet.infer.ranks import my_slides, parse_shard
 from hovernet.infer.slide import run_slides
-from hovernet.infer.slide_setup import SlideConfig
+from hovernet.infer.slide_setup import SlideConfig, calibration_windows
 from hovernet.io.inputs import list_slides
 from hovernet.io.slide_exports import output_paths
 from hovernet.io.store import NucleusStore
@@ -35,7 +35,7 @@ MPP = 0.25
 MONUSEG = DATA / "monuseg" / "images"
 
 
-def run(image, out, name="slide", slide_mpp=MPP, **kw):
+def run(image, out, name="slide", slide_mpp=MPP, tissue_fn=dark_tissue, **kw):
     """Run one in-memory slide through slide mode; returns (result, paths)."""
     config = SlideConfig(
         out, proc_mpp=kw.pop("proc_mpp", MPP), region_size=kw.pop("region_size", 328), quiet=True,
@@ -48,9 +48,15 @@ def run(image, out, name="slide", slide_mpp=MPP, **kw):
         config,
         log=lambda line: None,
         opener=lambda path, cfg: slide,
-        tissue_fn=dark_tissue,
+        tissue_fn=tissue_fn,
     )
     return results[0], output_paths(out, name)
+
+
+def all_tissue(slide, name, config):
+    """The whole slide is tissue (tile mode keeps every nucleus: compare like with like)."""
+    thumb, thumb_mpp = slide.thumbnail(512)
+    return thumb, thumb_mpp, np.ones(thumb.shape[:2], bool), thumb_mpp
 
 
 def disk_centres(width, height, step=41, offset=(9, 13)):
@@ -139,17 +145,21 @@ def test_finished_slide_is_skipped_and_overwrite_redoes_it(disk_run, tmp_path):
 def test_interrupted_slide_resumes_to_the_same_exports(disk_run, tmp_path):
     _, ref, centres = disk_run
 
+    image = disk_image((690, 700), centres)
+    config = SlideConfig(tmp_path, proc_mpp=MPP, region_size=328, quiet=True, post_proc_workers=0)
+    # slide mode first reads a few windows to measure the HV ranges, then the regions
+    _, _, mask, mask_mpp = dark_tissue(ArraySlide(Path("s.svs"), image, MPP), "slide", config)
+    n_calibration = len(calibration_windows(mask, mask_mpp / MPP, 700, 690))
+
     class Failing(ArraySlide):
         reads = 0
 
         def read(self, *args):
             Failing.reads += 1
-            if Failing.reads > 4:
+            if Failing.reads > n_calibration + 4:  # 4 regions read, then the disk goes
                 raise OSError("disk gone")
             return super().read(*args)
 
-    image = disk_image((690, 700), centres)
-    config = SlideConfig(tmp_path, proc_mpp=MPP, region_size=328, quiet=True, post_proc_workers=0)
     for cls in (Failing, ArraySlide):
         slide = cls(Path("slide.svs"), image, MPP)
         (result,) = run_slides(
@@ -199,12 +209,19 @@ def filled(contour, box) -> np.ndarray:
 
 def compare_with_tile_mode(image, out, region_size, workers, proc_mpp=MPP):
     """Slide mode's nuclei against tile mode's on the whole image; with a `proc_mpp` coarser
-    than the slide's, both run at the same sub-pixel phases (the default, 4 at 2x)."""
+    than the slide's, both run at 4 sub-pixel phases."""
     result, paths = run(
-        image, out, region_size=region_size, post_proc_workers=workers, proc_mpp=proc_mpp
+        image,
+        out,
+        region_size=region_size,
+        post_proc_workers=workers,
+        proc_mpp=proc_mpp,
+        tissue_fn=all_tissue,
+        precision="fp32",  # as tile mode below
+        phases=None if proc_mpp == MPP else 4,
     )
     assert result.status == "done", result.reason
-    kw = {} if proc_mpp == MPP else {"input_mpp": MPP, "proc_mpp": proc_mpp}
+    kw = {} if proc_mpp == MPP else {"input_mpp": MPP, "proc_mpp": proc_mpp, "phases": 4}
     _, tile_nuclei, _ = segment_image(BlobNet(), image, batch_size=8, precision="fp32", **kw)
     height, width = image.shape[:2]
     tile_labels = np.zeros((height, width), np.int32)
@@ -470,6 +487,7 @@ def test_cli_wsi_end_to_end_skip_and_missing_mpp(tmp_path, lite_checkpoint):
         "--save_mask",
         "--save_label_map",
         "--region_size=448",
+        "--phases=4",
         "--quiet",
     ]
     code, stdout, stderr = cli(args)
@@ -478,7 +496,7 @@ def test_cli_wsi_end_to_end_skip_and_missing_mpp(tmp_path, lite_checkpoint):
     assert "a: " in stdout and "1 slides done" in stdout
     summary = json.loads((out / "a.summary.json").read_text())
     assert summary["proc_mpp"] == 0.5 and summary["dimensions"] == [640, 700]
-    # the slide is at 0.25 um/px, the model at 0.5: 4 phases (the default), outlines at 0.25
+    # the slide is at 0.25 um/px, the model at 0.5: 4 phases, outlines at 0.25
     assert (summary["phases"], summary["outline_mpp"]) == (4, 0.25)
     assert summary["mag"] == pytest.approx(40.0)
     for suffix in (

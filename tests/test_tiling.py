@@ -80,7 +80,7 @@ def test_tiled_equals_whole_image(geometry, shape):
     model = LocalNet(geometry)
     image = random_image(shape, seed=sum(shape))
     grid = TileGrid(shape, geometry.input_size, geometry.output_size)
-    maps = predict_maps(model, image, batch_size=3, geometry=geometry)
+    maps = predict_maps(model, image, batch_size=3, precision="fp32", geometry=geometry)
     expected = direct_maps(model, image, grid)
 
     assert maps.pred_map.shape == (*shape, 4)
@@ -94,7 +94,7 @@ def test_untyped_maps_have_three_channels():
     model = LocalNet(SMALL, nr_types=None)
     image = random_image((30, 41), seed=1)
     grid = TileGrid(image.shape[:2], SMALL.input_size, SMALL.output_size)
-    maps = predict_maps(model, image, batch_size=2, geometry=SMALL)
+    maps = predict_maps(model, image, batch_size=2, precision="fp32", geometry=SMALL)
     assert maps.type_softmax is None
     np.testing.assert_allclose(maps.pred_map, direct_maps(model, image, grid), rtol=1e-6)
 

@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
             "--phases",
             help="Sub-pixel phases the network runs at on images finer than it (1, 2 or 4; "
             "the maps are averaged: finer outlines for that many times the network time). "
-            "Default: 4 on images at least 1.5x finer than the network (--input_mpp), else 1.",
+            "Default: 1.",
         ),
     ) -> None:
         """Segment image tiles: json/, mat/, overlay/, qupath/ (GeoJSON) and csv/ per image."""

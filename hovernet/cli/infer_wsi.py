@@ -4,7 +4,8 @@
         wsi --input_dir=slides/ --output_dir=out/ --save_thumb --save_mask
 
 Slides are shared between the processes of a `torchrun` job (RANK/WORLD_SIZE) and between the
-tasks of a `--shard i/n` job array: each slide is processed by exactly one of them.
+tasks of a `--shard i/n` job array: each process takes the next unclaimed slide when it is free
+(`hovernet.infer.ranks.share_slides`), and each slide is processed by exactly one of them.
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ def register_wsi(infer_app: typer.Typer) -> None:
         proc_mag: float | None = typer.Option(
             None, "--proc_mag", "--proc-mag", help="Processing magnification (the original's)."
         ),
-        slide_mpp: float | None = typer.Option(
-            None, "--slide_mpp", "--slide-mpp", help="Override the slide's own um/px."
+        slide_mpp: str | None = typer.Option(
+            None,
+            "--slide_mpp",
+            "--slide-mpp",
+            help="The slides' um/px (overrides the file's), or auto: estimated from the nuclei "
+            "where a file records none.",
         ),
         slide_mag: float | None = typer.Option(
             None, "--slide_mag", "--slide-mag", help="Override the slide's magnification."
@@ -65,7 +70,15 @@ def register_wsi(infer_app: typer.Typer) -> None:
             help="Instance and type maps as tiled pyramidal TIFFs.",
         ),
         shard: str | None = typer.Option(
-            None, "--shard", help="i/n: process every n-th slide from the i-th (job arrays)."
+            None,
+            "--shard",
+            help="i/n: this is task i of n sharing the slides (job arrays): each task claims the "
+            "next free slide in <output_dir>/.claims/ when it is free.",
+        ),
+        compile_network: bool = typer.Option(
+            False,
+            "--compile",
+            help="torch.compile the network (CUDA; the first batch pays the compilation).",
         ),
         region_size: int = typer.Option(
             3000,
@@ -79,7 +92,7 @@ def register_wsi(infer_app: typer.Typer) -> None:
             "--phases",
             help="Sub-pixel phases the network runs at on slides finer than it (1, 2 or 4; "
             "outlines at twice the processing resolution, for that many times the network "
-            "time). Default: 4 on slides at least 1.5x finer than the processing resolution.",
+            "time). Default: 1.",
         ),
         overwrite: bool = typer.Option(
             False, "--overwrite", help="Redo slides that are finished or partly done."
@@ -104,6 +117,7 @@ def register_wsi(infer_app: typer.Typer) -> None:
         """Segment whole-slide images: <slide>.geojson.gz, .json, .csv, .overlay.png and
         .summary.json per slide, from a resumable per-slide SQLite store (<slide>.db)."""
         opts: InferOptions = ctx.obj
+        batch_given = _given(ctx, "batch_size")
         if not 0 < mem_usage <= 1:
             raise HoverNetError(f"--mem_usage must be a share in (0, 1], got {mem_usage}")
         if proc_mpp is not None and proc_mag is not None:
@@ -120,7 +134,7 @@ def register_wsi(infer_app: typer.Typer) -> None:
             dict(
                 proc_mpp=proc_mpp,
                 proc_mag=proc_mag,
-                slide_mpp=slide_mpp,
+                slide_mpp=_slide_mpp(slide_mpp),
                 slide_mag=slide_mag,
                 mask_dir=input_mask_dir,
                 detect_tissue=not no_tissue_detection,
@@ -133,7 +147,19 @@ def register_wsi(infer_app: typer.Typer) -> None:
                 phases=phases,
             ),
             mem_usage,
+            batch_given=batch_given,
+            compile_network=compile_network,
         )
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` of `hovernet infer` (the parent command) was given, not defaulted."""
+    import click
+
+    parent = ctx.parent
+    if parent is None or name not in parent.params:
+        return True
+    return parent.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
 
 
 def run_wsi(
@@ -143,8 +169,12 @@ def run_wsi(
     shard: str | None,
     fields: dict,
     mem_usage: float,
+    batch_given: bool = True,
+    compile_network: bool = False,
 ) -> None:
-    """List and share out the slides, load the model, run, report; exit 2 if any failed."""
+    """List and share out the slides, load the model, run, report; exit 2 if any failed.
+
+    On CUDA without an explicit --batch_size the batch is sized from free device memory."""
     from dataclasses import replace
 
     from hovernet.infer.engine import physical_memory
@@ -157,18 +187,21 @@ def run_wsi(
     from hovernet.infer.ranks import (
         gather,
         init_distributed,
-        my_slides,
+        leave_distributed,
         parse_shard,
         rank_and_world,
+        share_slides,
     )
     from hovernet.infer.slide import run_slides
     from hovernet.infer.slide_setup import SlideConfig
     from hovernet.io.inputs import list_slides
 
     slides = list_slides(input_dir)
-    rank, world = rank_and_world(parse_shard(shard))
-    mine = my_slides(slides, rank, world)
+    shard_of = parse_shard(shard)
+    rank, world = rank_and_world(shard_of)
     distributed = init_distributed()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    mine = share_slides(slides, output_dir, shard_of, distributed)
     if distributed and opts.device in ("auto", "cuda"):
         import torch
 
@@ -176,13 +209,15 @@ def run_wsi(
             opts = replace(opts, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     load = opts.load_options()
     model, type_info = load_for_inference(load)
+    batch_size = _gpu_settings(model, opts, batch_given, compile_network)
     who = f"rank {rank}/{world}: " if world > 1 else ""
-    line = describe_model(model, type_info, load, opts.batch_size)
-    print(f"{who}{line}; {len(mine)} of {len(slides)} slides", flush=True)
+    line = describe_model(model, type_info, load, batch_size)
+    shared = "; taken one at a time as ranks free up" if world > 1 else ""
+    print(f"{who}{line}; {len(slides)} slides{shared}", flush=True)
     label = model_label(load.model_path)
     config = SlideConfig(
         output_dir=output_dir,
-        batch_size=opts.batch_size,
+        batch_size=batch_size,
         precision=opts.precision,
         post_proc_workers=opts.post_proc_workers(at_most=8, at_least=1),
         read_workers=max(1, opts.nr_inference_workers),
@@ -195,6 +230,7 @@ def run_wsi(
     results = run_slides(model, mine, config, log=_log)
     if distributed:
         results = gather(results)
+        leave_distributed()
     failed = [r for r in results if r.status == "failed"]
     done = [r for r in results if r.status == "done"]
     if rank == 0 or not distributed:
@@ -209,5 +245,42 @@ def run_wsi(
         raise HoverNetError(f"{len(failed)} slide(s) failed: {listed}")
 
 
+def _gpu_settings(model, opts: InferOptions, batch_given: bool, compile_network: bool) -> int:
+    """The batch size (from free device memory on CUDA unless given), cuDNN's autotuner, and
+    the compiled network if asked for."""
+    from hovernet.device import model_device
+    from hovernet.infer.predict import compile_for_inference, probe_batch_size
+
+    if model_device(model).type != "cuda":
+        if compile_network:
+            print("--compile: the network is compiled for CUDA only; running it as it is")
+        return opts.batch_size
+    import torch
+
+    torch.backends.cudnn.benchmark = True  # one batch shape: the fastest kernels are kept
+    batch_size = opts.batch_size
+    if not batch_given:
+        batch_size = probe_batch_size(model, opts.precision)
+        print(f"batch size {batch_size} from free GPU memory (--batch_size to choose)")
+    if compile_network:
+        compile_for_inference(model)
+    return batch_size
+
+
 def _log(line: str) -> None:
     print(line, flush=True)
+
+
+def _slide_mpp(text: str | None) -> float | str | None:
+    """--slide_mpp: None, "auto" or a positive number of microns per pixel."""
+    if text is None or text.strip().lower() == "auto":
+        return None if text is None else "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise HoverNetError(
+            f"--slide_mpp {text!r}: give microns per pixel (e.g. 0.25 at 40x, 0.5 at 20x) or auto"
+        )
+    return value

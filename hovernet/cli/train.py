@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -22,6 +23,15 @@ def _arch_for_img(img: int, arch: str | None) -> str:
         sizes = ", ".join(f"{n} {a.geometry.input_size}" for n, a in ARCHITECTURES.items())
         raise HoverNetError(f"--img {img}: no architecture takes {img} px input ({sizes})")
     return matching[0]
+
+
+def _warnings(cfg) -> list[str]:
+    """What the run will silently lack: a recorded resolution, classes in the validation."""
+    from hovernet.train.config import resolution_warning
+    from hovernet.train.data import validation_class_warning
+
+    lines = [resolution_warning(cfg), validation_class_warning(cfg.data, cfg.valid_patches)]
+    return [line for line in lines if line]
 
 
 def register(app: typer.Typer) -> None:
@@ -135,6 +145,9 @@ def register(app: typer.Typer) -> None:
 
             typer.echo(f"wrote {write_view(cfg)}")
             return
+        if os.environ.get("RANK", "0") == "0":  # torchrun: every process runs this command
+            for line in _warnings(cfg):
+                typer.echo(f"warning: {line}", err=True)
         result = launch(cfg)
         if result is not None:
             how = {"done": "finished", "time": "stopped at the time limit (resume with --resume)"}

@@ -139,7 +139,11 @@ def use_backend(
     with the same choice reuses the attached backend while the weights are unchanged.
     """
     device = model_device(model)
-    name = resolve_backend(backend, device, autocast_dtype(device, precision))
+    # asked for ONNX Runtime by name, "auto" precision means its fp32
+    auto_fp32 = backend == "onnxruntime" and precision == "auto"
+    name = resolve_backend(
+        backend, device, None if auto_fp32 else autocast_dtype(device, precision)
+    )
     current = _CHOSEN.get(model)
     if name == "torch":
         _CHOSEN.pop(model, None)
@@ -180,3 +184,12 @@ def _fallback_line(exc: Exception) -> str:
 def backend_of(model: torch.nn.Module) -> OnnxRuntimeBackend | None:
     """The backend chosen for `model` (None: PyTorch)."""
     return _CHOSEN.get(model)
+
+
+def effective_precision(model: torch.nn.Module, precision: str) -> str:
+    """The precision `model` runs at in the engine: fp32 through ONNX Runtime, else the
+    autocast dtype `precision` gives on its device ("fp32", "bf16", "fp16")."""
+    if backend_of(model) is not None:
+        return "fp32"
+    dtype = autocast_dtype(model_device(model), precision)
+    return "fp32" if dtype is None else str(dtype).removeprefix("torch.")

@@ -10,12 +10,21 @@ oldest job.
 Front ends differ only in what they feed in (whole tiles, or overlapping regions of a slide),
 what a job is (`make_job`) and what a worker does with it (`work`, a top-level function so that
 it pickles into spawned workers).
+
+Jobs reach the workers without their arrays being copied through a pipe: the network's maps are
+made in shared memory (`hovernet.infer.sharedmem.SharedArrays`, files in /dev/shm, reused from
+job to job), and a job is pickled in this process with its large arrays replaced by references
+that the worker maps. Where /dev/shm is missing or too full, jobs are pickled whole as before.
+`EngineConfig.profile` times the main process's stages (`EngineStats.stages`,
+`hovernet.infer.predict.StageClock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 import time
@@ -28,7 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hovernet.infer.predict import predict_stream
+from hovernet.infer.predict import StageClock, predict_stream
+from hovernet.infer.sharedmem import SharedArrays, run_shipped
 from hovernet.infer.tiling import TileGrid
 
 
@@ -43,6 +53,8 @@ class EngineConfig:
     # here). True: from the thread that sees the worker finish, as soon as it finishes, under a
     # lock (tile mode: each image's line appears when its outputs are written)
     report_as_done: bool = False
+    shared_memory: bool = True  # hand maps to workers through /dev/shm (where it has room)
+    profile: bool = False  # time the main process's stages (EngineStats.stages)
 
 
 @dataclass
@@ -50,6 +62,9 @@ class EngineStats:
     n_windows: int = 0
     network_s: float = 0.0  # main process: waiting for input, padding, network, stitching
     wait_s: float = 0.0  # main process: waiting for workers (budget full)
+    stages: StageClock | None = None  # with EngineConfig.profile
+    bytes_pickled: int = 0  # bytes of pickled jobs sent to workers through pipes
+    bytes_shared: int = 0  # bytes of arrays workers mapped from shared memory
 
 
 def physical_memory() -> int:
@@ -133,6 +148,13 @@ def run_engine(
     if own_pool:
         pool = make_pool(config.workers)
     in_flight: deque[tuple[Any, int, Future]] = deque()
+    held: dict[Future, list] = {}  # shared memory a job's worker maps, kept until reported
+    shared = SharedArrays() if pool is not None and config.shared_memory else None
+    clock = None
+    if config.profile:
+        cuda = next(model.parameters(), torch.empty(0)).device.type == "cuda"
+        clock = stats.stages = StageClock(torch.cuda.synchronize if cuda else None)
+    timed = clock or (lambda stage: contextlib.nullcontext())
     lock = threading.RLock()
     reported = threading.Condition(lock)  # notified each time a job has been reported
     stopping: list[bool] = []
@@ -146,7 +168,9 @@ def run_engine(
         while in_flight and (block or in_flight[0][2].done()):
             key, _, future = in_flight.popleft()
             exc = future.exception()
-            on_result(key, None if exc else future.result(), exc)
+            with timed("report"):
+                on_result(key, None if exc else future.result(), exc)
+            held.pop(future, None)
 
     def report_done(entry: tuple[Any, int, Future]) -> None:
         if stopping:  # the workers were ended on an interrupt: nothing to report
@@ -159,6 +183,7 @@ def run_engine(
             finally:
                 if entry in in_flight:
                     in_flight.remove(entry)
+                held.pop(future, None)
                 reported.notify_all()
 
     def full(nbytes: int) -> bool:
@@ -175,14 +200,18 @@ def run_engine(
 
     interrupted = True
     try:
-        stream = predict_stream(model, items, config.batch_size, config.precision, geometry)
+        alloc = shared.empty if shared is not None else None
+        stream = predict_stream(
+            model, items, config.batch_size, config.precision, geometry, alloc, clock
+        )
         t_net = time.perf_counter()
         for key, image, maps in stream:
             stats.network_s += time.perf_counter() - t_net
             stats.n_windows += len(
                 TileGrid(image.shape[:2], geometry.input_size, geometry.output_size)
             )
-            job, nbytes = make_job(key, image, maps)
+            with timed("job"):
+                job, nbytes = make_job(key, image, maps)
             del image, maps
             if job is None:
                 t_net = time.perf_counter()
@@ -207,8 +236,13 @@ def run_engine(
                     wait(oldest())
                     collect(block=False)
                 stats.wait_s += time.perf_counter() - t_wait
-                entry = (key, nbytes, pool.submit(work, job))
+                if clock is not None:
+                    clock.seconds["wait"] += time.perf_counter() - t_wait
+                with timed("ship"):
+                    future, holders = ship(pool, work, job, shared, stats)
+                entry = (key, nbytes, future)
                 with lock:
+                    held[future] = holders
                     in_flight.append(entry)
                 if config.report_as_done:
                     entry[2].add_done_callback(lambda _f, e=entry: report_done(e))
@@ -223,4 +257,26 @@ def run_engine(
             end_workers(pool)
         if own_pool:
             pool.shutdown(wait=True, cancel_futures=True)
+        held.clear()
+        if shared is not None:
+            shared.close()
     return stats
+
+
+def ship(
+    pool: ProcessPoolExecutor,
+    work: Callable[[Any], Any],
+    job: Any,
+    shared: SharedArrays | None,
+    stats: EngineStats,
+) -> tuple[Future, list]:
+    """Submit `job` to the pool: pickled here with its arrays in shared memory, or (without
+    `shared`) pickled whole by the pool. Returns its future and what must live until it is done."""
+    if shared is None:
+        if stats.stages is not None:  # profiling: what the pool will pickle
+            stats.bytes_pickled += len(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL))
+        return pool.submit(work, job), []
+    payload, holders, nbytes = shared.dumps(job)
+    stats.bytes_pickled += len(payload)
+    stats.bytes_shared += nbytes
+    return pool.submit(run_shipped, work, payload), holders

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from hovernet.device import autocast_dtype, model_device, resolve_device
+from hovernet.device import model_device, resolve_device
 from hovernet.errors import HoverNetError
-from hovernet.infer.backends import BACKENDS, backend_of, use_backend
+from hovernet.infer.backends import BACKENDS, backend_of, effective_precision, use_backend
 from hovernet.io.type_info import TypeInfo, check_type_info, default_type_info, load_type_info
 from hovernet.model.bundled import BUNDLED_NAME, BUNDLED_SUMMARY, bundled_model_path
 from hovernet.model.checkpoints import load_model
@@ -99,12 +99,11 @@ def describe_model(
     device = model_device(model)
     backend = backend_of(model)
     runner = "PyTorch" if backend is None else backend.describe()
-    dtype = autocast_dtype(device, opts.precision)
     types = "no types" if model.nr_types is None else f"{model.nr_types} types"
     names = ""
     if type_info:
         names = " (" + ", ".join(name for i, (name, _) in type_info.items() if i) + ")"
-    precision = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
+    precision = effective_precision(model, opts.precision)
     return (
         f"model {model_label(opts.model_path)}: {model.mode} mode, {types}{names}; "
         f"{device}, {precision}, batch {batch_size}, {runner}"

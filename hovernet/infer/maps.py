@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from hovernet.infer import resample
-from hovernet.infer.postprocess import postprocess
+from hovernet.infer.postprocess import Ranges, postprocess
 
 
 @dataclass
@@ -113,9 +113,11 @@ def maps_to_nuclei(
     map_mpp: float | None,
     shape: tuple[int, ...],
     prob: np.ndarray | None = None,
+    ranges: Ranges | None = None,
 ) -> tuple[np.ndarray, dict[int, dict]]:
-    """The HV watershed on `maps` (at `map_mpp`, which scales its constants), then the instance
-    map and records mapped to an input of `shape` (`resample.nuclei_to_input`), outlines refined
-    to `prob` (merged phases: the probability at the input's pixels; None: the maps' own)."""
-    inst_map, nuclei = postprocess(maps.pred_map, nr_types, maps.type_softmax, map_mpp)
+    """The HV watershed on `maps` (at `map_mpp`, which scales its constants; `ranges`: fixed
+    normalisation extremes, see `postprocess`), then the instance map and records mapped to an input
+    of `shape` (`resample.nuclei_to_input`), outlines refined to `prob` (merged phases: the
+    probability at the input's pixels; None: the maps' own)."""
+    inst_map, nuclei = postprocess(maps.pred_map, nr_types, maps.type_softmax, map_mpp, ranges)
     return resample.nuclei_to_input(inst_map, nuclei, shape, maps.prob if prob is None else prob)

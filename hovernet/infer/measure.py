@@ -23,8 +23,8 @@ import numpy as np
 from scipy import ndimage
 
 from hovernet.errors import HoverNetError
-from hovernet.infer.postprocess import gc_paused
 from hovernet.nuclei import MEASUREMENTS, Outline
+from hovernet.resources import gc_paused
 
 # skimage.measure.perimeter (4-connected): the border pixels are convolved with
 # [[10, 2, 10], [2, 1, 2], [10, 2, 10]] and each code has a length

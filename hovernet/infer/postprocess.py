@@ -18,12 +18,13 @@ majority-vote type) follow the original too, but are built from `scipy.ndimage.f
 bounding-box crops and one `np.bincount` per statistic over the nuclei's pixels instead of one
 full-image mask and `np.unique` per nucleus.
 
-Speed. Every step gives the original's values bit for bit; the work is arranged to pass over
-the whole map as few times as possible (see the comments in `hv_watershed` and
-`instance_records`). benchmarks/bench_postprocess.py compares with the previous, whole-map
-version of this module in one run: 1.5-1.9x on dense 1000 x 1000 MoNuSeg-like maps (the
-skimage watershed's flooding, unchanged, is most of what is left), 2.5-3.7x on the bundled
-model's maps of a 2000 x 2000 region of the demo slide (4 % foreground; 0.64 -> 0.26 s).
+Speed. Every step gives the original's values bit for bit, with as few passes over the whole
+map as possible (see the comments): 1.5-1.9x on dense 1000 x 1000 maps, 2.5-3.7x on a 2000 x
+2000 region of the demo slide (benchmarks/bench_postprocess.py; the skimage flooding is left).
+
+Slide mode. Step 2 normalises by the extremes of the map it is given; a slide's regions would
+each be normalised alike only for a model whose maps saturate. `hv_ranges` measures them once
+(over a few windows of the slide) and `postprocess(..., ranges=)` uses them for every region.
 
 Resolution. The original's pixel constants (10 px minimum size, 21 x 21 Sobel, 5 x 5 marker
 opening) are for maps at 40x (0.25 um/px), the resolution of the data its checkpoints were
@@ -43,9 +44,6 @@ Two defects of the original are fixed; neither changes anything on the 19 refere
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +53,7 @@ from scipy import ndimage
 from skimage.segmentation import watershed
 
 from hovernet.errors import HoverNetError
+from hovernet.resources import gc_paused
 
 # Constants of the original post-processing.
 FOREGROUND_THRESHOLD = 0.5
@@ -118,11 +117,45 @@ def _minmax(x: np.ndarray) -> np.ndarray:
     return cv2.normalize(x, None, alpha=0, beta=1, norm_type=cv2.NORM_MINMAX, dtype=cv2.CV_32F)
 
 
+Ranges = tuple[float, float, float, float, float, float, float, float]
+
+
+def _minmax_in(x: np.ndarray, low: float, high: float) -> np.ndarray:
+    """`_minmax` by the fixed range [low, high] (values outside it clipped): bit for bit what
+    `_minmax` gives when `x`'s own extremes are `low` and `high` (OpenCV normalises the map
+    with the two extremes appended)."""
+    flat = np.empty(x.size + 2, x.dtype)
+    np.clip(x.reshape(-1), low, high, out=flat[:-2])
+    flat[-2:] = (low, high)
+    out = cv2.normalize(flat.reshape(1, -1), None, 0, 1, cv2.NORM_MINMAX, dtype=cv2.CV_32F)
+    return out[0, :-2].reshape(x.shape)
+
+
+def hv_ranges(maps: list[tuple[np.ndarray, np.ndarray]], ksize: int, border: int = 0) -> Ranges:
+    """The extremes the original's watershed normalises by, over several (h, v) maps taken as
+    one: (h low, h high, v low, v high, then low and high of the Sobel derivative of the
+    normalised h along x and of the normalised v along y), without `border` pixels per side of
+    the derivatives (where a window's edge shows). `hv_watershed(..., ranges=)` then treats
+    every part of a larger image alike."""
+    maps = [(np.asarray(h, np.float32), np.asarray(v, np.float32)) for h, v in maps]
+    h_lo, h_hi = min(float(h.min()) for h, _ in maps), max(float(h.max()) for h, _ in maps)
+    v_lo, v_hi = min(float(v.min()) for _, v in maps), max(float(v.max()) for _, v in maps)
+    inner = (slice(border, -border or None),) * 2
+    sh, sv = [], []
+    for h, v in maps:
+        sh.append(cv2.Sobel(_minmax_in(h, h_lo, h_hi), cv2.CV_64F, 1, 0, ksize=ksize)[inner])
+        sv.append(cv2.Sobel(_minmax_in(v, v_lo, v_hi), cv2.CV_64F, 0, 1, ksize=ksize)[inner])
+    sh_lo, sh_hi = min(float(a.min()) for a in sh), max(float(a.max()) for a in sh)
+    sv_lo, sv_hi = min(float(a.min()) for a in sv), max(float(a.max()) for a in sv)
+    return h_lo, h_hi, v_lo, v_hi, sh_lo, sh_hi, sv_lo, sv_hi
+
+
 def hv_watershed(
     prob: np.ndarray,
     h_map: np.ndarray,
     v_map: np.ndarray,
     params: PostprocessParams | None = None,
+    ranges: Ranges | None = None,
 ) -> np.ndarray:
     """Instance labels (int32, ids as the original numbers them, possibly with gaps).
 
@@ -147,9 +180,18 @@ def hv_watershed(
     # only ever enters multiplied by fg = 0 or compared with 0.4, so 0 there changes nothing
     # (for finite maps: a NaN h/v value outside the foreground is NaN in the original's energy).
     # Computed in place: the same float32 operations, fewer whole-map temporaries.
-    overall = _minmax(cv2.Sobel(_minmax(h_map), cv2.CV_64F, 1, 0, ksize=params.sobel_ksize))
+    k = params.sobel_ksize
+    if ranges is None:  # the original: normalised over this map
+        overall = _minmax(cv2.Sobel(_minmax(h_map), cv2.CV_64F, 1, 0, ksize=k))
+        other = _minmax(cv2.Sobel(_minmax(v_map), cv2.CV_64F, 0, 1, ksize=k))
+    else:  # by fixed ranges (`hv_ranges`): the same for any part of a larger image
+        h_lo, h_hi, v_lo, v_hi, sh_lo, sh_hi, sv_lo, sv_hi = ranges
+        sobel = cv2.Sobel(_minmax_in(h_map, h_lo, h_hi), cv2.CV_64F, 1, 0, ksize=k)
+        overall = _minmax_in(sobel, sh_lo, sh_hi)
+        sobel = cv2.Sobel(_minmax_in(v_map, v_lo, v_hi), cv2.CV_64F, 0, 1, ksize=k)
+        other = _minmax_in(sobel, sv_lo, sv_hi)
+        del sobel
     np.subtract(1, overall, out=overall)
-    other = _minmax(cv2.Sobel(_minmax(v_map), cv2.CV_64F, 0, 1, ksize=params.sobel_ksize))
     np.subtract(1, other, out=other)
     np.maximum(overall, other, out=overall)
     del other
@@ -214,21 +256,6 @@ def _watershed_in_box(energy: np.ndarray, markers: np.ndarray, fg: np.ndarray) -
     out = watershed(energy[box], markers=markers[box], mask=fg[box])
     labels[box] = out
     return labels
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while many small objects that cannot form cycles
-    are made (records, outlines), restored after. The collections their allocations trigger
-    scan every object of the process: with torch imported (730k objects), the records of 300
-    nuclei took 29-48 ms with it on (spikes to 490 ms: full collections) and 20-35 ms off."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _outer_contour(mask: np.ndarray) -> np.ndarray | None:
@@ -353,11 +380,15 @@ def postprocess(
     nr_types: int | None = None,
     type_softmax: np.ndarray | None = None,
     mpp: float | None = None,
+    ranges: Ranges | None = None,
 ) -> tuple[np.ndarray, dict[int, Nucleus]]:
     """Turn HoVer-Net outputs into an instance map and per-nucleus records.
 
     `mpp` is the maps' resolution (um/px): the watershed's pixel constants are scaled to it
-    (`PostprocessParams.for_mpp`); None keeps the original's (40x) constants.
+    (`PostprocessParams.for_mpp`); None keeps the original's (40x) constants. `ranges` (from
+    `hv_ranges`): normalise the HV maps and their gradients by these fixed extremes instead of
+    over this map (slide mode: a region's nuclei then do not depend on its size; with the map's
+    own extremes the result is the original's bit for bit); None: the original.
 
     `pred_map` is H x W x 3 = [nucleus probability, h, v] or, for a typed model, H x W x 4 =
     [arg-maxed type id, probability, h, v] (the original's layout). `nr_types` is accepted for
@@ -398,6 +429,7 @@ def postprocess(
         inst_channels[..., 1],
         inst_channels[..., 2],
         PostprocessParams.for_mpp(mpp),
+        ranges,
     )
     type_map = None
     if typed:

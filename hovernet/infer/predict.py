@@ -5,15 +5,23 @@
 - `predict_maps`: the maps of one image;
 - `segment_image`: one image -> (instance map, nuclei, pred_map), the public one-image API.
 
-Each batch runs through `run_batch`: the backend chosen for the model
-(`hovernet.infer.backends.use_backend`), else PyTorch with autocast per `precision`.
+Each batch runs through the backend chosen for the model (`hovernet.infer.backends.use_backend`),
+else PyTorch with autocast per `precision`. Everything between the image and its finished maps
+stays on the model's device: the padded image goes up once (pinned, non-blocking on CUDA), the
+windows are cut there, each batch's outputs are placed into the image's maps there (two tensors
+of the image's exact size: [type id, probability, h, v] and the type softmax), the type ids are
+taken there, and the finished maps come down once per image, on a side stream while the network
+goes on with the next batches (`max_lag` finished images may wait for their copy). On the CPU
+the maps are written straight into arrays from `alloc` (the engine's shared memory), so they are
+never copied again; the values are those of stitching window by window (`tiling.Stitcher`).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import contextlib
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -24,40 +32,149 @@ from hovernet.device import autocast_dtype, model_device
 from hovernet.errors import HoverNetError
 from hovernet.infer import resample
 from hovernet.infer.backends import backend_of, use_backend
-from hovernet.infer.maps import (
-    PredMaps,
-    logits_to_maps,
-    maps_to_nuclei,
-    merge_phase_maps,
-    to_pred_maps,
-)
-from hovernet.infer.tiling import Stitcher, TileGrid
+from hovernet.infer.maps import PredMaps, logits_to_maps, maps_to_nuclei, merge_phase_maps
+from hovernet.infer.tiling import TileGrid
+
+Alloc = Callable[[tuple[int, ...], Any], np.ndarray]
+
+
+class StageClock:
+    """Where the main process spends its time, by stage (profiling): seconds, counts and bytes.
+    With `sync` (CUDA: `torch.cuda.synchronize`) each stage waits for its device work, so device
+    time counts where it was queued (and nothing overlaps: a profile, not a production run)."""
+
+    def __init__(self, sync: Callable[[], None] | None = None):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+        self.sync = sync
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.sync is not None:
+                self.sync()
+            self.seconds[stage] += time.perf_counter() - start
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.counts[what] += n
+
+
+class _NoClock(StageClock):
+    """Times nothing (production runs)."""
+
+    def __call__(self, stage: str) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def count(self, what: str, n: int = 1) -> None:
+        pass
+
+
+NO_CLOCK = _NoClock()
+
+
+def network_maps(
+    model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None
+) -> torch.Tensor:
+    """N x S x S x 3 uint8 windows (on the model's device) -> N x s x s x (3 + C) float32
+    [np prob, h, v, softmax...] on that device (the backend's run on the CPU)."""
+    backend = backend_of(model)
+    if backend is not None:
+        return torch.from_numpy(backend.run(x.numpy()))
+    # NHWC -> NCHW view: its strides are already channels-last, which the convs prefer
+    x = x.permute(0, 3, 1, 2).float()
+    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        out = model(x)
+    return logits_to_maps(out)
 
 
 def run_batch(model: torch.nn.Module, patches: np.ndarray, dtype: torch.dtype | None) -> np.ndarray:
-    """N x S x S x 3 uint8 windows -> N x s x s x (3 + C) float32 [np prob, h, v, softmax...].
-
-    Runs through the backend chosen by `hovernet.infer.backends.use_backend`, else PyTorch.
-    """
+    """N x S x S x 3 uint8 windows -> N x s x s x (3 + C) float32 [np prob, h, v, softmax...]
+    on the host (one batch in and out: benchmarks' network-only baseline)."""
     backend = backend_of(model)
     if backend is not None:
         return backend.run(patches)
-    device = model_device(model)
     x = torch.from_numpy(patches)
+    device = model_device(model)
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
-    # NHWC -> NCHW view: its strides are already channels-last, which the convs prefer
-    x = x.permute(0, 3, 1, 2).float()
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        out = model(x)
-    return logits_to_maps(out).to("cpu").numpy()
+    return network_maps(model, x, dtype).to("cpu").numpy()
 
 
-@dataclass
-class _Pending:
-    key: Any
-    image: np.ndarray
-    stitcher: Stitcher
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array as a tensor on `device` (CUDA: through pinned memory, not waiting)."""
+    tensor = torch.from_numpy(array)
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+class _Image:
+    """One image in flight: its padded pixels and its maps being filled, on the device."""
+
+    def __init__(self, key, image, grid: TileGrid, padded, nr_types: int, device, alloc: Alloc):
+        self.key, self.image, self.grid, self.padded = key, image, grid, padded
+        self.windows = grid.windows()
+        self.left = len(self.windows)
+        h, w = grid.image_shape
+        self.typed = nr_types > 0
+        self.host = device.type == "cpu"  # maps written straight into host arrays
+
+        self.arrays: list[np.ndarray | None] = []  # on the CPU: the host arrays themselves
+
+        def empty(*shape: int) -> torch.Tensor:
+            if self.host:
+                self.arrays.append(alloc(shape, np.float32))
+                return torch.from_numpy(self.arrays[-1])
+            return torch.empty(shape, dtype=torch.float32, device=device)
+
+        # [type id, prob, h, v] (typed) or [prob, h, v]; the type softmax beside it
+        self.pred = empty(h, w, 4 if self.typed else 3)
+        self.softmax = empty(h, w, nr_types) if self.typed else None
+        self.arrays += [None] * (2 - len(self.arrays)) if self.host else []
+
+    def window(self, index: int) -> torch.Tensor:
+        y, x = self.windows[index]
+        size = self.grid.input_size
+        return self.padded[y : y + size, x : x + size]
+
+    def place(self, index: int, out: torch.Tensor) -> None:
+        """Window `index`'s output square (s x s x (3 + C)), cut where it passes the image."""
+        y, x = self.windows[index]
+        height, width = self.grid.image_shape
+        h, w = min(len(out), height - y), min(out.shape[1], width - x)
+        first = 1 if self.typed else 0
+        self.pred[y : y + h, x : x + w, first:] = out[:h, :w, :3]
+        if self.typed:
+            self.softmax[y : y + h, x : x + w] = out[:h, :w, 3:]
+        self.left -= 1
+
+    def finish(self) -> None:
+        """The type ids: arg-max of the softmax (the first of equal maxima, as numpy's)."""
+        self.padded = None
+        if self.typed:
+            self.pred[..., 0] = torch.argmax(self.softmax, dim=-1)
+
+    def maps(self, alloc: Alloc, stream=None, ready=None) -> PredMaps:
+        """The finished maps as host arrays (CUDA: copied on `stream` once `ready` is)."""
+        if self.host:
+            self.pred = self.softmax = None
+            return PredMaps(*self.arrays)
+        out = []
+        with torch.cuda.stream(stream):
+            stream.wait_event(ready)
+            for tensor in (self.pred, self.softmax):
+                if tensor is None:
+                    out.append(None)
+                    continue
+                host = alloc(tuple(tensor.shape), np.float32)
+                torch.from_numpy(host).copy_(tensor)  # pageable: returns when copied
+                out.append(host)
+        stream.synchronize()
+        self.pred = self.softmax = None
+        return PredMaps(*out)
 
 
 def predict_stream(
@@ -66,47 +183,83 @@ def predict_stream(
     batch_size: int = 8,
     precision: str = "auto",
     geometry: ModelGeometry | None = None,
+    alloc: Alloc | None = None,
+    clock: StageClock | None = None,
+    max_lag: int = 2,
 ) -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
     """Yield (key, image, PredMaps) for each (key, RGB uint8 image), in order.
 
     Windows of consecutive images share batches. The model runs under `torch.inference_mode`
     on the device of its parameters, with autocast per `precision` (see `autocast_dtype`).
     `geometry` defaults to `model.geometry`; `model.nr_types` (None = untyped) sets the maps.
+    `alloc(shape, dtype)` makes the host arrays of the maps (default `np.empty`); `clock`
+    times the stages (`StageClock`). A model marked `fixed_batch` (compiled for one shape) gets
+    its last batch filled up with copies of its first window, whose outputs are dropped.
     """
     if batch_size < 1:
         raise HoverNetError(f"batch size must be at least 1, got {batch_size}")
     geometry = geometry or model.geometry
-    typed = getattr(model, "nr_types", None) is not None
-    channels = 3 + (model.nr_types if typed else 0)
+    nr_types = getattr(model, "nr_types", None) or 0
+    on = model_device(model) if backend_of(model) is None else torch.device("cpu")
     dtype = autocast_dtype(model_device(model), precision)
-    pending: deque[_Pending] = deque()
-    windows: list[tuple[_Pending, int]] = []
-    batch: list[np.ndarray] = []
+    alloc = alloc or (lambda shape, dt: np.empty(shape, dt))
+    clock = clock or NO_CLOCK
+    fixed = bool(getattr(model, "fixed_batch", False))
+    copier = torch.cuda.Stream(on) if on.type == "cuda" else None
+    waiting: deque[_Image] = deque()  # images with windows still to run, in order
+    finishing: deque[tuple[_Image, Any]] = deque()  # CUDA: done there, not yet copied back
+    batch: list[tuple[_Image, int]] = []
+
+    def drain(force: bool) -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
+        while finishing and (force or len(finishing) > max_lag or finishing[0][1].query()):
+            state, ready = finishing.popleft()
+            with clock("download"):
+                maps = state.maps(alloc, copier, ready)
+            yield state.key, state.image, maps
 
     def flush() -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
-        outputs = run_batch(model, np.stack(batch), dtype)
-        for (state, index), output in zip(windows, outputs, strict=True):
-            state.stitcher.add(index, output)
+        with clock("cut"):
+            views = [state.window(index) for state, index in batch]
+            views += views[:1] * (batch_size - len(views) if fixed else 0)
+            x = torch.stack(views)
+        with clock("network"):
+            outputs = network_maps(model, x, dtype)
+        with clock("stitch"):
+            for (state, index), output in zip(batch, outputs, strict=False):
+                state.place(index, output)
+        clock.count("windows", len(batch))
         batch.clear()
-        windows.clear()
-        while pending and pending[0].stitcher.done:
-            state = pending.popleft()
-            yield state.key, state.image, to_pred_maps(state.stitcher.result(), typed)
+        while waiting and waiting[0].left == 0:
+            state = waiting.popleft()
+            with clock("finish"):
+                state.finish()
+            if copier is None:
+                yield state.key, state.image, state.maps(alloc)
+                continue
+            ready = torch.cuda.Event()
+            ready.record()
+            finishing.append((state, ready))
+        yield from drain(force=False)
 
     with torch.inference_mode():
+        waited = time.perf_counter()
         for key, image in items:
+            if clock is not NO_CLOCK:
+                clock.seconds["read"] += time.perf_counter() - waited
             image = check_image(image, key)
             grid = TileGrid(image.shape[:2], geometry.input_size, geometry.output_size)
-            padded = grid.pad(image)
-            state = _Pending(key, image, Stitcher(grid, channels))
-            pending.append(state)
+            with clock("pad"):
+                padded = to_device(grid.pad(image), on)
+            state = _Image(key, image, grid, padded, nr_types, on, alloc)
+            waiting.append(state)
             for index in range(len(grid)):
-                batch.append(grid.crop(padded, index))
-                windows.append((state, index))
+                batch.append((state, index))
                 if len(batch) == batch_size:
                     yield from flush()
+            waited = time.perf_counter()
         if batch:
             yield from flush()
+        yield from drain(force=True)
 
 
 def check_image(image: np.ndarray, key: Any) -> np.ndarray:
@@ -128,6 +281,22 @@ def predict_maps(
     """The stitched network maps of one RGB uint8 image of any size."""
     ((_, _, maps),) = predict_stream(model, [("image", image)], batch_size, precision, geometry)
     return maps
+
+
+def predict_phases(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    scale: float | None,
+    offsets: list[tuple[int, int]],
+    batch_size: int = 8,
+    precision: str = "auto",
+) -> tuple[PredMaps, np.ndarray]:
+    """The maps of `image` resampled by `scale` at its sub-pixel phases `offsets`, merged
+    (`merge_phase_maps`): (maps on the network grid, nucleus probability at the image's
+    pixels, or at the network's for one phase)."""
+    items = enumerate(resample.phase_inputs(image, offsets, scale))
+    phase_maps = [maps for _, _, maps in predict_stream(model, items, batch_size, precision)]
+    return merge_phase_maps(phase_maps, offsets, image.shape)
 
 
 def segment_image(
@@ -159,10 +328,57 @@ def segment_image(
     image = check_image(image, "image")
     scale = resample.resolution_scale(input_mpp, resample.model_mpp(model), proc_mpp)
     offsets = resample.phase_offsets(scale, phases)
-    items = enumerate(resample.phase_inputs(image, offsets, scale))
-    phase_maps = [maps for _, _, maps in predict_stream(model, items, batch_size, precision)]
-    maps, prob = merge_phase_maps(phase_maps, offsets, image.shape)
+    maps, prob = predict_phases(model, image, scale, offsets, batch_size, precision)
     map_mpp = proc_mpp or resample.model_mpp(model)  # the network maps' resolution
     inst_map, nuclei = maps_to_nuclei(maps, model.nr_types, map_mpp, image.shape, prob)
     typed = maps.type_softmax is not None
     return inst_map, nuclei, resample.maps_to_input(maps.pred_map, image.shape, typed)
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU settings: batch size from free memory, compiled network
+
+
+def batch_size_for(
+    free_bytes: int, per_window: float, fixed: float = 0.0, share: float = 0.5, cap: int = 512
+) -> int:
+    """The largest batch whose network memory (`fixed` + `per_window` x batch) fits in `share`
+    of `free_bytes` (the rest is left for the maps of the images in flight), rounded down to a
+    multiple of 8 from 8 on, at most `cap`, at least 1."""
+    if per_window <= 0:
+        raise HoverNetError(f"memory per window must be positive, got {per_window}")
+    n = int((free_bytes * share - fixed) // per_window)
+    n = min(cap, n)
+    return max(1, n // 8 * 8 if n >= 8 else n)
+
+
+def probe_batch_size(model: torch.nn.Module, precision: str = "auto", cap: int = 512) -> int:
+    """A batch size for `model` on its CUDA device from the memory that batches of 4 and 8
+    windows take (peak allocated) and the device's free memory (`torch.cuda.mem_get_info`)."""
+    device = model_device(model)
+    if device.type != "cuda":
+        raise HoverNetError(f"batch sizes are measured on CUDA devices, not on {device}")
+    dtype = autocast_dtype(device, precision)
+    size = model.geometry.input_size
+    peaks = []
+    with torch.inference_mode():
+        for n in (4, 8):
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            x = torch.zeros((n, size, size, 3), dtype=torch.uint8, device=device)
+            network_maps(model, x, dtype)
+            torch.cuda.synchronize(device)
+            peaks.append(torch.cuda.max_memory_allocated(device) - base)
+            del x
+    per_window = max(1.0, (peaks[1] - peaks[0]) / 4)
+    free, _ = torch.cuda.mem_get_info(device)
+    return batch_size_for(free, per_window, max(0.0, peaks[0] - 4 * per_window), cap=cap)
+
+
+def compile_for_inference(model: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
+    """`torch.compile` the network in place for one batch shape (`fixed_batch`: the last batch
+    of a stream is filled up, so nothing recompiles); the first batch pays the compilation."""
+    model.compile(dynamic=False, mode=mode)
+    model.fixed_batch = True
+    return model

@@ -1,5 +1,9 @@
 """Sharing slides between processes: torchrun ranks (RANK/WORLD_SIZE) within `--shard i/n`
-job-array tasks; each slide is processed by exactly one of them."""
+job-array tasks; each slide is processed by exactly one of them.
+
+`share_slides` hands them out as the processes become free (`hovernet.infer.claims`): a counter
+in the process group's store under torchrun, claim files in the output folder between job-array
+tasks. `my_slides` is the fixed split (every n-th slide), kept for comparison."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 from pathlib import Path
 
 from hovernet.errors import HoverNetError
+from hovernet.infer.claims import Cohort, CounterClaims, FileClaims, FixedCohort, largest_first
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -53,3 +58,35 @@ def gather(results: list) -> list:
     everyone: list = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, results)
     return [r for part in everyone for r in part]
+
+
+def leave_distributed() -> None:
+    """Leave the process group once every rank is done (a rank that exits with the group
+    still up can abort in the store's or gloo's threads)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def same_on_every_rank(value):
+    """Rank 0's `value` on every rank (so that every rank counts over the same list)."""
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def share_slides(
+    slides: list[Path], output_dir: Path, shard: tuple[int, int], distributed: bool
+) -> Cohort:
+    """This process's slides, handed out one at a time as it asks for them (largest first):
+    between `--shard` tasks (n > 1) by claim files in `output_dir`, between the ranks of one
+    torchrun job by a counter in its store; a lone process takes them all, in order."""
+    if shard[1] > 1:
+        return FileClaims(largest_first(slides), output_dir)
+    if distributed:
+        return CounterClaims(same_on_every_rank(largest_first(slides)))
+    return FixedCohort(slides)

@@ -17,7 +17,7 @@ slides and, inside an unfinished one, the stored regions.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,15 +27,18 @@ import numpy as np
 import torch
 
 from hovernet.errors import HoverNetError
+from hovernet.infer.claims import Cohort, as_cohort
 from hovernet.infer.engine import EngineConfig, make_pool, maps_nbytes, read_ahead, run_engine
 from hovernet.infer.maps import PhaseCollector, PredMaps, maps_to_nuclei, merge_phase_maps
 from hovernet.infer.measure import nucleus_measurements
 from hovernet.infer.regions import Region, owned_nuclei
 from hovernet.infer.resample import phase_inputs, phase_offsets
+from hovernet.infer.resolution import plausibility_warnings
 from hovernet.infer.slide_setup import (
     MaskWindow,
     SlideConfig,
     SlideFrame,
+    calibrate_hv_ranges,
     default_opener,
     default_tissue,
     finished_differs,
@@ -44,6 +47,7 @@ from hovernet.infer.slide_setup import (
     no_tissue_warning,
     plan_slide,
     processed_tissue_mm2,
+    resolve_auto_mpp,
     run_key,
     slide_lock,
 )
@@ -88,13 +92,16 @@ class RegionJob:
     # as the maps), to which the nuclei are mapped back; None: the maps are at its pixels
     prob: np.ndarray | None = None
     tissue: MaskWindow | None = None  # the tissue mask under the region; None: all tissue
+    ranges: list[float] | None = None  # the slide's HV normalisation extremes (hv_ranges)
 
 
 def region_nuclei(job: RegionJob) -> tuple[list[dict], int]:
     """Post-process one region: its owned nuclei whose centroid lies in the tissue mask, in
     whole-slide coordinates, and the count of owned nuclei cut by the region's border."""
     shape = job.maps.pred_map.shape if job.prob is None else job.prob.shape
-    inst_map, nuclei = maps_to_nuclei(job.maps, job.nr_types, job.proc_mpp, shape, job.prob)
+    inst_map, nuclei = maps_to_nuclei(
+        job.maps, job.nr_types, job.proc_mpp, shape, job.prob, job.ranges
+    )
     keep, cut = owned_nuclei(nuclei, job.region, job.width, job.height)
     rx0, ry0 = job.region.read[:2]
     if job.tissue is not None:
@@ -138,6 +145,7 @@ class _SlideRun:
         self.mask: np.ndarray | None = None  # the tissue mask; None: the whole slide
         self.mask_scale = 1.0  # frame pixels per mask pixel
         self.status_note = ""  # what set_status says after the stored regions
+        self.ranges: list[float] | None = None  # HV normalisation extremes (store meta)
 
     def items(self, todo: list[Region], workers: int) -> Iterator[tuple[Region, np.ndarray]]:
         """(region, network input) in order, `workers` threads reading ahead; with phases each
@@ -169,7 +177,16 @@ class _SlideRun:
         if self.mask is not None:
             window = mask_window(self.mask, self.mask_scale, region.core)
         job = RegionJob(
-            region, maps, nr_types, f.width, f.height, f.scale, f.proc_mpp, prob, window
+            region,
+            maps,
+            nr_types,
+            f.width,
+            f.height,
+            f.scale,
+            f.proc_mpp,
+            prob,
+            window,
+            self.ranges,
         )
         return job, maps_nbytes(maps.pred_map, maps.type_softmax, prob)
 
@@ -213,6 +230,9 @@ def run_slide(
     name = path.stem
     paths = output_paths(config.output_dir, name)
     model_mpp = getattr(getattr(model, "meta", None), "mpp", None)
+    estimate = None
+    if config.slide_mpp == "auto":
+        config, estimate = resolve_auto_mpp(model, path, config, opener, log)
     if paths["summary"].exists() and not config.overwrite:
         with (opener or default_opener)(path, config) as slide:
             frame = make_frame(
@@ -265,6 +285,14 @@ def run_slide(
                     if not mask.all():
                         run.mask, run.mask_scale = mask, mask_mpp / frame.mpp
                     run.status_note = status_note
+                    if todo:  # the slide's HV gradient ranges: measured once, kept in the store
+                        if store.meta.get("hv_ranges") is None:
+                            measured = calibrate_hv_ranges(
+                                model, slide, frame, mask, mask_mpp, config.batch_size,
+                                config.precision,
+                            )  # fmt: skip
+                            store.set_meta("hv_ranges", measured)
+                        run.ranges = store.meta.get("hv_ranges") or None
                     bar.advance(len(tissue_idx) - len(todo), nuclei=run.nuclei)
                     run.status()
                     engine = EngineConfig(
@@ -323,6 +351,14 @@ def run_slide(
                         else 0.0
                     ),
                 )
+                if estimate is not None:
+                    summary["slide_mpp_estimate"] = estimate.describe()
+                warnings = plausibility_warnings(
+                    summary["nuclei"], tissue_mm2, mpp=float(slide.mpp), name=name
+                )
+                for line in warnings:
+                    log(f"warning: {line}")
+                summary["warnings"] = warnings
                 write_summary(paths["summary"], summary)
     return SlideResult(name, "done", "", summary["nuclei"], summary)
 
@@ -333,20 +369,25 @@ def run_slide(
 
 def run_slides(
     model: torch.nn.Module,
-    slides: list[Path],
+    slides: Iterable[Path] | Cohort,
     config: SlideConfig,
     log: Callable[[str], None] = print,
     opener: Callable[[Path, SlideConfig], Any] | None = None,
     tissue_fn: Callable[[Any, str, SlideConfig], tuple] | None = None,
 ) -> list[SlideResult]:
-    """Run every slide; one that fails is reported with its reason and the rest go on."""
+    """Run every slide; one that fails is reported with its reason and the rest go on.
+
+    `slides` is a list, or a `hovernet.infer.claims` cohort that hands this process its next
+    slide only when it asks for one (`CounterClaims` under torchrun, `FileClaims` for job
+    arrays): slides are pulled one at a time, and the cohort is told when each has ended."""
     config.output_dir.mkdir(parents=True, exist_ok=True)
+    cohort = as_cohort(slides)
     results = []
     pool = make_pool(config.post_proc_workers)
     try:
-        for k, path in enumerate(slides, start=1):
+        for path in cohort:
             finished = sum(r.status != "failed" for r in results)
-            note = f"; {finished} of {len(slides)} slides finished before this one"
+            note = f"; {finished} of {len(cohort)} slides finished here before this one"
             try:
                 result = run_slide(model, path, config, pool, log, opener, tissue_fn, note)
             except Exception as exc:  # report the slide and go on with the rest
@@ -354,8 +395,9 @@ def run_slides(
                     str(exc) if isinstance(exc, HoverNetError) else f"{type(exc).__name__}: {exc}"
                 )
                 result = SlideResult(path.stem, "failed", reason)
+            cohort.ended(path, result.status)
             results.append(result)
-            log(describe_result(k, len(slides), result))
+            log(describe_result(cohort.number(path), len(cohort), result))
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -11,7 +11,7 @@ import fcntl
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from hovernet.config import ModelGeometry
-from hovernet.device import autocast_dtype, model_device
 from hovernet.errors import HoverNetError
 from hovernet.infer import tissue
+from hovernet.infer.backends import effective_precision
+from hovernet.infer.postprocess import PostprocessParams, hv_ranges
+from hovernet.infer.predict import predict_phases
 from hovernet.infer.regions import NUCLEUS_MARGIN, RegionPlan, plan_regions
 from hovernet.infer.resample import check_phases, phase_offsets
 from hovernet.io.slides import IMAGE_SUFFIXES, read_rgb
@@ -207,7 +209,7 @@ class SlideConfig:
     output_dir: Path
     proc_mpp: float | None = None
     proc_mag: float | None = None
-    slide_mpp: float | None = None
+    slide_mpp: float | str | None = None  # "auto": estimated from the nuclei (no MPP recorded)
     slide_mag: float | None = None
     region_size: int = 3000  # core side at the processing resolution
     margin: int | None = None  # None: network margin + widest nucleus
@@ -228,10 +230,14 @@ class SlideConfig:
     model_name: str = ""
     model_id: str = ""  # the checkpoint's content hash: a finished slide counts for it only
     quiet: bool = False
-    phases: int | None = None  # sub-pixel phases (1, 2, 4); None = 4 on slides >= 1.5x finer
+    phases: int | None = None  # sub-pixel phases (1, 2, 4); None = 1
 
     def __post_init__(self) -> None:
         check_phases(self.phases)
+        if isinstance(self.slide_mpp, str) and self.slide_mpp != "auto":
+            raise HoverNetError(
+                f"--slide_mpp {self.slide_mpp!r}: give microns per pixel (e.g. 0.25) or auto"
+            )
         if self.mask_dir is not None and not self.detect_tissue:
             raise HoverNetError("give --input_mask_dir or --no_tissue_detection, not both")
 
@@ -248,16 +254,36 @@ def default_opener(path: Path, config: SlideConfig):
     return open_slide(path, mpp=config.slide_mpp, magnification=config.slide_mag)
 
 
+def resolve_auto_mpp(model, path: Path, config: SlideConfig, opener, log):
+    """`--slide_mpp auto`: (the config with the slide's resolution, its estimate or None). The
+    file's own resolution when it records one; else estimated from the nuclei
+    (`hovernet.infer.resolution.estimate_slide_mpp`), printed and returned for the summary."""
+    from hovernet.infer.resolution import estimate_slide_mpp
+    from hovernet.io.wsi import recorded_mpp
+
+    if opener is None:
+        known = recorded_mpp(path)
+        if known is not None:
+            log(f"{path.stem}: the file records {known:g} um/px (used; --slide_mpp auto estimates "
+                "only where a file records none)")  # fmt: skip
+            return replace(config, slide_mpp=None), None
+    with (opener or default_opener)(path, replace(config, slide_mpp=1.0)) as probe:
+        estimate = estimate_slide_mpp(
+            probe, model, name=path.stem, batch_size=config.batch_size, precision=config.precision
+        )
+    log(f"{path.stem}: {estimate.describe()}")
+    return replace(config, slide_mpp=estimate.mpp), estimate
+
+
 def run_key(
     model: torch.nn.Module, config: SlideConfig, slide_mpp: float, frame: SlideFrame
 ) -> dict[str, Any]:
     """The model and the settings that change a slide's nuclei (resolved for this slide): a
     finished slide counts as done, and an unfinished one resumes, only for the same."""
-    dtype = autocast_dtype(model_device(model), config.precision)
     return {
         "model_id": config.model_id,
         "model": config.model_name,
-        "precision": "fp32" if dtype is None else str(dtype).removeprefix("torch."),
+        "precision": effective_precision(model, config.precision),
         "slide_mpp": round(float(slide_mpp), 6),
         "proc_mpp": round(frame.proc_mpp, 6),
         "phases": frame.n_phases,
@@ -278,6 +304,58 @@ def finished_differs(summary_path: Path, key: dict[str, Any]) -> str | None:
         return "its summary records no model (made by an older version)"
     diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in key.items() if old.get(k) != v]
     return "; ".join(diff) or None
+
+
+# ----------------------------------------------------------------------------------------------
+# the HV gradient ranges
+
+CALIBRATION_SIZE = 512  # side of a calibration window, processing pixels
+CALIBRATION_WINDOWS = 4  # the most tissue-rich windows of a fixed grid over the slide
+
+
+def calibration_windows(
+    mask: np.ndarray, mask_scale: float, width: int, height: int
+) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, x1, y1) boxes at the processing resolution: the CALIBRATION_WINDOWS cells of a
+    fixed CALIBRATION_SIZE grid (from the slide's origin, whatever the region size) with the
+    most tissue (`mask`: one pixel covers `mask_scale` processing pixels per side)."""
+    size = CALIBRATION_SIZE
+    scored = []
+    for y0 in range(0, height, size):
+        for x0 in range(0, width, size):
+            x1, y1 = min(width, x0 + size), min(height, y0 + size)
+            r0, r1 = math.floor(y0 / mask_scale), math.ceil(y1 / mask_scale)
+            c0, c1 = math.floor(x0 / mask_scale), math.ceil(x1 / mask_scale)
+            cell = mask[r0:r1, c0:c1]
+            tissue = float(cell.mean()) if cell.size else 0.0
+            if tissue > 0:
+                scored.append((-tissue * (x1 - x0) * (y1 - y0), y0, x0, (x0, y0, x1, y1)))
+    return [box for *_, box in sorted(scored)[:CALIBRATION_WINDOWS]]
+
+
+def calibrate_hv_ranges(
+    model, slide, frame: SlideFrame, mask: np.ndarray, mask_mpp: float, batch: int, precision: str
+) -> list[float]:
+    """The extremes the original's watershed normalises the HV maps and their gradients by
+    (`hovernet.infer.postprocess.hv_ranges`), over a few tissue-rich windows and on the maps
+    the regions get (the processing resolution; with phases read twice as fine, run at the
+    phases and merged): measured once per slide, so that every region is normalised alike and
+    the nuclei do not depend on the region size (a weakly trained model's extremes vary from
+    region to region; the original measures them over each image it is given)."""
+    width, height = slide.size_at(frame.proc_mpp)
+    boxes = calibration_windows(mask, mask_mpp / frame.proc_mpp, width, height)
+    if not boxes:
+        return []  # no tissue: no region is run
+    ksize = PostprocessParams.for_mpp(frame.proc_mpp).sobel_ksize
+    k = frame.k
+    offsets = phase_offsets(1 / k, frame.n_phases)
+    maps = []
+    for x0, y0, x1, y1 in boxes:
+        image = slide.read(k * x0, k * y0, k * (x1 - x0), k * (y1 - y0), frame.mpp)
+        pred = predict_phases(model, image, None if k == 1 else 1 / k, offsets, batch, precision)
+        maps.append((pred[0].pred_map[..., -2], pred[0].pred_map[..., -1]))
+    border = min(ksize, min(h.shape[0] for h, _ in maps) // 4)  # the Sobel's reach into the mirror
+    return list(hv_ranges(maps, ksize, border))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hovernet.device import autocast_dtype, model_device
 from hovernet.errors import HoverNetError
 from hovernet.infer import resample
+from hovernet.infer.backends import effective_precision
 from hovernet.infer.engine import EngineConfig, maps_nbytes, physical_memory, read_ahead, run_engine
 from hovernet.infer.maps import PhaseCollector, PredMaps, maps_to_nuclei, merge_phase_maps
 from hovernet.infer.measure import nucleus_measurements
@@ -62,7 +62,7 @@ class TileConfig:
     overwrite: bool = False  # redo images whose five outputs exist already
     input_mpp: float | None = None  # um/px of the inputs; None = at the network's resolution
     proc_mpp: float | None = None  # um/px to run the network at; None = the model's
-    phases: int | None = None  # sub-pixel phases (1, 2, 4); None = 4 on inputs >= 1.5x finer
+    phases: int | None = None  # sub-pixel phases (1, 2, 4); None = 1
     model_id: str = ""  # the checkpoint's content hash: finished images count for it only
 
     def __post_init__(self) -> None:
@@ -158,12 +158,11 @@ class _TileRun:
         self.scale = resample.resolution_scale(config.input_mpp, self.mpp, config.proc_mpp)
         self.offsets = resample.phase_offsets(self.scale, config.phases)
         self.summary = TileSummary()
-        dtype = autocast_dtype(model_device(model), config.precision)
         self.key = {
             "model_id": config.model_id,
             "mode": getattr(model, "mode", None),
             "nr_types": getattr(model, "nr_types", None),
-            "precision": "fp32" if dtype is None else str(dtype).removeprefix("torch."),
+            "precision": effective_precision(model, config.precision),
             "input_mpp": config.input_mpp,
             "proc_mpp": config.proc_mpp or self.mpp,
             "phases": len(self.offsets),

@@ -95,6 +95,13 @@ class NucleusStore:
         )
         self.meta = {k: json.loads(v) for k, v in {**old, **new}.items()}
 
+    def set_meta(self, key: str, value: Any) -> None:
+        """Record a value the run measured (not a setting): kept for every later resume."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value, sort_keys=True))
+        )
+        self.meta[key] = json.loads(json.dumps(value))
+
     def close(self) -> None:
         self._db.close()
 

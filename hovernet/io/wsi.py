@@ -233,6 +233,19 @@ def _check_positive(value: float | None, what: str, path: Path) -> None:
         raise HoverNetError(f"{path}: {what} must be a positive number, got {value!r}")
 
 
+def recorded_mpp(path: str | os.PathLike) -> float | None:
+    """The resolution the file records (its MPP, else its objective power), None if neither."""
+    backend = open_backend(Path(path))
+    try:
+        if backend.mpp is not None:
+            return float(backend.mpp)
+        if backend.magnification is not None:
+            return mpp_from_magnification(backend.magnification)
+        return None
+    finally:
+        backend.close()
+
+
 def open_slide(
     path: str | os.PathLike,
     mpp: float | None = None,
@@ -271,8 +284,9 @@ def open_slide(
         else:
             note = f"; {backend.mpp_note}" if backend.mpp_note else ""
             raise HoverNetError(
-                f"{path}: the file records no resolution (microns per pixel{note}); give it with "
-                "--slide_mpp (e.g. 0.25) or --slide_mag (e.g. 40)"
+                f"{path}: the file records no resolution (microns per pixel{note}); pass "
+                "--slide_mpp auto to estimate it from the nuclei, or give it with --slide_mpp "
+                "(e.g. 0.25 at 40x) or --slide_mag (e.g. 40)"
             )
         return Slide(path, backend, use_mpp, mag, source)
     except BaseException:

@@ -199,7 +199,7 @@ def resolution_warning(cfg: TrainConfig) -> str | None:
         return None
     return (
         "no --mpp: the checkpoints will not record the training images' resolution, so slide "
-        "mode (hovernet infer wsi) and --input_mpp cannot match new images to the model (they "
+        "mode (hovernet infer ... wsi) and --input_mpp cannot match new images to the model (they "
         "will ask for --proc_mpp); pass --mpp with the images' microns per pixel (0.25 at 40x, "
         "0.5 at 20x; also accepted with --resume)"
     )

@@ -4,6 +4,8 @@
   maps and folders without (MoNuSeg, DSB next to CoNSeP) train together: untyped patches get a
   type target of -1 everywhere, which the type loss ignores. Class names and colours come from
   the typed folders' `type_info.json` (they must agree).
+- `validation_class_warning` names the classes that have no nucleus in the validation patches:
+  their Dice and F1 would otherwise be silently missing from the validation figures.
 - `EpochSampler` draws the order of one epoch from (seed, epoch) alone, with one augmentation
   seed per draw, and each process takes its share of every global batch. So an epoch's batches
   do not depend on the number of DataLoader workers, and a run resumed at step k of an epoch
@@ -59,8 +61,9 @@ def load_training_data(
     infos: dict[Path, TypeInfo] = {}
     for folder in map(Path, folders):
         if not folder.is_dir():
+            where = "" if folder.is_absolute() else f" (in the current folder {Path.cwd()})"
             raise HoverNetError(
-                f"--data {folder} does not exist: pass a folder written by extract-patches"
+                f"--data {folder} does not exist{where}: pass a folder written by extract-patches"
             )
         if not _has_split(folder, "train"):
             raise HoverNetError(
@@ -98,6 +101,69 @@ def load_training_data(
             if not ds.with_type:
                 ds.untyped_fill = IGNORE
     return TrainingData(train, valid, type_info, nr_types)
+
+
+def class_counts(datasets: Sequence[PatchDataset], limit: int | None = None) -> dict[int, int]:
+    """Nuclei per type id in the first `limit` (None: all) patches of `datasets` taken in order,
+    as validation takes them; untyped datasets count their patches toward `limit` but add no
+    nuclei (their pixels carry no type)."""
+    totals: dict[int, int] = {}
+    left = None if limit is None else max(0, int(limit))
+    for ds in datasets:
+        if left == 0:
+            break
+        n = len(ds) if left is None else min(len(ds), left)
+        if ds.with_type:
+            counts = patch_class_counts(ds)[:n].sum(axis=0)
+            for c in range(1, len(counts)):
+                totals[c] = totals.get(c, 0) + int(counts[c])
+        if left is not None:
+            left -= n
+    return totals
+
+
+def absent_class_warning(
+    type_info: TypeInfo, counts: dict[int, int], n_patches: int, where: str
+) -> str | None:
+    """One line naming the classes of `type_info` (background aside) with no nucleus in
+    `counts` (`class_counts` of the validation patches), else None."""
+    absent = [c for c in sorted(type_info) if c != 0 and counts.get(c, 0) == 0]
+    if not absent:
+        return None
+    names = ", ".join(f"{c} ({type_info[c][0]})" for c in absent)
+    one = len(absent) == 1
+    what, its, it = ("class", "its", "it") if one else ("classes", "their", "them")
+    return (
+        f"{what} {names} {'has' if one else 'have'} no nucleus in the {n_patches} validation "
+        f"patch(es) of {where}, so validation cannot score {it} ({its} valid_tp_dice_<id> and "
+        f"F1 are missing, or 0 where the model predicts {it}); put images with {it} into the "
+        "valid split (extract-patches --split-file, or a larger --valid-fraction)"
+    )
+
+
+def validation_class_warning(folders: Sequence[Path], limit: int | None = None) -> str | None:
+    """`absent_class_warning` for the validation patches of `folders` (the first `limit`,
+    as `--valid-patches` takes them), with the classes of the typed folders; None when there
+    is nothing to say (no typed folder, no validation patch, every class present). Folders
+    that cannot be read are left to `load_training_data` to report."""
+    valid: list[PatchDataset] = []
+    type_info: TypeInfo | None = None
+    where = []
+    for folder in map(Path, folders):
+        if not folder.is_dir() or not _has_split(folder, "train"):
+            continue
+        if type_info is None and PatchDataset.from_folder(folder, "train").with_type:
+            type_info = read_type_info(folder)
+        if _has_split(folder, "valid"):
+            valid.append(PatchDataset.from_folder(folder, "valid", augment=False))
+            where.append(str(folder))
+    if type_info is None:
+        return None
+    total = sum(len(ds) for ds in valid)
+    n = total if limit is None else min(max(0, limit), total)
+    if n == 0:  # no validation at all (or --valid-patches 0, asked for): not this warning
+        return None
+    return absent_class_warning(type_info, class_counts(valid, limit), n, ", ".join(where))
 
 
 class SeededConcat(Dataset):
