@@ -44,3 +44,20 @@ def recipe_arrays(case: str) -> dict:
     spec.loader.exec_module(weights)
     keys = json.loads((REFERENCE / f"keys_{case}.json").read_text())
     return weights.reference_state_dict(keys)
+
+
+def run_cli(args: list[str]) -> tuple[int, str, str]:
+    """`hovernet ARGS` in this process: (exit status, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from hovernet.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(args)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()

@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 from slide_helpers import ArraySlide, dark_tissue
 
-from hovernet.infer.ranks import gather, init_distributed, my_slides, rank_and_world
+from hovernet.infer.ranks import (
+    gather,
+    init_distributed,
+    leave_distributed,
+    my_slides,
+    rank_and_world,
+)
 from hovernet.infer.slide import run_slides
 from hovernet.infer.slide_setup import SlideConfig
 from hovernet.model.standin import BlobNet
@@ -51,6 +57,7 @@ def main() -> None:
         results = gather(results)
     if rank == 0:
         print("RESULTS " + json.dumps({r.name: [r.status, r.n_nuclei] for r in results}))
+    leave_distributed()  # a rank that exits with the group still up can abort
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REFERENCE
-from test_infer import CONSEP, TYPE_INFO, DarkBlobNet, run_cli
+from conftest import REFERENCE, run_cli
+from test_infer import CONSEP, TYPE_INFO, DarkBlobNet
 from test_network import golden, recipe_model
 
 from hovernet.device import cpu_has_native_bf16

@@ -282,7 +282,7 @@ def test_run_slides_pulls_slides_from_claims(tmp_path):
 def test_cli_shard_tasks_claim_slides_and_a_later_task_skips_them(tmp_path, monkeypatch):
     import tifffile
     import torch
-    from test_infer import run_cli
+    from conftest import run_cli
 
     from hovernet.model.checkpoints import save_checkpoint
     from hovernet.model.registry import build_model

@@ -9,8 +9,6 @@ file, the part that could not be read and the fix, and the command line must end
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 import shutil
 from pathlib import Path
@@ -19,9 +17,8 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from conftest import DATA
+from conftest import DATA, run_cli
 
-from hovernet.cli import main
 from hovernet.errors import HoverNetError
 from hovernet.io.slides import open_image, read_rgb
 from hovernet.io.wsi import open_slide
@@ -242,17 +239,6 @@ def test_plain_images_cut_short_or_empty(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # the command line
-
-
-def run_cli(args: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(args)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def _good_slide(path: Path) -> Path:

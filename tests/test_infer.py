@@ -12,9 +12,7 @@ Two kinds of network, since no trained weights exist here:
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 from pathlib import Path
 
@@ -25,10 +23,9 @@ import scipy.io
 import tifffile
 import torch
 import torch.nn.functional as F
-from conftest import DATA
+from conftest import DATA, run_cli
 from shapely.geometry import shape
 
-from hovernet.cli import main
 from hovernet.config import GEOMETRY
 from hovernet.errors import HoverNetError
 from hovernet.infer.tile import TileConfig, run_tile
@@ -39,17 +36,6 @@ from hovernet.io.type_info import check_type_info, load_type_info
 
 CONSEP = DATA / "consep_patches" / "images"
 TYPE_INFO = DATA / "seed_format" / "type_info.json"  # ids 0..2, as the seed's --nr_types=3
-
-
-def run_cli(args: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(args)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 import scipy.io
-from conftest import DATA
+from conftest import DATA, run_cli
 from scipy import ndimage
-from test_infer import DarkBlobNet, run_cli
+from test_infer import DarkBlobNet
 
 import hovernet
 from hovernet.errors import HoverNetError

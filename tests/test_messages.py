@@ -3,25 +3,11 @@ file is, each path named once."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import pytest
+from conftest import run_cli
 
 import hovernet
-from hovernet.cli import main
 from hovernet.errors import HoverNetError
-
-
-def run_cli(args: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(args)
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_version():

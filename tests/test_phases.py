@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from test_infer import run_cli
+from conftest import run_cli
 from test_input_mpp import MONUSEG, blob_net
 
 from hovernet.errors import HoverNetError

@@ -463,7 +463,7 @@ def tiff_slide(path: Path, image: np.ndarray, mpp: float | None = 0.25) -> Path:
 
 
 def cli(args):
-    from test_infer import run_cli
+    from conftest import run_cli
 
     return run_cli(args)
 

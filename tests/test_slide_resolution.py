@@ -3,16 +3,13 @@ auto estimates it from the nuclei and records the estimate; an implausible resul
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
 import tifffile
-from conftest import DATA
+from conftest import DATA, run_cli
 
-from hovernet.cli import main
 from hovernet.demo import SAMPLE_SLIDE
 
 TRUE_MPP = 0.499  # CMU-1-Small-Region.svs
@@ -30,20 +27,11 @@ def no_mpp_slide(tmp_path_factory):
     return path
 
 
-def run_cli(args):
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(args)
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return code, out.getvalue() + err.getvalue()
-
-
 def wsi(slide, out, *extra):
-    return run_cli(["infer", "wsi", f"--input_dir={slide}", f"--output_dir={out}", "--quiet",
-                    "--phases=1", *extra])  # fmt: skip
+    """`hovernet infer wsi` on one slide: (exit status, stdout and stderr together)."""
+    args = ["infer", "wsi", f"--input_dir={slide}", f"--output_dir={out}", "--quiet", "--phases=1"]
+    code, out_text, err_text = run_cli([*args, *extra])
+    return code, out_text + err_text
 
 
 def test_no_resolution_is_an_error_that_suggests_auto(no_mpp_slide, tmp_path):
