@@ -37,8 +37,6 @@ import json
 import math
 import pickle
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -48,10 +46,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_slide import SyntheticSlide, _gpu_sampler  # noqa: E402
+from bench_slide import SyntheticSlide, timed_slide_run  # noqa: E402
 
 from hovernet.device import autocast_dtype, model_device  # noqa: E402
-from hovernet.infer.engine import physical_memory  # noqa: E402
 from hovernet.infer.maps import to_pred_maps  # noqa: E402
 from hovernet.infer.predict import (  # noqa: E402
     StageClock,
@@ -281,9 +278,6 @@ def profile(args) -> None:
 
 def slide_run(args) -> dict:
     """One synthetic slide through run_slides; the figures as a dict (also printed as JSON)."""
-    from hovernet.infer.slide import run_slides
-    from hovernet.infer.slide_setup import SlideConfig
-    from hovernet.infer.tissue import tissue_mask
 
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -302,40 +296,15 @@ def slide_run(args) -> dict:
             network_maps(model, warm, autocast_dtype(device, args.precision))
         _sync(device)()
         compile_s = time.perf_counter() - start
-    slide = SyntheticSlide(args.size, args.tissue)
-
-    def tissue(slide_, name, config):
-        thumb, mpp = slide_.thumbnail()
-        return thumb, mpp, tissue_mask(thumb, mpp=mpp), mpp
-
-    samples: list[float] = []
-    stop = threading.Event()
-    sampler = None
-    if device.type == "cuda":
-        sampler = threading.Thread(target=_gpu_sampler, args=(stop, samples), daemon=True)
-        sampler.start()
-    with tempfile.TemporaryDirectory() as out:
-        config = SlideConfig(
-            Path(out),
-            proc_mpp=MPP,
-            region_size=args.region_size,
-            batch_size=batch,
-            precision=args.precision,
-            post_proc_workers=args.workers,
-            read_workers=2,
-            mem_budget=int(0.3 * physical_memory()),
-            quiet=True,
-        )
-        start = time.perf_counter()
-        (result,) = run_slides(
-            model, [slide.path], config, lambda line: None, lambda p, c: slide, tissue
-        )
-        wall = time.perf_counter() - start
-    stop.set()
-    if sampler is not None:
-        sampler.join()
-    if result.status != "done":
-        raise SystemExit(f"slide failed: {result.reason}")
+    result, wall, samples = timed_slide_run(
+        model,
+        SyntheticSlide(args.size, args.tissue),
+        device.type == "cuda",
+        region_size=args.region_size,
+        batch_size=batch,
+        precision=args.precision,
+        post_proc_workers=args.workers,
+    )
     s = result.summary
     windows = s["network_windows_this_run"]
     net = network_only(model, windows, batch, autocast_dtype(device, args.precision))

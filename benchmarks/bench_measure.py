@@ -30,7 +30,6 @@ from hovernet.nuclei import MEASUREMENTS
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HOVERNET_SHARED", REPO.parent / "shared"))
-SLIDE = REPO / "hovernet" / "samples" / "CMU-1-Small-Region.svs"
 
 
 # ---------------------------------------------- baseline: regionprops, object by object
@@ -85,23 +84,16 @@ def label_maps(folder: str, count: int) -> list[np.ndarray]:
 
 
 def slide_map(size: int) -> np.ndarray:
-    """The post-processed instance map of a size x size region of the demo slide."""
-    import torch
+    """The post-processed instance map of a size x size region of the demo slide (the maps
+    bench_postprocess.py times post-processing on)."""
+    from bench_postprocess import slide_inputs
 
     from hovernet.infer.postprocess import postprocess
-    from hovernet.infer.predict import predict_maps
-    from hovernet.io.wsi import open_slide
-    from hovernet.model.checkpoints import load_model
-    from hovernet.model.inference import prepare_for_inference
 
-    torch.set_num_threads(2)
-    model = prepare_for_inference(load_model(None))
-    slide = open_slide(SLIDE)
-    width, height = slide.size_at(slide.mpp)
-    size = min(size, width, height)
-    image = slide.read_level(0, (width - size) // 2, (height - size) // 2, size, size)
-    maps = predict_maps(model, np.ascontiguousarray(image[..., :3]))
-    inst_map, _ = postprocess(maps.pred_map, model.nr_types, maps.type_softmax, mpp=slide.mpp)
+    x = slide_inputs(size)
+    pred_map = np.concatenate([x["prob"][..., None], x["hv"]], axis=-1)  # [probability, h, v]
+    softmax = x["type_softmax"]
+    inst_map, _ = postprocess(pred_map, softmax.shape[-1], softmax, mpp=x["mpp"])
     return inst_map
 
 

@@ -135,13 +135,44 @@ def _gpu_sampler(stop: threading.Event, samples: list[float]) -> None:
         stop.wait(0.25)
 
 
-def run_one(args, size: int, fraction: float, precision: str) -> dict:
-    """One slide through run_slides; returns the measured figures."""
-    import torch
-
+def timed_slide_run(model, slide, cuda: bool, **config) -> tuple:
+    """(result, wall seconds, GPU utilisation samples) of one synthetic slide through
+    `run_slides` (tissue from its thumbnail, `config` added to the SlideConfig)."""
     from hovernet.infer.engine import physical_memory
     from hovernet.infer.slide import run_slides
     from hovernet.infer.slide_setup import SlideConfig
+    from hovernet.infer.tissue import tissue_mask
+
+    def tissue(slide_, name, cfg):
+        thumb, mpp = slide_.thumbnail()
+        return thumb, mpp, tissue_mask(thumb, mpp=mpp), mpp
+
+    samples: list[float] = []
+    stop = threading.Event()
+    sampler = None
+    if cuda:
+        sampler = threading.Thread(target=_gpu_sampler, args=(stop, samples), daemon=True)
+        sampler.start()
+    with tempfile.TemporaryDirectory() as out:
+        cfg = SlideConfig(
+            Path(out), proc_mpp=MPP, read_workers=2, mem_budget=int(0.3 * physical_memory()),
+            quiet=True, **config,
+        )  # fmt: skip
+        start = time.perf_counter()
+        (result,) = run_slides(model, [slide.path], cfg, lambda line: None, lambda p, c: slide,
+                               tissue)  # fmt: skip
+        wall = time.perf_counter() - start
+    stop.set()
+    if sampler is not None:
+        sampler.join()
+    if result.status != "done":
+        raise SystemExit(f"slide failed: {result.reason}")
+    return result, wall, samples
+
+
+def run_one(args, size: int, fraction: float, precision: str) -> dict:
+    """One slide through run_slides; returns the measured figures."""
+    import torch
 
     if args.arch == "blob":
         from hovernet.model.standin import BlobNet
@@ -155,42 +186,15 @@ def run_one(args, size: int, fraction: float, precision: str) -> dict:
         model = build_model(args.arch, 6).to(args.device).eval()
         if args.arch != "lite":
             prepare_for_inference(model, channels_last=True)
-    slide = SyntheticSlide(size, fraction)
-
-    def tissue(slide_, name, config):
-        from hovernet.infer.tissue import tissue_mask
-
-        thumb, mpp = slide_.thumbnail()
-        return thumb, mpp, tissue_mask(thumb, mpp=mpp), mpp
-
-    samples: list[float] = []
-    stop = threading.Event()
-    sampler = None
-    if args.device.startswith("cuda"):
-        sampler = threading.Thread(target=_gpu_sampler, args=(stop, samples), daemon=True)
-        sampler.start()
-    with tempfile.TemporaryDirectory() as out:
-        config = SlideConfig(
-            Path(out),
-            proc_mpp=MPP,
-            region_size=args.region_size,
-            batch_size=args.batch_size,
-            precision=precision,
-            post_proc_workers=args.workers,
-            read_workers=2,
-            mem_budget=int(0.3 * physical_memory()),
-            quiet=True,
-        )
-        start = time.perf_counter()
-        (result,) = run_slides(
-            model, [slide.path], config, lambda line: None, lambda p, c: slide, tissue
-        )
-        wall = time.perf_counter() - start
-    stop.set()
-    if sampler is not None:
-        sampler.join()
-    if result.status != "done":
-        raise SystemExit(f"slide failed: {result.reason}")
+    result, wall, samples = timed_slide_run(
+        model,
+        SyntheticSlide(size, fraction),
+        args.device.startswith("cuda"),
+        region_size=args.region_size,
+        batch_size=args.batch_size,
+        precision=precision,
+        post_proc_workers=args.workers,
+    )
     s = result.summary
     row = {
         "size": size,
