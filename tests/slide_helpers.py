@@ -62,3 +62,12 @@ def disk_image(shape, centres, radius=7, background=255, ink=40) -> np.ndarray:
     for x, y in centres:
         cv2.circle(image, (int(x), int(y)), radius, (ink, ink, ink), -1)
     return image
+
+
+def imports_torch(module: str) -> bool:
+    """Whether importing `module` leaves torch imported in this process (run in a worker)."""
+    import importlib
+    import sys
+
+    importlib.import_module(module)
+    return "torch" in sys.modules

@@ -16,11 +16,10 @@ from hovernet.device import cpu_has_native_bf16
 from hovernet.errors import HoverNetError
 from hovernet.infer import backends
 from hovernet.infer.backends import OnnxRuntimeBackend, backend_of, resolve_backend, use_backend
-from hovernet.infer.maps import logits_to_maps
 from hovernet.infer.predict import segment_image
 from hovernet.infer.tile import TileConfig, run_tile
 from hovernet.io.slides import read_rgb
-from hovernet.model.inference import prepare_for_inference
+from hovernet.model.inference import logits_to_maps, prepare_for_inference
 from hovernet.model.onnx_export import export_onnx, read_onnx_metadata
 from hovernet.model.registry import build_model
 from hovernet.resources import _cgroup_quota, available_cpus

@@ -19,7 +19,7 @@ from conftest import DATA
 from hovernet.config import ModelGeometry
 from hovernet.device import autocast_dtype
 from hovernet.errors import HoverNetError
-from hovernet.infer.engine import EngineConfig, make_pool, run_engine
+from hovernet.infer.engine import EngineConfig, run_engine
 from hovernet.infer.maps import maps_to_nuclei, to_pred_maps
 from hovernet.infer.predict import (
     StageClock,
@@ -30,6 +30,7 @@ from hovernet.infer.predict import (
 )
 from hovernet.infer.sharedmem import SHM_DIR, SharedArrays, run_shipped, sweep_stale
 from hovernet.infer.tiling import Stitcher, TileGrid
+from hovernet.infer.workers import make_pool
 from hovernet.model.standin import BlobNet
 
 MONUSEG = DATA / "monuseg" / "images"

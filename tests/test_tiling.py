@@ -181,3 +181,35 @@ def test_bf16_autocast_stays_close_to_fp32():
 def test_unknown_precision_is_refused():
     with pytest.raises(HoverNetError, match="unknown precision 'fp8'"):
         predict_maps(LocalNet(SMALL), random_image((8, 8), 0), precision="fp8", geometry=SMALL)
+
+
+def test_windows_not_selected_read_as_background_and_the_rest_are_unchanged():
+    """`select` runs only the chosen windows: theirs equal a full run, the others are no
+    nucleus (probability 0, h = v = 0, type 0, softmax [1, 0, ...]); an image with no window
+    chosen still comes out, in order."""
+    model = LocalNet(SMALL)
+    images = [random_image(shape, seed=i) for i, shape in enumerate([(20, 33), (9, 9), (40, 18)])]
+    chosen: dict[int, np.ndarray] = {}
+
+    def select(key, grid):
+        rng = np.random.default_rng(key)
+        chosen[key] = rng.random(len(grid)) < 0.5 if key != 1 else np.zeros(len(grid), bool)
+        return chosen[key]
+
+    streamed = list(
+        predict_stream(model, enumerate(images), batch_size=3, geometry=SMALL, select=select)
+    )
+    assert [key for key, _, _ in streamed] == [0, 1, 2]
+    for key, image, maps in streamed:
+        full = predict_maps(model, image, batch_size=1, geometry=SMALL)
+        grid = TileGrid(image.shape[:2], SMALL.input_size, SMALL.output_size)
+        assert 0 < chosen[0].sum() < len(chosen[0])
+        for index, (y, x) in enumerate(grid.windows()):
+            square = np.s_[y : y + SMALL.output_size, x : x + SMALL.output_size]
+            if chosen[key][index]:
+                np.testing.assert_array_equal(maps.pred_map[square], full.pred_map[square])
+                np.testing.assert_array_equal(maps.type_softmax[square], full.type_softmax[square])
+            else:
+                assert (maps.pred_map[square] == 0).all()
+                assert (maps.type_softmax[square][..., 0] == 1).all()
+                assert (maps.type_softmax[square][..., 1:] == 0).all()

@@ -34,7 +34,7 @@ import torch
 
 from hovernet.device import autocast_dtype, model_device
 from hovernet.errors import HoverNetError
-from hovernet.infer.maps import logits_to_maps
+from hovernet.model.inference import logits_to_maps
 from hovernet.model.onnx_export import INPUT_NAME, output_names, timed_export
 from hovernet.resources import available_cpus
 

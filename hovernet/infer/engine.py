@@ -22,10 +22,8 @@ that the worker maps. Where /dev/shm is missing or too full, jobs are pickled wh
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import pickle
-import signal
 import threading
 import time
 from collections import deque
@@ -37,9 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from hovernet.infer.predict import StageClock, predict_stream
+from hovernet.infer.predict import Select, StageClock, predict_stream
 from hovernet.infer.sharedmem import SharedArrays, run_shipped
 from hovernet.infer.tiling import TileGrid
+from hovernet.infer.workers import end_workers, make_pool
 
 
 @dataclass(frozen=True)
@@ -94,31 +93,6 @@ def read_ahead(
             yield key, future
 
 
-def worker_init() -> None:
-    # one thread per worker: the pool itself is the parallelism, and torch needs the cores
-    import cv2
-
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-    # Ctrl-C reaches the whole process group: the main process ends the workers itself
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def end_workers(pool: ProcessPoolExecutor) -> None:
-    """Terminate the pool's processes now (after an interrupt): a job they were running is
-    not finished, and the front ends redo unfinished work on the next run."""
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.terminate()
-
-
-def make_pool(workers: int) -> ProcessPoolExecutor | None:
-    if workers <= 0:
-        return None
-    # spawn: forking a process that has started torch's thread pools can deadlock
-    ctx = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(workers, ctx, initializer=worker_init)
-
-
 def maps_nbytes(*arrays: np.ndarray | None) -> int:
     return sum(0 if a is None else a.nbytes for a in arrays)
 
@@ -131,6 +105,7 @@ def run_engine(
     on_result: Callable[[Any, Any, BaseException | None], None],
     config: EngineConfig,
     pool: ProcessPoolExecutor | None = None,
+    select: Select | None = None,
 ) -> EngineStats:
     """Network -> workers -> `on_result(key, result, error)`: in the order of `items`, or as
     each job finishes with `config.report_as_done`; every job is reported before this returns.
@@ -141,6 +116,8 @@ def run_engine(
     (or inline when `config.workers == 0`). An exception in `work` is passed to `on_result` as
     `error` (result None) and the run goes on; an exception from `items`, the network or
     `on_result` ends the run. `pool` lets a caller keep one pool over several runs (slides).
+    `select(key, grid)` chooses the windows of an image that the network runs (slide mode:
+    those near tissue; see `predict_stream`); `EngineStats.n_windows` counts those run.
     """
     geometry = model.geometry
     stats = EngineStats()
@@ -201,15 +178,19 @@ def run_engine(
     interrupted = True
     try:
         alloc = shared.empty if shared is not None else None
+
+        def counted(key: Any, grid: TileGrid) -> Any:
+            chosen = select(key, grid) if select is not None else None
+            stats.n_windows += len(grid) if chosen is None else int(np.count_nonzero(chosen))
+            return chosen
+
         stream = predict_stream(
-            model, items, config.batch_size, config.precision, geometry, alloc, clock
-        )
+            model, items, config.batch_size, config.precision, geometry, alloc, clock,
+            select=counted,
+        )  # fmt: skip
         t_net = time.perf_counter()
         for key, image, maps in stream:
             stats.network_s += time.perf_counter() - t_net
-            stats.n_windows += len(
-                TileGrid(image.shape[:2], geometry.input_size, geometry.output_size)
-            )
             with timed("job"):
                 job, nbytes = make_job(key, image, maps)
             del image, maps

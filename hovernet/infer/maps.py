@@ -1,10 +1,11 @@
-"""Network output -> maps -> nuclei at the input's pixels (pure: arrays in, arrays out).
+"""Network maps -> nuclei at the input's pixels (pure numpy: arrays in, arrays out; no torch, so
+post-processing workers start without importing it). The network's logits become maps in
+`hovernet.model.inference.logits_to_maps`.
 
 The maps follow the original's layout: `pred_map` is H x W x 4 = [type id (arg-max of the type
 softmax, as float), nucleus probability, h, v] for a typed model and H x W x 3 = [nucleus
 probability, h, v] without type branch; `type_softmax` (H x W x nr_types) is kept beside it.
 
-- `logits_to_maps`: the network's logits of a batch -> [probability, h, v, softmax...];
 - `to_pred_maps`: stitched channels -> `PredMaps` in the original's layout;
 - `merge_phase_maps` and `PhaseCollector`: the maps of an image's sub-pixel phases averaged;
 - `maps_to_nuclei`: maps -> (instance map, nucleus records) at the input's pixels. Tile mode,
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from hovernet.infer import resample
 from hovernet.infer.postprocess import Ranges, postprocess
@@ -34,17 +34,6 @@ class PredMaps:
     def prob(self) -> np.ndarray:
         """The nucleus probability channel."""
         return self.pred_map[..., -3]  # [type,] probability, h, v
-
-
-def logits_to_maps(out: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Network logits {np, hv[, tp]} (N x C x s x s) -> N x s x s x (3 + C) [np prob, h, v, ...]."""
-    parts = [
-        torch.softmax(out["np"].float(), dim=1)[:, 1:],
-        out["hv"].float(),
-    ]
-    if "tp" in out:
-        parts.append(torch.softmax(out["tp"].float(), dim=1))
-    return torch.cat(parts, dim=1).permute(0, 2, 3, 1)
 
 
 def to_pred_maps(channels: np.ndarray, typed: bool) -> PredMaps:

@@ -32,10 +32,12 @@ from hovernet.device import autocast_dtype, model_device
 from hovernet.errors import HoverNetError
 from hovernet.infer import resample
 from hovernet.infer.backends import backend_of, use_backend
-from hovernet.infer.maps import PredMaps, logits_to_maps, maps_to_nuclei, merge_phase_maps
+from hovernet.infer.maps import PredMaps, maps_to_nuclei, merge_phase_maps
 from hovernet.infer.tiling import TileGrid
+from hovernet.model.inference import logits_to_maps
 
 Alloc = Callable[[tuple[int, ...], Any], np.ndarray]
+Select = Callable[[Any, TileGrid], Any]  # (key, grid) -> a bool per window, or None: all
 
 
 class StageClock:
@@ -140,15 +142,30 @@ class _Image:
         size = self.grid.input_size
         return self.padded[y : y + size, x : x + size]
 
-    def place(self, index: int, out: torch.Tensor) -> None:
-        """Window `index`'s output square (s x s x (3 + C)), cut where it passes the image."""
+    def _square(self, index: int) -> tuple[slice, slice]:
+        """Window `index`'s output square in the image, cut where it passes the image."""
         y, x = self.windows[index]
         height, width = self.grid.image_shape
-        h, w = min(len(out), height - y), min(out.shape[1], width - x)
+        size = self.grid.output_size
+        return slice(y, min(y + size, height)), slice(x, min(x + size, width))
+
+    def place(self, index: int, out: torch.Tensor) -> None:
+        """Window `index`'s output square (s x s x (3 + C))."""
+        rows, cols = self._square(index)
+        h, w = rows.stop - rows.start, cols.stop - cols.start
         first = 1 if self.typed else 0
-        self.pred[y : y + h, x : x + w, first:] = out[:h, :w, :3]
+        self.pred[rows, cols, first:] = out[:h, :w, :3]
         if self.typed:
-            self.softmax[y : y + h, x : x + w] = out[:h, :w, 3:]
+            self.softmax[rows, cols] = out[:h, :w, 3:]
+        self.left -= 1
+
+    def blank(self, index: int) -> None:
+        """Window `index` not run: no nucleus there (probability 0, h = v = 0, background)."""
+        rows, cols = self._square(index)
+        self.pred[rows, cols] = 0
+        if self.typed:
+            self.softmax[rows, cols] = 0
+            self.softmax[rows, cols, 0] = 1
         self.left -= 1
 
     def finish(self) -> None:
@@ -186,6 +203,7 @@ def predict_stream(
     alloc: Alloc | None = None,
     clock: StageClock | None = None,
     max_lag: int = 2,
+    select: Select | None = None,
 ) -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
     """Yield (key, image, PredMaps) for each (key, RGB uint8 image), in order.
 
@@ -195,6 +213,9 @@ def predict_stream(
     `alloc(shape, dtype)` makes the host arrays of the maps (default `np.empty`); `clock`
     times the stages (`StageClock`). A model marked `fixed_batch` (compiled for one shape) gets
     its last batch filled up with copies of its first window, whose outputs are dropped.
+    `select(key, grid)` (slide mode: windows near tissue) gives, per window of the image's
+    `TileGrid`, whether to run it (None: all); a window not run reads as no nucleus
+    (probability 0, h = v = 0, type 0 with softmax 1).
     """
     if batch_size < 1:
         raise HoverNetError(f"batch size must be at least 1, got {batch_size}")
@@ -229,6 +250,10 @@ def predict_stream(
                 state.place(index, output)
         clock.count("windows", len(batch))
         batch.clear()
+        yield from release()
+
+    def release() -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
+        """The images at the head of the queue whose windows are all done, in order."""
         while waiting and waiting[0].left == 0:
             state = waiting.popleft()
             with clock("finish"):
@@ -252,10 +277,15 @@ def predict_stream(
                 padded = to_device(grid.pad(image), on)
             state = _Image(key, image, grid, padded, nr_types, on, alloc)
             waiting.append(state)
+            run = select(key, grid) if select is not None else None
             for index in range(len(grid)):
+                if run is not None and not run[index]:
+                    state.blank(index)
+                    continue
                 batch.append((state, index))
                 if len(batch) == batch_size:
                     yield from flush()
+            yield from release()  # an image without windows to run (else a no-op)
             waited = time.perf_counter()
         if batch:
             yield from flush()

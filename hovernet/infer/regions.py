@@ -92,25 +92,55 @@ class RegionPlan:
         processing pixels per side. A core holds tissue when the mask pixels it touches are
         more than `min_fraction` tissue (any tissue at all with the default 0).
         """
+        tissue = TissueBoxes.of(mask, mask_scale)
+        out = []
+        for region in self.regions():
+            count, area = tissue.count(region.core)
+            if area > 0 and count > min_fraction * area:
+                out.append(region.index)
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class TissueBoxes:
+    """How much tissue a box of image pixels touches, from the integral image of a boolean
+    tissue mask whose pixels each cover `scale` image pixels per side."""
+
+    integral: np.ndarray  # (h + 1) x (w + 1) cumulative sums of the mask
+    scale: float
+
+    def __post_init__(self) -> None:
+        if self.integral.ndim != 2 or min(self.integral.shape) < 2 or self.scale <= 0:
+            raise HoverNetError(
+                f"tissue mask integral of shape {self.integral.shape} at scale {self.scale}: "
+                "expected a non-empty 2-D mask and a positive scale"
+            )
+
+    @classmethod
+    def of(cls, mask: np.ndarray, scale: float) -> TissueBoxes:
         mask = np.asarray(mask, dtype=bool)
-        if mask.ndim != 2 or mask_scale <= 0:
+        if mask.ndim != 2 or mask.size == 0 or scale <= 0:
             raise HoverNetError(f"tissue mask of shape {mask.shape}: expected a 2-D mask")
         integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
         integral[1:, 1:] = mask.cumsum(0).cumsum(1)
-        out = []
-        for region in self.regions():
-            x0, y0, x1, y1 = region.core
-            r0 = min(mask.shape[0], int(y0 / mask_scale))
-            c0 = min(mask.shape[1], int(x0 / mask_scale))
-            r1 = min(mask.shape[0], max(r0 + 1, math.ceil(y1 / mask_scale)))
-            c1 = min(mask.shape[1], max(c0 + 1, math.ceil(x1 / mask_scale)))
-            area = (r1 - r0) * (c1 - c0)
-            if area <= 0:
-                continue
-            tissue = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
-            if tissue > min_fraction * area:
-                out.append(region.index)
-        return out
+        return cls(integral, float(scale))
+
+    def count(self, box: tuple[float, float, float, float]) -> tuple[int, int]:
+        """(tissue mask pixels, all mask pixels) that the box (x0, y0, x1, y1) touches (cut to
+        the mask; a box outside it touches none)."""
+        h, w = self.integral.shape[0] - 1, self.integral.shape[1] - 1
+        x0, y0, x1, y1 = box
+        r0 = min(h, max(0, math.floor(y0 / self.scale)))
+        c0 = min(w, max(0, math.floor(x0 / self.scale)))
+        r1 = min(h, max(r0 + 1, math.ceil(y1 / self.scale)))
+        c1 = min(w, max(c0 + 1, math.ceil(x1 / self.scale)))
+        if r1 <= r0 or c1 <= c0 or y1 <= 0 or x1 <= 0:
+            return 0, 0
+        ii = self.integral
+        return int(ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]), (r1 - r0) * (c1 - c0)
+
+    def touches(self, box: tuple[float, float, float, float]) -> bool:
+        return self.count(box)[0] > 0
 
 
 def plan_regions(

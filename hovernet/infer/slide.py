@@ -28,14 +28,12 @@ import torch
 
 from hovernet.errors import HoverNetError
 from hovernet.infer.claims import Cohort, as_cohort
-from hovernet.infer.engine import EngineConfig, make_pool, maps_nbytes, read_ahead, run_engine
-from hovernet.infer.maps import PhaseCollector, PredMaps, maps_to_nuclei, merge_phase_maps
-from hovernet.infer.measure import nucleus_measurements
-from hovernet.infer.regions import Region, owned_nuclei
+from hovernet.infer.engine import EngineConfig, maps_nbytes, read_ahead, run_engine
+from hovernet.infer.maps import PhaseCollector, PredMaps, merge_phase_maps
+from hovernet.infer.regions import NUCLEUS_MARGIN, Region, TissueBoxes
 from hovernet.infer.resample import phase_inputs, phase_offsets
 from hovernet.infer.resolution import plausibility_warnings
 from hovernet.infer.slide_setup import (
-    MaskWindow,
     SlideConfig,
     SlideFrame,
     calibrate_hv_ranges,
@@ -43,7 +41,6 @@ from hovernet.infer.slide_setup import (
     default_tissue,
     finished_differs,
     make_frame,
-    mask_window,
     no_tissue_warning,
     plan_slide,
     processed_tissue_mm2,
@@ -51,6 +48,9 @@ from hovernet.infer.slide_setup import (
     run_key,
     slide_lock,
 )
+from hovernet.infer.slide_worker import RegionJob, mask_window, region_nuclei
+from hovernet.infer.tiling import TileGrid
+from hovernet.infer.workers import make_pool
 from hovernet.io.slide_exports import (
     ExportSpec,
     export_slide,
@@ -74,60 +74,6 @@ class SlideResult:
 
 
 # ----------------------------------------------------------------------------------------------
-# worker side
-
-
-@dataclass
-class RegionJob:
-    """One region's maps and where it lies; pickled to a worker."""
-
-    region: Region
-    maps: PredMaps
-    nr_types: int | None
-    width: int  # the slide at the frame's resolution
-    height: int
-    scale: float  # level-0 pixels per frame pixel
-    proc_mpp: float | None = None  # resolution of the maps (scales the watershed's constants)
-    # sub-pixel phases: the merged nucleus probability at the region's pixels (twice as fine
-    # as the maps), to which the nuclei are mapped back; None: the maps are at its pixels
-    prob: np.ndarray | None = None
-    tissue: MaskWindow | None = None  # the tissue mask under the region; None: all tissue
-    ranges: list[float] | None = None  # the slide's HV normalisation extremes (hv_ranges)
-
-
-def region_nuclei(job: RegionJob) -> tuple[list[dict], int]:
-    """Post-process one region: its owned nuclei whose centroid lies in the tissue mask, in
-    whole-slide coordinates, and the count of owned nuclei cut by the region's border."""
-    shape = job.maps.pred_map.shape if job.prob is None else job.prob.shape
-    inst_map, nuclei = maps_to_nuclei(
-        job.maps, job.nr_types, job.proc_mpp, shape, job.prob, job.ranges
-    )
-    keep, cut = owned_nuclei(nuclei, job.region, job.width, job.height)
-    rx0, ry0 = job.region.read[:2]
-    if job.tissue is not None:
-        keep = [
-            n
-            for n in keep
-            if job.tissue.contains(nuclei[n]["centroid"][0] + rx0, nuclei[n]["centroid"][1] + ry0)
-        ]
-    # outlines in whole-slide processing pixels (corner coordinates), as tile mode's GeoJSON
-    shapes = nucleus_measurements(inst_map, keep, offset=(rx0, ry0))
-    out = []
-    for nid in keep:
-        rec = nuclei[nid]
-        (rmin, cmin), (rmax, cmax) = rec["bbox"]
-        cx, cy = rec["centroid"][0] + rx0, rec["centroid"][1] + ry0
-        rec["bbox"] = [[rmin + ry0, cmin + rx0], [rmax + ry0, cmax + rx0]]
-        rec["centroid"] = [cx, cy]
-        rec["contour"] = np.asarray(rec["contour"], np.int32) + np.array([rx0, ry0], np.int32)
-        # pixel i at the processing resolution covers level-0 [i * s, (i + 1) * s)
-        rec["xy"] = [(cx + 0.5) * job.scale - 0.5, (cy + 0.5) * job.scale - 0.5]
-        rec["measurements"] = shapes[nid]
-        out.append(rec)
-    return out, cut
-
-
-# ----------------------------------------------------------------------------------------------
 # one slide
 
 
@@ -144,6 +90,7 @@ class _SlideRun:
         self.nuclei = store.count()
         self.mask: np.ndarray | None = None  # the tissue mask; None: the whole slide
         self.mask_scale = 1.0  # frame pixels per mask pixel
+        self.tissue: TissueBoxes | None = None  # the mask for box queries (windows to run)
         self.status_note = ""  # what set_status says after the stored regions
         self.ranges: list[float] | None = None  # HV normalisation extremes (store meta)
 
@@ -163,6 +110,33 @@ class _SlideRun:
             self.shapes[region.index] = image.shape
             for phase in phase_inputs(image, self.offsets, 0.5):
                 yield region, phase
+
+    def near_tissue(self, region: Region, grid: TileGrid) -> np.ndarray | None:
+        """Per network window of `region`'s image (`grid`), whether its output square lies
+        within the widest nucleus (`NUCLEUS_MARGIN` processing pixels) of tissue; None: the
+        whole slide is tissue. Every nucleus whose centroid is in tissue, and so is kept, lies
+        in windows that run; the others read as glass (no nucleus)."""
+        if self.tissue is None:
+            return None
+        rx0, ry0, rx1, ry1 = region.read
+        height, width = grid.image_shape
+        fx, fy = (rx1 - rx0) / width, (ry1 - ry0) / height  # frame pixels per image pixel
+        reach = NUCLEUS_MARGIN * self.frame.k
+        size = grid.output_size
+        return np.array(
+            [
+                self.tissue.touches(
+                    (
+                        rx0 + x * fx - reach,
+                        ry0 + y * fy - reach,
+                        rx0 + (x + size) * fx + reach,
+                        ry0 + (y + size) * fy + reach,
+                    )
+                )
+                for y, x in grid.windows()
+            ],
+            bool,
+        )
 
     def make_job(self, region: Region, image: np.ndarray, maps: PredMaps) -> tuple[Any, int]:
         prob = None
@@ -284,6 +258,7 @@ def run_slide(
                     run = _SlideRun(model, slide, frame, store, bar)
                     if not mask.all():
                         run.mask, run.mask_scale = mask, mask_mpp / frame.mpp
+                        run.tissue = TissueBoxes.of(mask, run.mask_scale)
                     run.status_note = status_note
                     if todo:  # the slide's HV gradient ranges: measured once, kept in the store
                         if store.meta.get("hv_ranges") is None:
@@ -308,7 +283,7 @@ def run_slide(
                     items = run.items(todo, config.read_workers)
                     stats = run_engine(
                         model, items, run.make_job, region_nuclei, run.on_result, engine,
-                        pool if workers else None,
+                        pool if workers else None, run.near_tissue,
                     )  # fmt: skip
                 if run.failures:
                     raise HoverNetError(

@@ -151,35 +151,6 @@ def no_tissue_warning(name: str, source: TissueSource) -> str:
     )
 
 
-@dataclass(frozen=True)
-class MaskWindow:
-    """The part of a tissue mask under one region: `mask[r0:, c0:]` cut to the region, one mask
-    pixel covering `scale` frame pixels per side."""
-
-    mask: np.ndarray
-    r0: int
-    c0: int
-    scale: float
-
-    def contains(self, x: float, y: float) -> bool:
-        """Whether frame point (x, y) (a centroid, whole-slide frame pixels) lies in tissue."""
-        r = math.floor(y / self.scale) - self.r0
-        c = math.floor(x / self.scale) - self.c0
-        h, w = self.mask.shape
-        return bool(self.mask[min(max(r, 0), h - 1), min(max(c, 0), w - 1)])
-
-
-def mask_window(mask: np.ndarray, scale: float, box: tuple[int, int, int, int]) -> MaskWindow:
-    """The window of `mask` under the frame box (x0, y0, x1, y1)."""
-    x0, y0, x1, y1 = box
-    h, w = mask.shape
-    r0 = min(h - 1, max(0, math.floor(y0 / scale)))
-    c0 = min(w - 1, max(0, math.floor(x0 / scale)))
-    r1 = min(h, max(r0 + 1, math.ceil(y1 / scale) + 1))
-    c1 = min(w, max(c0 + 1, math.ceil(x1 / scale) + 1))
-    return MaskWindow(np.ascontiguousarray(mask[r0:r1, c0:c1]), r0, c0, scale)
-
-
 def processed_tissue_mm2(
     plan: RegionPlan, mask: np.ndarray, mask_mpp: float, frame_mpp: float, indices: list[int]
 ) -> float:

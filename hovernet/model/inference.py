@@ -14,6 +14,9 @@
 
 The prepared model is for inference only: its state dict no longer has the trained layout
 (so `save_checkpoint` refuses it) and it must not be trained.
+
+`logits_to_maps` turns the logits of any registered network into the per-pixel maps that
+post-processing reads ([nucleus probability, h, v, type softmax...]).
 """
 
 from __future__ import annotations
@@ -56,3 +59,14 @@ def prepare_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Mo
         model.to(memory_format=torch.channels_last)
     model.channels_last = channels_last
     return model
+
+
+def logits_to_maps(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Network logits {np, hv[, tp]} (N x C x s x s) -> N x s x s x (3 + C) [np prob, h, v, ...]."""
+    parts = [
+        torch.softmax(out["np"].float(), dim=1)[:, 1:],
+        out["hv"].float(),
+    ]
+    if "tp" in out:
+        parts.append(torch.softmax(out["tp"].float(), dim=1))
+    return torch.cat(parts, dim=1).permute(0, 2, 3, 1)
