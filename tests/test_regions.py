@@ -16,7 +16,10 @@ FAST = GEOMETRY["fast"]
 def test_cores_tile_the_image_exactly_once_and_reads_contain_them(size):
     width, height = size
     plan = plan_regions(width, height, FAST, 1000)
-    assert plan.core == 984 and plan.margin == 164  # multiples of the 164 output square
+    assert plan.core % 164 == 0 and plan.margin == 164  # multiples of the 164 output square
+    # at most as many regions per side as cores of 1000 need, less than a square larger
+    assert plan.n_cols <= -(-width // 1000) and plan.n_rows <= -(-height // 1000)
+    assert plan.core < 1000 + 164
     cover = np.zeros((height, width), np.int32)
     for region in plan.regions():
         x0, y0, x1, y1 = region.core
@@ -28,6 +31,18 @@ def test_cores_tile_the_image_exactly_once_and_reads_contain_them(size):
         # every read box starts on the network's output grid: same windows as the whole image
         assert rx0 % FAST.output_size == 0 and ry0 % FAST.output_size == 0
     assert (cover == 1).all()
+
+
+def test_no_region_is_a_sliver():
+    """The demo mosaic at the default 3000: 2 x 2 regions of 3136, not 2 x 3 of 2912 whose
+    last row is 110 pixels high (each inner border runs a margin of windows twice)."""
+    lite = ModelGeometry("lite", 256, 224)
+    plan = plan_regions(4440, 5934, lite, 3000)
+    assert (plan.core, plan.n_cols, plan.n_rows) == (3136, 2, 2)
+    for width, height in [(6000, 6001), (2913, 100), (100, 9000)]:
+        plan = plan_regions(width, height, lite, 3000)
+        last = min(r.core[2] - r.core[0] for r in plan.regions())
+        assert last >= min(width, plan.core) // 2 or plan.n_cols == 1
 
 
 def test_margin_covers_network_margin_and_widest_nucleus():

@@ -185,7 +185,8 @@ def test_changed_settings_are_refused_on_resume(tmp_path):
     paths["summary"].unlink()  # as if killed before the end
     again, _ = run(image, tmp_path / "out", post_proc_workers=0, region_size=656)
     assert again.status == "failed"
-    assert re.search(r"other settings.*core: 328 -> 656.*--overwrite", again.reason)
+    # 700 px in 2 regions: cores of 492 (3 x 164)
+    assert re.search(r"other settings.*core: 328 -> 492.*--overwrite", again.reason)
     assert not paths["summary"].exists()
 
 

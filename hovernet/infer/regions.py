@@ -148,14 +148,20 @@ def plan_regions(
 ) -> RegionPlan:
     """A region grid aligned to the network's output grid.
 
-    `region_size` (core side) is rounded down to a multiple of `geometry.output_size` (at least
-    one); `margin` defaults to the smallest multiple of it that covers the network's own margin
-    plus `NUCLEUS_MARGIN`, and is rounded up to a multiple otherwise.
+    The core side is a multiple of `geometry.output_size` (at least one) that shares the image
+    evenly among as many regions per side as cores of `region_size` would need: each side has
+    ceil(side / region_size) regions, and the core is the smallest multiple that covers the
+    longer share, so it exceeds `region_size` by less than one output square and no region is
+    a sliver. Every inner border costs a margin of network windows twice: on the 4440 x 5934
+    demo mosaic at 3000, 4 regions of 3136 run 7 % fewer windows than 6 of 2912 (rounded down).
+    `margin` defaults to the smallest multiple of the output square that covers the network's
+    own margin plus `NUCLEUS_MARGIN`, and is rounded up to a multiple otherwise.
     """
     step = geometry.output_size
     if region_size < 1:
         raise HoverNetError(f"--region_size must be positive, got {region_size}")
-    core = max(step, region_size // step * step)
+    share = max(math.ceil(side / math.ceil(side / region_size)) for side in (width, height))
+    core = max(step, math.ceil(share / step) * step)
     if margin is None:
         margin = geometry.margin + NUCLEUS_MARGIN
     if margin < 0:
