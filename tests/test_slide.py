@@ -615,12 +615,13 @@ def test_windows_far_from_tissue_are_not_run_and_nuclei_do_not_change(tmp_path, 
 
 
 def test_post_processing_workers_do_not_import_torch():
-    """A slide-mode worker starts and runs its module without torch (1.5 s of CPU saved per
-    worker on a small machine)."""
+    """Slide- and tile-mode workers start and run their modules without torch (1.5 s of CPU
+    saved per worker on a small machine)."""
     from slide_helpers import imports_torch
 
     from hovernet.infer.workers import make_pool
 
     with make_pool(1) as pool:
         assert pool.submit(imports_torch, "hovernet.infer.slide_worker").result() is False
+        assert pool.submit(imports_torch, "hovernet.infer.tile_worker").result() is False
         assert pool.submit(imports_torch, "hovernet.infer.slide").result() is True  # the check

@@ -24,7 +24,8 @@ from test_infer import CONSEP, TYPE_INFO, DarkBlobNet
 
 from hovernet.cli import main
 from hovernet.errors import HoverNetError
-from hovernet.infer.tile import OUTPUT_KINDS, TileConfig, output_paths, run_tile
+from hovernet.infer.tile import TileConfig, run_tile
+from hovernet.infer.tile_worker import OUTPUT_KINDS, output_paths
 from hovernet.io.slides import read_rgb
 from hovernet.io.type_info import load_type_info
 

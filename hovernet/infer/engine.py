@@ -93,10 +93,6 @@ def read_ahead(
             yield key, future
 
 
-def maps_nbytes(*arrays: np.ndarray | None) -> int:
-    return sum(0 if a is None else a.nbytes for a in arrays)
-
-
 def run_engine(
     model: torch.nn.Module,
     items: Iterable[tuple[Any, np.ndarray]],

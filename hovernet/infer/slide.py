@@ -28,7 +28,7 @@ import torch
 
 from hovernet.errors import HoverNetError
 from hovernet.infer.claims import Cohort, as_cohort
-from hovernet.infer.engine import EngineConfig, maps_nbytes, read_ahead, run_engine
+from hovernet.infer.engine import EngineConfig, read_ahead, run_engine
 from hovernet.infer.maps import PhaseCollector, PredMaps, merge_phase_maps
 from hovernet.infer.regions import NUCLEUS_MARGIN, Region, TissueBoxes
 from hovernet.infer.resample import phase_inputs, phase_offsets
@@ -50,7 +50,7 @@ from hovernet.infer.slide_setup import (
 )
 from hovernet.infer.slide_worker import RegionJob, mask_window, region_nuclei
 from hovernet.infer.tiling import TileGrid
-from hovernet.infer.workers import make_pool
+from hovernet.infer.workers import make_pool, maps_nbytes
 from hovernet.io.slide_exports import (
     ExportSpec,
     export_slide,

@@ -24,11 +24,10 @@ import torch
 from hovernet.errors import HoverNetError
 from hovernet.infer import resample
 from hovernet.infer.backends import effective_precision
-from hovernet.infer.engine import EngineConfig, maps_nbytes, physical_memory, read_ahead, run_engine
-from hovernet.infer.maps import PhaseCollector, PredMaps, maps_to_nuclei, merge_phase_maps
-from hovernet.infer.measure import nucleus_measurements
+from hovernet.infer.engine import EngineConfig, physical_memory, read_ahead, run_engine
+from hovernet.infer.maps import PhaseCollector, PredMaps, merge_phase_maps
+from hovernet.infer.tile_worker import TileJob, finish_tile, is_done
 from hovernet.infer.tiling import TileGrid
-from hovernet.io import writers
 from hovernet.io.atomic import (
     check_writable_dir,
     remove_empty_dirs,
@@ -40,7 +39,6 @@ from hovernet.io.slides import image_size, read_rgb
 from hovernet.io.type_info import TypeInfo
 from hovernet.progress import Progress, set_status
 
-OUTPUT_KINDS = ("json", "mat", "overlay", "qupath", "csv")
 RUN_RECORD = "hovernet-run.json"  # the model and settings the folder's outputs were made with
 FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
@@ -81,67 +79,6 @@ class TileSummary:
     postprocess_s: float = 0.0  # summed over workers
     write_s: float = 0.0  # summed over workers
     wall_s: float = 0.0
-
-
-# ----------------------------------------------------------------------------------------------
-# post-processing and writing (worker processes)
-
-
-@dataclass
-class TileJob:
-    """One image's maps and what its outputs need; pickled to a worker."""
-
-    name: str
-    image: np.ndarray
-    maps: PredMaps
-    nr_types: int | None
-    output_dir: Path
-    type_info: TypeInfo | None
-    draw_dot: bool
-    save_raw_map: bool
-    map_mpp: float | None = None  # resolution of the maps (scales the watershed's constants)
-    prob: np.ndarray | None = None  # nucleus probability (merged phases: at the image's pixels)
-
-    @property
-    def nbytes(self) -> int:
-        return maps_nbytes(self.image, self.maps.pred_map, self.maps.type_softmax, self.prob)
-
-
-def output_paths(output_dir: Path, name: str) -> dict[str, Path]:
-    suffix = {"json": "json", "mat": "mat", "overlay": "png", "qupath": "geojson", "csv": "csv"}
-    return {kind: output_dir / kind / f"{name}.{suffix[kind]}" for kind in OUTPUT_KINDS}
-
-
-def is_done(output_dir: Path, name: str) -> bool:
-    """An image is done when all five of its outputs exist (each is written atomically)."""
-    return all(p.is_file() for p in output_paths(output_dir, name).values())
-
-
-def finish_tile(job: TileJob) -> tuple[str, int, float, float]:
-    """Post-process one image and write its five outputs: (name, nuclei, post s, write s).
-
-    The post-processing time includes the shape measurements shared by the CSV and GeoJSON.
-    """
-    start = time.perf_counter()
-    # maps at the network's resolution (--input_mpp): back to the input image's pixels
-    inst_map, nuclei = maps_to_nuclei(
-        job.maps, job.nr_types, job.map_mpp, job.image.shape, job.prob
-    )
-    shapes = nucleus_measurements(inst_map, nuclei)
-    mid = time.perf_counter()
-    paths = output_paths(job.output_dir, job.name)
-    raw_map = None
-    if job.save_raw_map:
-        typed = job.maps.type_softmax is not None
-        raw_map = resample.maps_to_input(job.maps.pred_map, job.image.shape, typed)
-    writers.write_json(paths["json"], nuclei, mag=None)
-    writers.write_mat(
-        paths["mat"], inst_map, nuclei, raw_map=raw_map, typed=job.nr_types is not None
-    )
-    writers.write_overlay(paths["overlay"], job.image, nuclei, job.type_info, draw_dot=job.draw_dot)
-    writers.write_geojson(paths["qupath"], nuclei, job.type_info, measurements=shapes)
-    writers.write_csv(paths["csv"], nuclei, job.type_info, shapes)
-    return job.name, len(nuclei), mid - start, time.perf_counter() - mid
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
+import numpy as np
+
 # thread pools of the libraries a worker may use, capped before any of them starts
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -45,3 +47,8 @@ def make_pool(workers: int) -> ProcessPoolExecutor | None:
     # spawn: forking a process that has started torch's thread pools can deadlock
     ctx = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(workers, ctx, initializer=worker_init)
+
+
+def maps_nbytes(*arrays: np.ndarray | None) -> int:
+    """Bytes of a job's arrays (None counts 0): what it holds while it waits for a worker."""
+    return sum(0 if a is None else a.nbytes for a in arrays)
