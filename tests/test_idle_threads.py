@@ -8,7 +8,7 @@ import sys
 
 import torch  # noqa: F401  (imported: the in-process case below)
 
-from hovernet.resources import sleep_idle_threads
+from hovernet.resources import keep_freed_memory, sleep_idle_threads
 
 PROBE = (
     "import os, sys; from hovernet.resources import sleep_idle_threads; "
@@ -51,3 +51,47 @@ def test_the_command_line_entry_sets_it_first():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert "POLICY PASSIVE" in done.stdout
+
+
+FAULTS = """
+import ctypes, resource, sys
+from hovernet.resources import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+size = 48 << 20  # above glibc's largest default mmap threshold (32 MB), as a batch's activations
+def use():
+    p = libc.malloc(size)
+    libc.memset(p, 1, size)  # touch every page, as a tensor being written
+    libc.free(p)
+use()  # the first time the pages are faulted in either way
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    use()
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _faults(mode: str) -> tuple[str, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True
+    )
+    applied, faults = done.stdout.split()
+    return applied, int(faults)
+
+
+def test_freed_buffers_are_reused_instead_of_faulted_in_again():
+    """`keep_freed_memory`: a large buffer allocated again and again comes back from the heap
+    (next to no page faults) instead of being mapped and zeroed afresh each time."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        assert keep_freed_memory() is False
+        return
+    applied, kept = _faults("keep")
+    _, default = _faults("default")
+    assert applied == "True"
+    assert default > 10_000  # each round faults its pages in again (31 k here)
+    assert kept < default // 20

@@ -23,7 +23,7 @@ import typer
 
 from hovernet.cli.options import hide_aliases, unknown_option_hint
 from hovernet.errors import HoverNetError, Interrupted
-from hovernet.resources import sleep_idle_threads
+from hovernet.resources import keep_freed_memory, sleep_idle_threads
 
 # module names under hovernet.cli, in the order they appear in --help
 COMMAND_MODULES = [
@@ -166,4 +166,5 @@ def run(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     sleep_idle_threads()  # before anything imports torch
+    keep_freed_memory()
     sys.exit(run(argv))

@@ -16,6 +16,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+from hovernet.resources import keep_freed_memory
+
 # thread pools of the libraries a worker may use, capped before any of them starts
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -25,6 +27,7 @@ def worker_init() -> None:
     cores. Ctrl-C reaches the whole process group: the main process ends the workers itself."""
     for name in _THREAD_VARS:
         os.environ[name] = "1"
+    keep_freed_memory()
     import cv2
 
     cv2.setNumThreads(1)
