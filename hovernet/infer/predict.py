@@ -324,9 +324,32 @@ def predict_phases(
     """The maps of `image` resampled by `scale` at its sub-pixel phases `offsets`, merged
     (`merge_phase_maps`): (maps on the network grid, nucleus probability at the image's
     pixels, or at the network's for one phase)."""
-    items = enumerate(resample.phase_inputs(image, offsets, scale))
-    phase_maps = [maps for _, _, maps in predict_stream(model, items, batch_size, precision)]
-    return merge_phase_maps(phase_maps, offsets, image.shape)
+    ((maps, prob),) = predict_phases_many(model, [image], scale, offsets, batch_size, precision)
+    return maps, prob
+
+
+def predict_phases_many(
+    model: torch.nn.Module,
+    images: list[np.ndarray],
+    scale: float | None,
+    offsets: list[tuple[int, int]],
+    batch_size: int = 8,
+    precision: str = "auto",
+) -> list[tuple[PredMaps, np.ndarray]]:
+    """`predict_phases` of each image, their windows sharing batches (the same values: a
+    window's output does not depend on its batch)."""
+    items = (
+        ((i, k), phase)
+        for i, image in enumerate(images)
+        for k, phase in enumerate(resample.phase_inputs(image, offsets, scale))
+    )
+    phase_maps: list[list[PredMaps]] = [[] for _ in images]
+    for (i, _), _, maps in predict_stream(model, items, batch_size, precision):
+        phase_maps[i].append(maps)
+    return [
+        merge_phase_maps(maps, offsets, image.shape)
+        for maps, image in zip(phase_maps, images, strict=True)
+    ]
 
 
 def segment_image(

@@ -23,7 +23,7 @@ from hovernet.errors import HoverNetError
 from hovernet.infer import tissue
 from hovernet.infer.backends import effective_precision
 from hovernet.infer.postprocess import PostprocessParams, hv_ranges
-from hovernet.infer.predict import predict_phases
+from hovernet.infer.predict import predict_phases_many
 from hovernet.infer.regions import NUCLEUS_MARGIN, RegionPlan, plan_regions
 from hovernet.infer.resample import check_phases, phase_offsets
 from hovernet.io.slides import IMAGE_SUFFIXES, read_rgb
@@ -320,11 +320,15 @@ def calibrate_hv_ranges(
     ksize = PostprocessParams.for_mpp(frame.proc_mpp).sobel_ksize
     k = frame.k
     offsets = phase_offsets(1 / k, frame.n_phases)
-    maps = []
-    for x0, y0, x1, y1 in boxes:
-        image = slide.read(k * x0, k * y0, k * (x1 - x0), k * (y1 - y0), frame.mpp)
-        pred = predict_phases(model, image, None if k == 1 else 1 / k, offsets, batch, precision)
-        maps.append((pred[0].pred_map[..., -2], pred[0].pred_map[..., -1]))
+    images = [
+        slide.read(k * x0, k * y0, k * (x1 - x0), k * (y1 - y0), frame.mpp)
+        for x0, y0, x1, y1 in boxes
+    ]
+    scale = None if k == 1 else 1 / k
+    maps = [
+        (pred.pred_map[..., -2], pred.pred_map[..., -1])
+        for pred, _ in predict_phases_many(model, images, scale, offsets, batch, precision)
+    ]
     border = min(ksize, min(h.shape[0] for h, _ in maps) // 4)  # the Sobel's reach into the mirror
     return list(hv_ranges(maps, ksize, border))
 
