@@ -105,7 +105,8 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 512
     """glibc: serve allocations under `mmap_threshold` from the heap and keep up to
     `trim_threshold` of freed heap for reuse, instead of mapping every large buffer afresh and
     handing it back when freed (glibc's default above 32 MB at most), which zeroes and faults
-    in every page of every batch's activations again. Returns whether it applied (glibc only).
+    in every page of every batch's activations again. Returns whether it applied (glibc only,
+    and not where the user set MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_).
 
     On this project's 2-core CPU the demo mosaic (`benchmarks/bench_end_to_end.py`) took
     17.3-18.6 s wall with 290 k page faults against 20.8-23.6 s and 480-510 k without it."""
@@ -114,6 +115,8 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 512
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
+    if {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ):
+        return False  # the user's own settings (glibc read them at start)
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

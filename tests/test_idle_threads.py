@@ -74,9 +74,11 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _faults(mode: str) -> tuple[str, int]:
+def _faults(mode: str, env_extra: dict[str, str] | None = None) -> tuple[str, int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.update(env_extra or {})
     done = subprocess.run(
-        [sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True, env=env
     )
     applied, faults = done.stdout.split()
     return applied, int(faults)
@@ -95,3 +97,5 @@ def test_freed_buffers_are_reused_instead_of_faulted_in_again():
     assert applied == "True"
     assert default > 10_000  # each round faults its pages in again (31 k here)
     assert kept < default // 20
+    # the user's own glibc settings are left alone
+    assert _faults("keep", {"MALLOC_TRIM_THRESHOLD_": "1000000000"})[0] == "False"
