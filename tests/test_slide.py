@@ -545,7 +545,9 @@ class _CountingPool:
     def submit(self, fn, *args):
         from concurrent.futures import Future
 
-        self.submitted += 1
+        from hovernet.infer.workers import _import
+
+        self.submitted += fn is not _import  # jobs, not the start-up import
         future = Future()
         future.set_result(fn(*args))
         return future
@@ -622,9 +624,11 @@ def test_post_processing_workers_do_not_import_torch():
     saved per worker on a small machine)."""
     from slide_helpers import imports_torch
 
-    from hovernet.infer.workers import make_pool
+    from hovernet.infer.workers import make_pool, warm
 
     with make_pool(1) as pool:
+        warm(pool, 1, "hovernet.infer.slide_worker")  # starts the process before any job
+        assert len(pool._processes) == 1
         assert pool.submit(imports_torch, "hovernet.infer.slide_worker").result() is False
         assert pool.submit(imports_torch, "hovernet.infer.tile_worker").result() is False
         assert pool.submit(imports_torch, "hovernet.infer.slide").result() is True  # the check

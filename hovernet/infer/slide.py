@@ -50,7 +50,7 @@ from hovernet.infer.slide_setup import (
 )
 from hovernet.infer.slide_worker import RegionJob, mask_window, region_nuclei
 from hovernet.infer.tiling import TileGrid
-from hovernet.infer.workers import make_pool, maps_nbytes
+from hovernet.infer.workers import make_pool, maps_nbytes, warm
 from hovernet.io.slide_exports import (
     ExportSpec,
     export_slide,
@@ -260,6 +260,8 @@ def run_slide(
                         run.mask, run.mask_scale = mask, mask_mpp / frame.mpp
                         run.tissue = TissueBoxes.of(mask, run.mask_scale)
                     run.status_note = status_note
+                    if pool is not None and len(todo) > 1:  # workers start during calibration
+                        warm(pool, config.post_proc_workers, "hovernet.infer.slide_worker")
                     if todo:  # the slide's HV gradient ranges: measured once, kept in the store
                         if store.meta.get("hv_ranges") is None:
                             measured = calibrate_hv_ranges(

@@ -8,6 +8,7 @@ from the network on a small machine.
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import signal
@@ -44,12 +45,29 @@ def end_workers(pool: ProcessPoolExecutor) -> None:
 
 
 def make_pool(workers: int) -> ProcessPoolExecutor | None:
-    """`workers` spawned processes (None for 0: post-process in the caller)."""
+    """`workers` spawned processes (None for 0: post-process in the caller); they start with
+    the first job (or `warm`)."""
     if workers <= 0:
         return None
     # spawn: forking a process that has started torch's thread pools can deadlock
     ctx = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(workers, ctx, initializer=worker_init)
+
+
+def warm(pool: ProcessPoolExecutor, workers: int, module: str) -> None:
+    """Start the pool's `workers` processes now, each importing `module`, while the caller
+    reads the slide and runs the first batches, rather than when the first job arrives and
+    competes with the network (a no-op for processes that have it already)."""
+    for _ in range(workers):
+        pool.submit(_import, module).add_done_callback(_drop_result)
+
+
+def _import(module: str) -> None:
+    importlib.import_module(module)
+
+
+def _drop_result(future) -> None:
+    future.exception()  # an import error resurfaces when the first job runs
 
 
 def maps_nbytes(*arrays: np.ndarray | None) -> int:
