@@ -26,7 +26,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy import ndimage  # noqa: E402
 
 from hovernet.infer import tissue  # noqa: E402
 from hovernet.infer.tissue import TissueParams, _disk, _otsu  # noqa: E402
@@ -58,55 +57,16 @@ def old_dilate(mask: np.ndarray, margin: int) -> np.ndarray:
 def old_tissue_mask(
     thumb_rgb: np.ndarray, params: TissueParams = TissueParams(), mpp: float | None = None
 ) -> np.ndarray:
-    rgb = np.ascontiguousarray(thumb_rgb[:, :, :3], dtype=np.uint8)
-    px = mpp if mpp and mpp > 0 else params.fallback_mpp
-    smooth = int(round(params.smooth_um / px)) | 1
-    if smooth >= 3:
-        rgb = cv2.medianBlur(rgb, min(smooth, 255))
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    if params.method == "saturation":
-        signal = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[:, :, 1]
-    else:
-        signal = 255 - grey
-    t = min(max(_otsu(signal), params.min_threshold), params.max_threshold)
-    mask = signal > t
-    mask &= grey >= params.dark_limit
-    radius = int(round(params.closing_um / px))
-    if radius >= 1:
-        mask = old_close(mask, radius)
-    area_px = params.min_area_um2 / (px * px)
-    if area_px > 1 and mask.any():
-        labels, n = ndimage.label(mask)
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        keep = sizes >= area_px
-        keep[0] = False
-        mask = keep[labels]
-    hole_px = params.max_hole_um2 / (px * px)
-    if hole_px >= 1 and mask.any():
-        labels, n = ndimage.label(~mask)
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-        small = sizes < hole_px
-        small[0] = False
-        small[border] = False
-        mask = mask | small[labels]
-    margin = int(round(params.margin_um / px))
-    if margin >= 1 and mask.any():
-        mask = old_dilate(mask, margin)
-    return mask
-
-
-# the current steps, as tissue_mask calls them
-
-
-def new_close(mask: np.ndarray, radius: int) -> np.ndarray:
-    return tissue._close_disk(mask, radius)
-
-
-def new_dilate(mask: np.ndarray, margin: int) -> np.ndarray:
-    if margin <= tissue._CV2_MAX_RADIUS:
-        return cv2.dilate(mask.view(np.uint8), _disk(margin)).view(bool)
-    return tissue._dilate_disk(mask, margin)
+    """tissue_mask with its previous steps: cv2 throughout."""
+    steps = {"_median_blur": cv2.medianBlur, "_close_disk": old_close, "_dilate": old_dilate}
+    saved = {name: getattr(tissue, name) for name in steps}
+    try:
+        for name, fn in steps.items():
+            setattr(tissue, name, fn)
+        return tissue.tissue_mask(thumb_rgb, params, mpp=mpp)
+    finally:
+        for name, fn in saved.items():
+            setattr(tissue, name, fn)
 
 
 def race(old, new, repeats: int) -> tuple[float, float, bool]:
@@ -166,7 +126,7 @@ def steps(thumb: np.ndarray, px: float, params: TissueParams) -> list:
                 "closing",
                 str(radius),
                 lambda: old_close(mask, radius),
-                lambda: new_close(mask, radius),
+                lambda: tissue._close_disk(mask, radius),
             )
         )
     if margin >= 1:
@@ -175,7 +135,7 @@ def steps(thumb: np.ndarray, px: float, params: TissueParams) -> list:
                 "margin dilation",
                 str(margin),
                 lambda: old_dilate(closed, margin),
-                lambda: new_dilate(closed, margin),
+                lambda: tissue._dilate(closed, margin),
             )
         )
     return out

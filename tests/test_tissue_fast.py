@@ -10,16 +10,15 @@ import cv2
 import numpy as np
 import pytest
 from conftest import DATA
-from scipy import ndimage
 
 import hovernet
+from hovernet.infer import tissue
 from hovernet.infer.tissue import (
     TissueParams,
     _close_disk,
     _dilate_disk,
     _disk,
     _median_blur,
-    _otsu,
     tissue_mask,
 )
 from hovernet.io.wsi import open_slide
@@ -49,43 +48,16 @@ def ref_close(mask: np.ndarray, r: int) -> np.ndarray:
 def ref_tissue_mask(
     thumb_rgb: np.ndarray, params: TissueParams = TissueParams(), mpp: float | None = None
 ) -> np.ndarray:
-    """tissue_mask as it was before the fast morphology (cv2 throughout)."""
-    rgb = np.ascontiguousarray(thumb_rgb[:, :, :3], dtype=np.uint8)
-    px = mpp if mpp and mpp > 0 else params.fallback_mpp
-    smooth = int(round(params.smooth_um / px)) | 1
-    if smooth >= 3:
-        rgb = cv2.medianBlur(rgb, min(smooth, 255))
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    if params.method == "saturation":
-        signal = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[:, :, 1]
-    else:
-        signal = 255 - grey
-    t = min(max(_otsu(signal), params.min_threshold), params.max_threshold)
-    mask = signal > t
-    mask &= grey >= params.dark_limit
-    radius = int(round(params.closing_um / px))
-    if radius >= 1:
-        mask = ref_close(mask, radius)
-    area_px = params.min_area_um2 / (px * px)
-    if area_px > 1 and mask.any():
-        labels, n = ndimage.label(mask)
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        keep = sizes >= area_px
-        keep[0] = False
-        mask = keep[labels]
-    hole_px = params.max_hole_um2 / (px * px)
-    if hole_px >= 1 and mask.any():
-        labels, n = ndimage.label(~mask)
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-        small = sizes < hole_px
-        small[0] = False
-        small[border] = False
-        mask = mask | small[labels]
-    margin = int(round(params.margin_um / px))
-    if margin >= 1 and mask.any():
-        mask = ref_dilate(mask, margin)
-    return mask
+    """tissue_mask as it was before the fast morphology: its steps with cv2 throughout."""
+    steps = {"_median_blur": cv2.medianBlur, "_close_disk": ref_close, "_dilate": ref_dilate}
+    saved = {name: getattr(tissue, name) for name in steps}
+    try:
+        for name, fn in steps.items():
+            setattr(tissue, name, fn)
+        return tissue_mask(thumb_rgb, params, mpp=mpp)
+    finally:
+        for name, fn in saved.items():
+            setattr(tissue, name, fn)
 
 
 # masks

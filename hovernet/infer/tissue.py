@@ -266,11 +266,18 @@ def tissue_mask(
 
     margin = int(round(params.margin_um / px))
     if margin >= 1 and mask.any():
-        if margin <= _CV2_MAX_RADIUS:
-            mask = cv2.dilate(mask.view(np.uint8), _disk(margin)).view(bool)
-        else:
-            mask = _dilate_disk(mask, margin)  # == the line above, O(1) per pixel
+        mask = _dilate(mask, margin)
     return mask
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """`cv2.dilate(mask, _disk(radius))` as bool: cv2 itself up to `_CV2_MAX_RADIUS`, else
+    `_dilate_disk` (the same pixels, O(1) per pixel)."""
+    import cv2
+
+    if radius <= _CV2_MAX_RADIUS:
+        return cv2.dilate(mask.view(np.uint8), _disk(radius)).view(bool)
+    return _dilate_disk(mask, radius)
 
 
 def mask_from_user_image(mask: np.ndarray) -> np.ndarray:
