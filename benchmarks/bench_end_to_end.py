@@ -126,6 +126,16 @@ def main(argv: list[str] | None = None) -> int:
             share = statistics.median(r["network_s"] / r["wall"] for r in rs)
             print(f"| {name} | {which} | {wall:.1f} | {mm2:.3f} | {wall / mm2:.1f} | "
                   f"{rs[0]['nuclei']} | {share:.0%} | {base_wall / wall:.2f}x |")  # fmt: skip
+    # each round's baseline and current run back to back: their ratio is immune to the
+    # machine's drift between rounds
+    print()
+    for name in slides:
+        ratios = [
+            b["wall"] / c["wall"]
+            for b, c in zip(runs[(name, "baseline")], runs[(name, "current")], strict=True)
+        ]
+        listed = ", ".join(f"{r:.2f}x" for r in ratios)
+        print(f"{name}: speed-up per round {listed}; median {statistics.median(ratios):.2f}x")
     return 0
 
 
