@@ -213,3 +213,28 @@ def test_windows_not_selected_read_as_background_and_the_rest_are_unchanged():
                 assert (maps.pred_map[square] == 0).all()
                 assert (maps.type_softmax[square][..., 0] == 1).all()
                 assert (maps.type_softmax[square][..., 1:] == 0).all()
+
+
+def test_batches_keep_to_one_image_when_asked():
+    """`span=False`: an image's windows never share a batch with another's (slide mode), and
+    the maps are those of the spanning run."""
+    sizes: list[int] = []
+    model = LocalNet(SMALL)
+    model.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
+    images = [random_image(shape, seed=i) for i, shape in enumerate([(20, 33), (9, 9), (40, 18)])]
+    counts = [len(TileGrid(im.shape[:2], SMALL.input_size, SMALL.output_size)) for im in images]
+    runs = {}
+    for span in (True, False):
+        sizes.clear()
+        runs[span] = list(
+            predict_stream(model, enumerate(images), batch_size=4, geometry=SMALL, span=span)
+        )
+        if span:
+            assert sizes == [4] * (sum(counts) // 4) + (
+                [sum(counts) % 4] if sum(counts) % 4 else []
+            )
+        else:
+            expected = [s for c in counts for s in [4] * (c // 4) + ([c % 4] if c % 4 else [])]
+            assert sizes == expected
+    for (_, _, a), (_, _, b) in zip(runs[True], runs[False], strict=True):
+        np.testing.assert_array_equal(a.pred_map, b.pred_map)

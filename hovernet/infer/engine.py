@@ -54,6 +54,7 @@ class EngineConfig:
     report_as_done: bool = False
     shared_memory: bool = True  # hand maps to workers through /dev/shm (where it has room)
     profile: bool = False  # time the main process's stages (EngineStats.stages)
+    span_images: bool = True  # False: no batch mixes two images' windows (predict_stream span)
 
 
 @dataclass
@@ -182,7 +183,7 @@ def run_engine(
 
         stream = predict_stream(
             model, items, config.batch_size, config.precision, geometry, alloc, clock,
-            select=counted,
+            select=counted, span=config.span_images,
         )  # fmt: skip
         t_net = time.perf_counter()
         for key, image, maps in stream:

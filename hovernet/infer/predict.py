@@ -204,6 +204,7 @@ def predict_stream(
     clock: StageClock | None = None,
     max_lag: int = 2,
     select: Select | None = None,
+    span: bool = True,
 ) -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
     """Yield (key, image, PredMaps) for each (key, RGB uint8 image), in order.
 
@@ -215,7 +216,11 @@ def predict_stream(
     its last batch filled up with copies of its first window, whose outputs are dropped.
     `select(key, grid)` (slide mode: windows near tissue) gives, per window of the image's
     `TileGrid`, whether to run it (None: all); a window not run reads as no nucleus
-    (probability 0, h = v = 0, type 0 with softmax 1).
+    (probability 0, h = v = 0, type 0 with softmax 1). With `span=False` an image's windows
+    never share a batch with another image's (its last batch may be short): the kernels' work
+    split depends on the batch, which can move a value by one float step, so only then are an
+    image's maps independent of what came before it (slide mode: a resumed run equals a whole
+    one bit for bit).
     """
     if batch_size < 1:
         raise HoverNetError(f"batch size must be at least 1, got {batch_size}")
@@ -285,6 +290,8 @@ def predict_stream(
                 batch.append((state, index))
                 if len(batch) == batch_size:
                     yield from flush()
+            if batch and not span:
+                yield from flush()
             yield from release()  # an image without windows to run (else a no-op)
             waited = time.perf_counter()
         if batch:

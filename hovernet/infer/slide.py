@@ -281,6 +281,7 @@ def run_slide(
                         workers,
                         config.mem_budget,
                         max_in_flight=max(2, 2 * workers),
+                        span_images=False,  # a region's maps do not depend on the previous one
                     )
                     items = run.items(todo, config.read_workers)
                     stats = run_engine(
