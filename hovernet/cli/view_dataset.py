@@ -12,7 +12,6 @@ from pathlib import Path
 
 import typer
 
-from hovernet.data.preview import render_grid
 from hovernet.errors import HoverNetError
 
 
@@ -32,6 +31,7 @@ def run(cfg: ViewDatasetConfig, quiet: bool = True) -> Path:
 
     from hovernet.config import geometry_for
     from hovernet.data.dataset import PatchDataset, read_type_info
+    from hovernet.data.preview import render_grid
     from hovernet.io.atomic import atomic_path, check_writable_file
     from hovernet.progress import Progress
 
