@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from hovernet.errors import HoverNetError
-from hovernet.resources import keep_freed_memory, sleep_idle_threads
+from hovernet.resources import tune_process
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 SAMPLE_SLIDE = SAMPLES / "CMU-1-Small-Region.svs"
@@ -87,8 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    sleep_idle_threads()  # before anything imports torch
-    keep_freed_memory()
+    tune_process()  # before anything imports torch
     args = _parse(argv)
     try:
         return run(args)

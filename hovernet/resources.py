@@ -125,3 +125,11 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 512
         libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))
         and libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))
     )
+
+
+def tune_process() -> None:
+    """The command line's and the demo's process settings, called first thing (before torch
+    is imported): `sleep_idle_threads` and `keep_freed_memory`, each unless the user set its
+    environment variables."""
+    sleep_idle_threads()
+    keep_freed_memory()

@@ -23,7 +23,7 @@ import typer
 
 from hovernet.cli.options import hide_aliases, unknown_option_hint
 from hovernet.errors import HoverNetError, Interrupted
-from hovernet.resources import keep_freed_memory, sleep_idle_threads
+from hovernet.resources import tune_process
 
 # module names under hovernet.cli, in the order they appear in --help
 COMMAND_MODULES = [
@@ -165,6 +165,5 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sleep_idle_threads()  # before anything imports torch
-    keep_freed_memory()
+    tune_process()  # before anything imports torch
     sys.exit(run(argv))
