@@ -343,8 +343,9 @@ def predict_phases_many(
     batch_size: int = 8,
     precision: str = "auto",
 ) -> list[tuple[PredMaps, np.ndarray]]:
-    """`predict_phases` of each image, their windows sharing batches (the same values: a
-    window's output does not depend on its batch)."""
+    """`predict_phases` of each image, their windows sharing batches (for the bundled model
+    the same bits as one image at a time, measured; in general a kernel's work split can move
+    a value by one float step with the batch, see `predict_stream`'s `span`)."""
     items = (
         ((i, k), phase)
         for i, image in enumerate(images)

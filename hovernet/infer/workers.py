@@ -19,7 +19,8 @@ import numpy as np
 
 from hovernet.resources import keep_freed_memory
 
-# thread pools of the libraries a worker may use, capped before any of them starts
+# thread pools of the libraries a worker may use, capped before they start (libraries the
+# spawned main module imported already keep theirs; `hovernet` itself imports none of them)
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
