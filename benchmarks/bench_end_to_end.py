@@ -88,6 +88,18 @@ def run(code_root: Path, slide: Path, out: Path) -> dict:
     return {"wall": wall, **summary}
 
 
+def bench_setup(work: Path, baseline: str) -> tuple[dict[str, Path], dict[str, Path]]:
+    """({name: slide}, {"baseline": extracted code, "current": this checkout}) in `work`: the
+    mosaic (written once) and slide_a where ../shared has it."""
+    work.mkdir(parents=True, exist_ok=True)
+    slides = {"mosaic20x": work / "mosaic20x.tif"}
+    if not slides["mosaic20x"].exists():
+        write_mosaic(slides["mosaic20x"])
+    if (SHARED / "data" / "seed_format" / "slide_a.tif").is_file():
+        slides["slide_a40x"] = SHARED / "data" / "seed_format" / "slide_a.tif"
+    return slides, {"baseline": extract(baseline, work / f"base-{baseline}"), "current": ROOT}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default="93b4c3d")
@@ -95,14 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_e2e")
     args = parser.parse_args(argv)
     work = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    slides = {"mosaic20x": work / "mosaic20x.tif"}
-    if not slides["mosaic20x"].exists():
-        write_mosaic(slides["mosaic20x"])
-    if (SHARED / "data" / "seed_format" / "slide_a.tif").is_file():
-        slides["slide_a40x"] = SHARED / "data" / "seed_format" / "slide_a.tif"
-    base = extract(args.baseline, work / f"base-{args.baseline}")
-    codes = {"baseline": base, "current": ROOT}
+    slides, codes = bench_setup(work, args.baseline)
     runs: dict[tuple[str, str], list[dict]] = {}
     for r in range(args.repeat):
         for name, slide in slides.items():

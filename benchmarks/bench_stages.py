@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_end_to_end import ROOT, SHARED, extract, write_mosaic
+from bench_end_to_end import bench_setup
 
 STAGES = {
     "tissue": ("tissue_mask",),
@@ -84,13 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_e2e")
     args = parser.parse_args(argv)
     work = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    slides = {"mosaic20x": work / "mosaic20x.tif"}
-    if not slides["mosaic20x"].exists():
-        write_mosaic(slides["mosaic20x"])
-    if (SHARED / "data" / "seed_format" / "slide_a.tif").is_file():
-        slides["slide_a40x"] = SHARED / "data" / "seed_format" / "slide_a.tif"
-    codes = {"baseline": extract(args.baseline, work / f"base-{args.baseline}"), "current": ROOT}
+    slides, codes = bench_setup(work, args.baseline)
     rows = {}
     for name, slide in slides.items():
         for which, code in codes.items():
