@@ -8,6 +8,7 @@ all of those settings, which oversubscribes the cores when it sizes thread or pr
 
 from __future__ import annotations
 
+import atexit
 import gc
 import math
 import os
@@ -127,9 +128,25 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 512
     )
 
 
+_exit_collection_skipped = False
+
+
+def skip_exit_collection() -> None:
+    """At exit, leave out the interpreter's last garbage collection of the objects still
+    alive (`gc.freeze` from an atexit hook; the other hooks and the flushing of files still
+    run). That collection walks every object torch, SciPy and the rest made at import (about
+    195 k): 0.4-0.6 s of each `hovernet infer wsi` on these 2 cores (mosaic: 0.65-0.75 s from
+    the last line to the exit, 0.18 s with it). Outputs are closed and renamed before exit."""
+    global _exit_collection_skipped
+    if not _exit_collection_skipped:
+        atexit.register(gc.freeze)
+        _exit_collection_skipped = True
+
+
 def tune_process() -> None:
     """The command line's and the demo's process settings, called first thing (before torch
     is imported): `sleep_idle_threads` and `keep_freed_memory`, each unless the user set its
-    environment variables."""
+    environment variables, and `skip_exit_collection`."""
     sleep_idle_threads()
     keep_freed_memory()
+    skip_exit_collection()

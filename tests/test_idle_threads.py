@@ -99,3 +99,35 @@ def test_freed_buffers_are_reused_instead_of_faulted_in_again():
     assert kept < default // 20
     # the user's own glibc settings are left alone
     assert _faults("keep", {"MALLOC_TRIM_THRESHOLD_": "1000000000"})[0] == "False"
+
+
+EXIT = """
+import sys
+from hovernet.resources import skip_exit_collection
+class Cycle:
+    def __del__(self):
+        print("collected at exit", flush=True)
+a = Cycle()
+a.me = a  # only the garbage collector can free it
+if sys.argv[1] == "skip":
+    skip_exit_collection()
+    skip_exit_collection()  # once is enough; twice is harmless
+"""
+
+
+def test_the_exit_collection_is_left_out_and_the_rest_of_the_exit_still_runs():
+    """`skip_exit_collection` (the command line, the demo and the workers call it): the
+    interpreter's last collection, which walks every object the libraries made at import, is
+    left out; atexit hooks still run and stdout is still flushed."""
+
+    def run(mode: str) -> str:
+        code = EXIT + "import atexit; atexit.register(print, 'hook ran'); print('end', end='')"
+        done = subprocess.run(
+            [sys.executable, "-c", code, mode], capture_output=True, text=True, check=True
+        )
+        return done.stdout
+
+    assert "collected at exit" in run("default")  # what the interpreter does on its own
+    out = run("skip")
+    assert "collected at exit" not in out
+    assert out.startswith("end") and "hook ran" in out

@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from hovernet.resources import keep_freed_memory
+from hovernet.resources import keep_freed_memory, skip_exit_collection
 
 # thread pools of the libraries a worker may use, capped before they start (libraries the
 # spawned main module imported already keep theirs; `hovernet` itself imports none of them)
@@ -30,6 +30,7 @@ def worker_init() -> None:
     for name in _THREAD_VARS:
         os.environ[name] = "1"
     keep_freed_memory()
+    skip_exit_collection()  # the pool's shutdown waits for its workers to exit
     import cv2
 
     cv2.setNumThreads(1)
