@@ -1,17 +1,24 @@
-# Everything a fresh machine needs: `make demo` and `make test` create .venv and install into it.
+# Everything a fresh machine needs: `make demo` and `make test` create .venv and install into it
+# the exact versions in requirements/constraints.txt (the ones the suite passed with; `make lock`
+# refreshes them). GPU users pass their own torch: make test TORCH="torch==2.13.0+cu128".
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV ?= .venv
 BIN := $(VENV)/bin
+CONSTRAINTS ?= requirements/constraints.txt
+PIP := $(BIN)/python -m pip install -q -c $(CONSTRAINTS)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv browser demo test test-slow test-all lint bench clean
+.PHONY: venv browser demo test test-slow test-all lint bench clean lock
 
-$(BIN)/.installed: pyproject.toml
+# pip and setuptools pinned too, and the package built with them (no build isolation: an
+# isolated build would fetch the newest setuptools)
+$(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(PIP) pip setuptools
+	$(PIP) "$(TORCH)"
+	$(PIP) --no-build-isolation -e ".[test]"
+	$(BIN)/python -m pip check
 	touch $@
 
 venv: $(BIN)/.installed
@@ -44,3 +51,7 @@ test-all: venv browser
 
 clean:
 	rm -rf $(VENV) demo_output
+
+# re-resolve pyproject.toml's ranges in a throw-away venv and rewrite requirements/constraints.txt
+lock:
+	TORCH="$(TORCH)" scripts/lock_requirements.sh $(PYTHON)
