@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${1:-python3}
 TORCH=${TORCH:-torch==2.13.0}
-OUT=requirements/constraints.txt
+OUT=${OUT:-requirements/constraints.txt}  # OUT=... writes elsewhere (to compare)
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 "$PYTHON" -m venv "$TMP/venv"
