@@ -193,7 +193,10 @@ class StoreIndex:
         types (None: all), at most `limit` of them (`truncated` says when more met it).
 
         Returns the binary answer of `pack_nuclei` (`unpack_nuclei` reads it)."""
-        columns = "n.id, n.type, n.type_prob, n.area, n.eccentricity, n.solidity, n.contour"
+        columns = (
+            "n.id, n.type, n.type_prob, n.area, n.eccentricity, n.solidity, "
+            "r.xmin, r.ymin, r.xmax, r.ymax, n.contour"
+        )
         rows = self._in_box(columns, box, types, limit)
         return pack_nuclei(rows[:limit], len(rows) > limit, self.um_per_px)
 
@@ -350,20 +353,24 @@ _PACKED = (
     ("area", "<f4", "n"),
     ("eccentricity", "<f4", "n"),
     ("solidity", "<f4", "n"),
+    ("boxes", "<f4", "4n"),
     ("offsets", "<i4", "n+1"),
     ("coords", "<i4", "2m"),
 )
 
 
 def pack_nuclei(rows: list[tuple], truncated: bool, um_per_px: float | None) -> bytes:
-    """Rows (id, type, type_prob, area, eccentricity, solidity, contour BLOB) -> one binary
-    answer the page reads without parsing: a little-endian uint32 header length, a JSON header
-    `{"n", "m", "truncated", "arrays": [[name, dtype, offset], ...]}` padded to 8 bytes, then
-    the arrays of _PACKED (ids as float64, types int32 with -1 for untyped, values float32 with
-    NaN for missing, area in um^2 when the resolution is known, contour k = coords[2 * offsets[k]
-    : 2 * offsets[k + 1]] as x, y pairs in store pixels through pixel centres)."""
-    columns = list(zip(*rows, strict=True)) if rows else [()] * 7
-    ids, types, probs, area, ecc, solidity, blobs = columns
+    """Rows (id, type, type_prob, area, eccentricity, solidity, xmin, ymin, xmax, ymax, contour
+    BLOB) -> one binary answer the page reads without parsing: a little-endian uint32 header
+    length, a JSON header `{"n", "m", "truncated", "arrays": [[name, dtype, offset], ...]}`
+    padded to 8 bytes, then the arrays of _PACKED (ids as float64, types int32 with -1 for
+    untyped, values float32 with NaN for missing, area in um^2 when the resolution is known,
+    boxes 4 per nucleus: the R*Tree's xmin, ymin, xmax, ymax in store pixels that the box
+    query tests, so the page can apply the server's rule to a smaller box; contour k =
+    coords[2 * offsets[k] : 2 * offsets[k + 1]] as x, y pairs in store pixels through pixel
+    centres)."""
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 11
+    ids, types, probs, area, ecc, solidity, *box, blobs = columns
     offsets = np.zeros(len(rows) + 1, "<i4")
     np.cumsum(np.fromiter(map(len, blobs), np.int64, len(blobs)) // 8, out=offsets[1:])
     arrays = {
@@ -373,6 +380,7 @@ def pack_nuclei(rows: list[tuple], truncated: bool, um_per_px: float | None) -> 
         "area": np.array(area, np.float64) * (um_per_px**2 if um_per_px else 1.0),
         "eccentricity": np.array(ecc, "<f4"),
         "solidity": np.array(solidity, "<f4"),
+        "boxes": np.array(box, np.float64).T.reshape(-1),
         "offsets": offsets,
         "coords": np.frombuffer(b"".join(blobs), np.int32),
     }
@@ -394,7 +402,8 @@ def unpack_nuclei(data: bytes) -> dict[str, Any]:
     size = int.from_bytes(data[:4], "little")
     header = json.loads(data[4 : 4 + size])
     base = 4 + size
-    lengths = {"n": header["n"], "n+1": header["n"] + 1, "2m": 2 * header["m"]}
+    n = header["n"]
+    lengths = {"n": n, "n+1": n + 1, "4n": 4 * n, "2m": 2 * header["m"]}
     out = {k: v for k, v in header.items() if k != "arrays"}
     for (name, dtype, at), (_, _, length) in zip(header["arrays"], _PACKED, strict=True):
         out[name] = np.frombuffer(data, dtype, lengths[length], base + at)

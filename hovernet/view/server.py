@@ -40,28 +40,36 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_NUCLEI = 10000  # outlines per viewport request
 MAX_GEOJSON = 20000  # nuclei per GeoJSON download
 BINARY = "application/octet-stream"
-_COORD_LIMIT = 1e9
 _UINT = re.compile(r"[0-9]{1,9}")
 _TILE = re.compile(r"([0-9]{1,18})_([0-9]{1,18})\.jpg")
 log = logging.getLogger("hovernet.view")
 
 
 # -- parameters (pure) -------------------------------------------------------------------------
-def parse_bbox(text: str | None) -> tuple[float, float, float, float]:
-    """`x0,y0,x1,y1` (level-0 pixels, x0 < x1, y0 < y1) -> floats; BadRequest otherwise."""
+def parse_bbox(text: str | None, width: int, height: int) -> tuple[float, float, float, float]:
+    """`x0,y0,x1,y1` (level-0 pixels, x0 < x1, y0 < y1) of a `width` x `height` slide -> floats;
+    BadRequest otherwise. A box may reach past the slide by at most one slide width (x) or
+    height (y) on each side (the page clips its boxes to the slide; nothing lies further out)."""
     hint = "pass bbox=x0,y0,x1,y1 in level-0 pixels with x0 < x1 and y0 < y1"
     if not text:
         raise BadRequest(f"bbox is missing: {hint}")
-    parts = text.split(",")
+    shown = repr(text[:80])
     try:
-        values = [float(p) for p in parts]
+        values = [float(p) for p in text.split(",")]
     except ValueError:
-        raise BadRequest(f"bbox {text[:80]!r} is not four numbers: {hint}") from None
-    if len(values) != 4 or not all(math.isfinite(v) and abs(v) <= _COORD_LIMIT for v in values):
-        raise BadRequest(f"bbox {text[:80]!r} is not four finite numbers: {hint}")
+        values = []
+    if len(values) != 4:
+        raise BadRequest(f"bbox {shown} is not four numbers: {hint}")
+    if not all(math.isfinite(v) for v in values):
+        raise BadRequest(f"bbox {shown} is not four finite numbers (nan or inf): {hint}")
     x0, y0, x1, y1 = values
     if x1 <= x0 or y1 <= y0:
-        raise BadRequest(f"bbox {text[:80]!r} is empty: {hint}")
+        raise BadRequest(f"bbox {shown} is empty: {hint}")
+    if x0 < -width or x1 > 2 * width or y0 < -height or y1 > 2 * height:
+        raise BadRequest(
+            f"bbox {shown} reaches too far past the slide, which is {width} x {height} level-0 "
+            f"px: keep x within {-width}..{2 * width} and y within {-height}..{2 * height}"
+        )
     return x0, y0, x1, y1
 
 
@@ -185,7 +193,7 @@ def create_app(
         return response
 
     def box_and_types(s: ViewSlide) -> tuple[tuple[float, ...], list | None]:
-        x0, y0, x1, y1 = parse_bbox(request.args.get("bbox"))
+        x0, y0, x1, y1 = parse_bbox(request.args.get("bbox"), *s.dimensions)
         k = s.index.scale
         types = parse_types(request.args.get("types"), class_keys(s))
         return (x0 / k, y0 / k, x1 / k, y1 / k), types
