@@ -8,6 +8,8 @@ reason (`pytest -ra` lists it).
 
 from __future__ import annotations
 
+import base64
+import csv
 import json
 import os
 import shutil
@@ -75,8 +77,6 @@ def url(real_out):
 def target(real_out) -> dict:
     """The largest epithelial nucleus away from the crop's edges: its CSV row and the contour
     the JSON export holds (the store's pixels, through pixel centres)."""
-    import csv
-
     with open(real_out / "cmu_crop.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["type_name"] == "epithelial"]
     inner = [r for r in rows if all(80 < float(r[k]) < 940 for k in ("centroid_x", "centroid_y"))]
@@ -137,6 +137,26 @@ def _share_near(image: np.ndarray, points: np.ndarray, colour, radius: int = 2, 
         dist = np.abs(patch.astype(int) - colour).max(axis=2)
         hits += bool((dist <= tol).any())
     return hits / len(points)
+
+
+def _luminance(rgb) -> np.ndarray:
+    """Relative luminance (WCAG) of sRGB colours (..., 3) in 0..255."""
+    c = np.asarray(rgb, float) / 255
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return lin @ [0.2126, 0.7152, 0.0722]
+
+
+def _contrast(a, b) -> np.ndarray:
+    """WCAG contrast ratio (1..21) between colours a and b."""
+    la, lb = _luminance(a), _luminance(b)
+    return (np.maximum(la, lb) + 0.05) / (np.minimum(la, lb) + 0.05)
+
+
+def _overlay_rgba(page) -> np.ndarray:
+    """The overlay canvas' own pixels (RGBA, transparent where nothing is drawn)."""
+    url = page.evaluate("document.getElementById('overlay-canvas').toDataURL('image/png')")
+    png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
+    return cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
 
 
 def _viridis(t: float) -> np.ndarray:
@@ -236,15 +256,33 @@ def test_zoomed_out_the_nuclei_are_a_heat_map(browser, url, real_out):
     page.close()
 
 
-def test_the_geojson_download_holds_the_nuclei_of_the_view(browser, url, target):
-    row = target["row"]
-    page = _open(browser, url, f"slide=cmu_crop&x={row['centroid_x']}&y={row['centroid_y']}&z=4")
+def _download(page) -> dict:
     with page.expect_download() as download:
         page.click("#download")
-    doc = json.loads(Path(download.value.path()).read_text())
+    return json.loads(Path(download.value.path()).read_text())
+
+
+def test_the_geojson_download_holds_the_nuclei_the_status_line_counts(browser, url, target):
+    row = target["row"]
+    page = _open(browser, url, f"slide=cmu_crop&x={row['centroid_x']}&y={row['centroid_y']}&z=4")
+    doc = _download(page)
     ids = {f["properties"]["measurements"]["Nucleus ID"] for f in doc["features"]}
     assert int(row["id"]) in ids and len(ids) == len(doc["features"]) > 5
     assert doc["hovernet"]["truncated"] is False
+    # "N nuclei in view" is what the download holds, not the fetched view plus its margin
+    assert page.inner_text("#status") == f"{len(ids)} nuclei in view"
+    assert page.evaluate("hovernetView.nuclei") > len(ids)
+    # again with a class hidden and the view reaching past the slide's top edge
+    page.click("input[data-key='4']")
+    page.evaluate("(vp => vp.panTo(vp.imageToViewportCoordinates(450, 20), true))"
+                  "(hovernetView.viewer.viewport)")  # fmt: skip
+    page.wait_for_function("location.hash.includes('y=20.0')")
+    _settle(page)
+    doc = _download(page)
+    assert doc["hovernet"]["bbox"].split(",")[1] == "0.0"
+    classes = {f["properties"]["classification"]["name"] for f in doc["features"]}
+    assert "spindle-shaped" not in classes and len(doc["features"]) > 5
+    assert page.inner_text("#status") == f"{len(doc['features'])} nuclei in view"
     page.close()
 
 
@@ -266,3 +304,105 @@ def test_a_folder_of_several_slides_opens_on_a_list(browser, real_out, tmp_path)
         page.close()
     for s in slides:
         s.close()
+
+
+def test_the_dark_end_of_a_measurement_scale_stands_out_on_haematoxylin(browser, url, real_out):
+    """The smallest nuclei take viridis' dark purple; on the crop's dark haematoxylin the
+    outline alone has a contrast ratio near 1, so it gets a light halo: along each outline some
+    drawn pixel must reach a WCAG contrast of 3 against the nuclei's own stain."""
+    page = _open(browser, url, "slide=cmu_crop&x=512&y=512&z=3&colour=area")
+    info = page.evaluate("window.hovernetInfo")
+    lo, hi = info["ranges"]["area"]
+    cut = lo + 0.05 * (hi - lo)  # the scale's darkest colours
+    left, top, width, height = _viewer_box(page)
+    doc = json.loads((real_out / "cmu_crop.json").read_text())
+    with open(real_out / "cmu_crop.csv", newline="") as fh:
+        small = [r for r in csv.DictReader(fh) if float(r["area"]) * info["mpp"] ** 2 <= cut]
+    outlines = []
+    for row in small:  # the darkest colour of the scale, fully in view
+        pts = _to_screen(page, np.asarray(doc["nuc"][row["id"]]["contour"], float))
+        if (pts.min(axis=0) > [left + 5, top + 5]).all() and (
+            pts.max(axis=0) < [left + width - 5, top + height - 5]
+        ).all():
+            outlines.append(pts)
+    assert len(outlines) >= 3
+    drawn = _overlay_rgba(page)
+    page.evaluate("document.getElementById('overlay-canvas').style.visibility = 'hidden'")
+    stain = np.zeros(_screen(page).shape[:2], np.uint8)
+    for pts in outlines:
+        cv2.fillPoly(stain, [np.round(pts).astype(np.int32)], 1)
+    haematoxylin = np.median(_screen(page)[cv2.erode(stain, np.ones((3, 3))) > 0], axis=0)
+    assert _luminance(haematoxylin) < 0.1  # dark: these nuclei are where the problem shows
+    for pts in outlines:
+        seen = []
+        for x, y in np.round(pts - [left, top]).astype(int):
+            patch = drawn[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3].reshape(-1, 4)
+            opaque = patch[patch[:, 3] >= 200, :3]
+            seen.append(opaque.size > 0 and _contrast(opaque, haematoxylin).max() >= 3)
+        assert np.mean(seen) >= 0.9
+    page.close()
+
+
+def test_the_info_panel_closes_when_its_outline_is_no_longer_shown(browser, url, target):
+    row = target["row"]
+    page = _open(browser, url, f"slide=cmu_crop&x={row['centroid_x']}&y={row['centroid_y']}&z=8")
+    centre = _to_screen(page, target["contour"]).mean(axis=0)
+
+    def click_it():
+        page.mouse.click(*centre)
+        page.wait_for_selector("#details h2", state="visible")
+        assert page.inner_text("#details h2") == f"Nucleus {row['id']}"
+
+    click_it()
+    page.select_option("#overlay", "heatmap")
+    _settle(page)
+    assert page.is_hidden("#details") and page.evaluate("hovernetView.mode") == "heatmap"
+    page.select_option("#overlay", "outlines")  # back: the old panel does not come back
+    _settle(page)
+    assert page.is_hidden("#details")
+    click_it()
+    page.click("input[data-key='3']")  # its class hidden
+    _settle(page)
+    assert page.is_hidden("#details")
+    page.click("input[data-key='3']")
+    _settle(page)
+    click_it()
+    page.select_option("#overlay", "none")
+    _settle(page)
+    assert page.is_hidden("#details")
+    page.select_option("#overlay", "auto")
+    _settle(page)
+    click_it()  # zoomed out, auto shows the heat map
+    page.evaluate("hovernetView.viewer.viewport.zoomTo(0.05, null, true)")
+    page.wait_for_function("hovernetView.mode === 'heatmap'")
+    assert page.is_hidden("#details") and not page.errors
+    page.close()
+
+
+def _navigator_share(page) -> tuple[float, float]:
+    return tuple(
+        page.evaluate(
+            "(() => { const v = document.getElementById('viewer').getBoundingClientRect();"
+            " const n = document.querySelector('#osd .navigator').getBoundingClientRect();"
+            " return [n.width / v.width, n.height / v.height]; })()"
+        )
+    )
+
+
+def test_the_navigator_stays_a_small_share_of_a_700_x_500_window(browser, url):
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(url + "#slide=cmu_crop")
+    _settle(page)
+    assert all(0.1 <= s <= 0.2 for s in _navigator_share(page))
+    page.set_viewport_size({"width": 700, "height": 500})  # made smaller: not kept as large
+    small = "(() => { const v = document.getElementById('viewer'), n = document.querySelector("
+    small += "'#osd .navigator'); return v.clientWidth === 430 && n.offsetWidth <= 0.2 * 430"
+    small += " && n.offsetHeight <= 0.2 * 500; })()"
+    page.wait_for_function(small, timeout=5000)  # OpenSeadragon resizes it in its next frames
+    assert all(0.1 <= s <= 0.2 for s in _navigator_share(page)), _navigator_share(page)
+    page.close()
+    page = browser.new_page(viewport={"width": 700, "height": 500})
+    page.goto(url + "#slide=cmu_crop")
+    _settle(page)
+    assert all(0.1 <= s <= 0.2 for s in _navigator_share(page)), _navigator_share(page)
+    page.close()

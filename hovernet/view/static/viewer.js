@@ -10,6 +10,8 @@
   const HEAT = ["#ffffb2", "#fed976", "#feb24c", "#fd8d3c", "#f03b20", "#bd0026"];
   const MIN_OUTLINE_SCALE = 0.25; // screen px per store px below which auto shows the heat map
   const BINS = 32; // colour steps when colouring by a measurement
+  const NAVIGATOR_RATIO = 0.18; // the overview's width and height, share of the viewer's
+  const HALO_BELOW = 0.4; // relative luminance under which an outline gets a light halo
 
   const state = { slide: null, x: null, y: null, z: null, colour: "class", overlay: "auto",
     hide: new Set() };
@@ -17,7 +19,7 @@
     dataKey: null, viewKey: null, error: null, nuclei: 0, truncated: false,
     idle() { return this.tilesLoaded && this.pending === 0 && this.dataKey === this.viewKey; } };
   let info = null, density = null, heatCanvas = null, nuclei = null, viewer = null;
-  let canvas = null, selected = null, fetchTimer = null, controller = null;
+  let canvas = null, selected = null, selectedKey = null, fetchTimer = null, controller = null;
 
   // -- helpers ---------------------------------------------------------------------------------
   function lut(stops) {
@@ -30,6 +32,13 @@
   }
   const viridis = lut(VIRIDIS), heat = lut(HEAT);
   const css = (c) => `rgb(${c[0]},${c[1]},${c[2]})`;
+  function luminance(text) { // relative luminance (WCAG) of "rgb(r,g,b)"
+    const lin = text.match(/\d+/g).map((v) => {
+      const c = Number(v) / 255;
+      return c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2];
+  }
   const fmt = (v, d = 3) => (v === null || v === undefined || Number.isNaN(v) ? "–" :
     String(Number(Number(v).toPrecision(d))));
   async function getJSON(url, signal) {
@@ -111,6 +120,9 @@
     viewer = OpenSeadragon({
       element: $("osd"), prefixUrl: "/static/openseadragon/images/", drawer: "canvas",
       showNavigator: true, navigatorPosition: "TOP_RIGHT", navigatorAutoFade: false,
+      // a fixed share of the viewer, also after the window shrinks (OpenSeadragon's default
+      // keeps the navigator's area, so a window made smaller is mostly navigator)
+      navigatorSizeRatio: NAVIGATOR_RATIO, navigatorMaintainSizeRatio: true,
       visibilityRatio: 0.2,
       maxZoomPixelRatio: 8, gestureSettingsMouse: { clickToZoom: false },
       tileSources: { width: info.dimensions[0], height: info.dimensions[1],
@@ -147,6 +159,18 @@
     const r = vp.viewportToImageRectangle(vp.getBounds(true));
     return [r.x, r.y, r.x + r.width, r.y + r.height];
   }
+  function clipped(box) { // box clipped to the slide as the bbox text sent and its numbers
+    const [w, h] = info.dimensions;
+    const c = [Math.max(0, box[0]), Math.max(0, box[1]), Math.min(w, box[2]), Math.min(h, box[3])]
+      .map((v) => v.toFixed(1));
+    const numbers = c.map(Number);
+    if (numbers[2] <= numbers[0] || numbers[3] <= numbers[1]) return null;
+    return { text: c.join(","), box: numbers };
+  }
+  function padded(box, share) {
+    const px = (box[2] - box[0]) * share, py = (box[3] - box[1]) * share;
+    return [box[0] - px, box[1] - py, box[2] + px, box[3] + py];
+  }
   function zoom() { return viewer.viewport.viewportToImageZoom(viewer.viewport.getZoom(true)); }
 
   // -- legend and colours ----------------------------------------------------------------------
@@ -158,6 +182,7 @@
       box.type = "checkbox"; box.checked = !state.hide.has(c.key); box.dataset.key = c.key;
       box.onchange = () => {
         if (box.checked) state.hide.delete(c.key); else state.hide.add(c.key);
+        if (selectedKey === c.key && !box.checked) clearSelection();
         heatCanvas = null; changed();
       };
       const sw = document.createElement("span");
@@ -195,6 +220,7 @@
   // packed answers carry untyped nuclei as type -1
   const classByType = () => new Map(info.classes.map((c) => [c.type === null ? -1 : c.type, c]));
   const visibleTypes = () => info.classes.filter((c) => !state.hide.has(c.key));
+  const typesParam = () => (state.hide.size ? "&types=" + visibleTypes().map((c) => c.key).join(",") : "");
 
   // -- data ------------------------------------------------------------------------------------
   function estimate(box) { // nuclei of the shown classes whose centroid lies in box (level-0)
@@ -220,11 +246,15 @@
       mode = small || estimated > info.limits.nuclei ? "heatmap" : "outlines";
     }
     view.mode = mode;
-    const types = state.hide.size ? "&types=" + visibleTypes().map((c) => c.key).join(",") : "";
-    const pad = [(box[2] - box[0]) * 0.1, (box[3] - box[1]) * 0.1];
-    const query = `bbox=${[box[0] - pad[0], box[1] - pad[1], box[2] + pad[0], box[3] + pad[1]]
-      .map((v) => v.toFixed(1)).join(",")}${types}`;
-    view.viewKey = mode === "outlines" ? query : mode;
+    if (mode !== "outlines") clearSelection();
+    const shown = clipped(box), fetched = shown && clipped(padded(box, 0.1));
+    const query = shown && `bbox=${fetched.text}${typesParam()}`;
+    view.viewKey = mode === "outlines" && query ? query : mode;
+    if (mode === "outlines" && !query) { // no part of the slide in view
+      nuclei = null; view.dataKey = view.viewKey; status("no part of the slide in view");
+      draw();
+      return;
+    }
     if (mode !== "outlines") {
       view.dataKey = mode;
       status(mode === "heatmap" ? `heat map of ~${estimated.toLocaleString("en")} nuclei in view; ` +
@@ -233,7 +263,7 @@
       return;
     }
     clearTimeout(fetchTimer);
-    fetchTimer = setTimeout(() => fetchNuclei(query), 60);
+    fetchTimer = setTimeout(() => fetchNuclei(query, shown.box), 60);
     draw();
   }
   async function getNuclei(url, signal) { // the binary answer of index.pack_nuclei
@@ -245,16 +275,24 @@
     const buf = await r.arrayBuffer(), size = new DataView(buf).getUint32(0, true);
     const head = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, size)));
     const types = { "<f8": Float64Array, "<f4": Float32Array, "<i4": Int32Array };
-    const length = { ids: head.n, offsets: head.n + 1, coords: 2 * head.m };
+    const length = { boxes: 4 * head.n, offsets: head.n + 1, coords: 2 * head.m };
     const doc = { truncated: head.truncated, values: {} };
     for (const [name, dtype, at] of head.arrays) {
       const arr = new types[dtype](buf, 4 + size + at, length[name] ?? head.n);
-      if (["ids", "types", "offsets", "coords"].includes(name)) doc[name] = arr;
+      if (["ids", "types", "boxes", "offsets", "coords"].includes(name)) doc[name] = arr;
       else doc.values[name] = arr;
     }
     return doc;
   }
-  async function fetchNuclei(query) {
+  function countIn(doc, box) { // nuclei whose box meets `box` (level-0 px): the server's rule
+    const [x0, y0, x1, y1] = box.map((v) => v / info.scale), b = doc.boxes;
+    let n = 0;
+    for (let i = 0; i < doc.ids.length; i++) {
+      n += b[4 * i + 2] > x0 && b[4 * i] < x1 && b[4 * i + 3] > y0 && b[4 * i + 1] < y1;
+    }
+    return n;
+  }
+  async function fetchNuclei(query, shown) { // shown: the view's box, as the download sends it
     if (controller) controller.abort();
     controller = new AbortController();
     view.pending++;
@@ -262,9 +300,11 @@
       const doc = await getNuclei(api(`/nuclei?${query}`), controller.signal);
       nuclei = doc;
       view.dataKey = query; view.nuclei = doc.ids.length; view.truncated = doc.truncated;
-      const n = doc.ids.length.toLocaleString("en");
-      status(doc.truncated ? `showing ${n} nuclei, a subset of those in view (at most ` +
-        `${info.limits.nuclei.toLocaleString("en")}): zoom in to see all` : `${n} nuclei in view`);
+      view.inView = countIn(doc, shown);
+      const n = view.inView.toLocaleString("en");
+      status(doc.truncated ? `at least ${n} nuclei in view, only some of them drawn (at most ` +
+        `${info.limits.nuclei.toLocaleString("en")} per request): zoom in to see all` :
+        `${n} nuclei in view`);
       view.error = null;
     } catch (err) {
       if (err.name === "AbortError") return;
@@ -354,20 +394,25 @@
       if (!groups.has(key)) groups.set(key, []);
       groups.get(key).push(i);
     }
-    g.lineWidth = (k >= 1 ? 2 : 1) * dpr;
-    g.lineJoin = "round";
+    const width = (k >= 1 ? 2 : 1) * dpr, paths = [];
     for (const [colour, members] of groups) {
-      g.strokeStyle = colour;
-      g.beginPath();
+      const path = new Path2D();
       for (const i of members) {
         const a = offsets[i], b = offsets[i + 1];
         if (b - a < 1) continue;
-        g.moveTo(coords[2 * a] * k + ox, coords[2 * a + 1] * k + oy);
-        for (let p = a + 1; p < b; p++) g.lineTo(coords[2 * p] * k + ox, coords[2 * p + 1] * k + oy);
-        g.closePath();
+        path.moveTo(coords[2 * a] * k + ox, coords[2 * a + 1] * k + oy);
+        for (let p = a + 1; p < b; p++) path.lineTo(coords[2 * p] * k + ox, coords[2 * p + 1] * k + oy);
+        path.closePath();
       }
-      g.stroke();
+      paths.push([colour, path]);
     }
+    g.lineJoin = "round";
+    if (colourOf) { // the scale's dark colours get a light halo: visible on haematoxylin too
+      g.lineWidth = width + 2 * dpr; g.strokeStyle = "rgba(255,255,255,0.9)";
+      for (const [colour, path] of paths) if (luminance(colour) < HALO_BELOW) g.stroke(path);
+    }
+    g.lineWidth = width;
+    for (const [colour, path] of paths) { g.strokeStyle = colour; g.stroke(path); }
     const s = selected === null ? -1 : nuclei.ids.indexOf(selected);
     if (s >= 0) {
       g.lineWidth = 4 * dpr; g.strokeStyle = "#ffffff"; g.beginPath();
@@ -405,11 +450,19 @@
       const cls = byType.get(nuclei.types[i]);
       if (cls && !state.hide.has(cls.key) && inside(x, y, nuclei.offsets[i], nuclei.offsets[i + 1], nuclei.coords)) found = i;
     }
-    selected = found === null ? null : nuclei.ids[found];
+    if (found === null) { clearSelection(); draw(); return; }
+    const id = selected = nuclei.ids[found];
+    selectedKey = byType.get(nuclei.types[found]).key;
     draw();
-    if (selected === null) { $("details").hidden = true; return; }
-    try { showDetails(await getJSON(api(`/nucleus/${selected}`))); }
-    catch (err) { status(`server error: ${err.message}`); }
+    try {
+      const d = await getJSON(api(`/nucleus/${id}`));
+      if (selected === id) showDetails(d); // not cleared or replaced meanwhile
+    } catch (err) { status(`server error: ${err.message}`); }
+  }
+  function clearSelection() { // the info panel goes with the outline it describes
+    selected = selectedKey = null;
+    $("details").hidden = true;
+    $("details").replaceChildren();
   }
   function showDetails(d) {
     const rows = [["class", d.class.name], ["type probability", fmt(d.type_prob)],
@@ -426,13 +479,11 @@
     $("details").replaceChildren(h, table);
     $("details").hidden = false;
   }
-  function download(e) {
-    const [x0, y0, x1, y1] = viewBox();
-    const box = [Math.max(0, x0), Math.max(0, y0), Math.min(info.dimensions[0], x1), Math.min(info.dimensions[1], y1)];
-    if (box[2] <= box[0] || box[3] <= box[1]) { e.preventDefault(); return; }
-    const types = state.hide.size ? "&types=" + visibleTypes().map((c) => c.key).join(",") : "";
-    e.currentTarget.href = api(`/nuclei.geojson?bbox=${box.map((v) => v.toFixed(1)).join(",")}${types}`);
-    if (estimate(box) > info.limits.geojson) {
+  function download(e) { // the nuclei counted in the status line: same box, same rule
+    const shown = clipped(viewBox());
+    if (!shown) { e.preventDefault(); return; }
+    e.currentTarget.href = api(`/nuclei.geojson?bbox=${shown.text}${typesParam()}`);
+    if (estimate(shown.box) > info.limits.geojson) {
       status(`the download holds the first ${info.limits.geojson.toLocaleString("en")} nuclei ` +
         "of the view: zoom in for all of them");
     }
