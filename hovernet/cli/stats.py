@@ -49,11 +49,14 @@ class StatsConfig:
             raise HoverNetError(f"--match-iou must be in [0, 1), got {self.match_iou}")
 
 
-def match_files(cfg: StatsConfig) -> tuple[list[tuple[str, object, object]], dict]:
-    """Pair prediction and truth files by image name; report (or refuse) unmatched names."""
+def match_files(cfg: StatsConfig) -> tuple[list[tuple[str, object, object]], dict, Path]:
+    """Pair prediction and truth files by image name; report (or refuse) unmatched names.
+    Also returns the folder the predictions were read from (tile mode's output: its mat/)."""
     from hovernet.io.labels import list_label_files
+    from hovernet.io.prediction_files import list_predictions, prediction_folder
 
-    preds = list_label_files(cfg.pred_dir, "--pred_dir")
+    pred_dir = prediction_folder(cfg.pred_dir)
+    preds = list_predictions(pred_dir, "--pred_dir")
     trues = list_label_files(cfg.true_dir, "--true_dir")
     names = sorted(set(preds) & set(trues))
     unmatched = {
@@ -62,29 +65,30 @@ def match_files(cfg: StatsConfig) -> tuple[list[tuple[str, object, object]], dic
     }
     if not names:
         raise HoverNetError(
-            f"no image name is in both --pred_dir {cfg.pred_dir} ({len(preds)} files, e.g. "
+            f"no image name is in both --pred_dir {pred_dir} ({len(preds)} files, e.g. "
             f"{sorted(preds)[:3]}) and --true_dir {cfg.true_dir} ({len(trues)} files, e.g. "
             f"{sorted(trues)[:3]}); files are matched by name without suffix (and '_inst')"
         )
     if unmatched["pred_only"] and not cfg.allow_unmatched:
         raise HoverNetError(
-            f"{len(unmatched['pred_only'])} prediction(s) in {cfg.pred_dir} have no truth in "
+            f"{len(unmatched['pred_only'])} prediction(s) in {pred_dir} have no truth in "
             f"{cfg.true_dir}: {unmatched['pred_only'][:10]}; add the truth, remove them, or "
             "pass --allow-unmatched to score only the matched images"
         )
-    return [(n, preds[n], trues[n]) for n in names], unmatched
+    return [(n, preds[n], trues[n]) for n in names], unmatched, pred_dir
 
 
 def run_instance(cfg: StatsConfig, pairs: list, progress=None) -> dict:
     import numpy as np
 
     from hovernet.io.labels import read_instance_map
+    from hovernet.io.prediction_files import read_prediction_map
     from hovernet.metrics import instance_stats, pool_instance_stats
 
     per_image, stats = {}, []
     for name, pred_file, true_file in pairs:
         true = read_instance_map(true_file)
-        pred = read_instance_map(pred_file, shape=true.shape)
+        pred = read_prediction_map(pred_file, true.shape)
         if pred.shape != true.shape:
             raise HoverNetError(
                 f"{pred_file.path} is {pred.shape[0]} x {pred.shape[1]} but its truth "
@@ -110,12 +114,13 @@ def run_type(cfg: StatsConfig, pairs: list, progress=None) -> dict:
     import numpy as np
 
     from hovernet.io.labels import read_centroids
+    from hovernet.io.prediction_files import read_prediction_centroids
     from hovernet.metrics import radius_pixels, type_stats
 
     radius = radius_pixels(cfg.radius, cfg.mpp)
     data = {}
     for name, p, t in pairs:
-        data[name] = (read_centroids(t), read_centroids(p))
+        data[name] = (read_centroids(t), read_prediction_centroids(p))
         if progress is not None:
             progress.advance(1)
     true_xy, true_type = zip(*(truth for truth, _ in data.values()), strict=True)
@@ -227,10 +232,11 @@ def run_stats(cfg: StatsConfig, quiet: bool = True) -> dict:
 
     if cfg.out is not None:
         check_writable_file(cfg.out, "result file (--out)")
-    pairs, unmatched = match_files(cfg)
+    pairs, unmatched, pred_dir = match_files(cfg)
     with Progress(len(pairs), "stats", unit="images", quiet=quiet) as bar:
         run = run_instance if cfg.mode == "instance" else run_type
         result = run(cfg, pairs, bar)
+    result["pred_dir"] = str(pred_dir)
     result["unmatched"] = unmatched
     result["n_images"] = len(pairs)
     return result
@@ -240,7 +246,11 @@ def register(app: typer.Typer) -> None:
     @app.command("stats")
     def stats(
         pred_dir: Path = typer.Option(
-            ..., "--pred-dir", "--pred_dir", help="Folder of predictions (.mat/.npy/.tif/.json)."
+            ...,
+            "--pred-dir",
+            "--pred_dir",
+            help="Predictions: an output folder of `hovernet infer` (tile or slide mode) or a "
+            "folder of .mat/.npy/.tif/.json files.",
         ),
         true_dir: Path = typer.Option(
             ..., "--true-dir", "--true_dir", help="Folder of ground truth, matched by name."
@@ -281,6 +291,8 @@ def register(app: typer.Typer) -> None:
             Path(pred_dir), Path(true_dir), mode, out, radius, mpp, match_iou, ids, allow_unmatched
         )
         result = run_stats(cfg, quiet=quiet)
+        if Path(result["pred_dir"]) != cfg.pred_dir:
+            print(f"predictions: {result['pred_dir']}", file=sys.stderr)
         for side, names in result["unmatched"].items():
             if names:
                 where = "no truth" if side == "pred_only" else "no prediction"

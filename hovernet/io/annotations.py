@@ -18,6 +18,7 @@ that fit in memory.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import numpy as np
 from hovernet.errors import HoverNetError
 from hovernet.io.colour_masks import ColourMaskLabels
 from hovernet.io.labels import read_label_array
-from hovernet.io.slides import IMAGE_SUFFIXES, read_rgb
+from hovernet.io.slides import IMAGE_SUFFIXES, read_mask_image
 from hovernet.io.type_info import TypeInfo
 
 __all__ = [
@@ -298,14 +299,19 @@ def read_qupath_geojson(
     path: str | os.PathLike, shape: tuple[int, int], type_info: TypeInfo | None = None
 ) -> PolygonLabels:
     """QuPath GeoJSON export (FeatureCollection or list of features) of Polygon/MultiPolygon
-    objects. Coordinates are pixel corners (QuPath), shifted by half a pixel to pixel centres.
-    With `type_info`, `properties.classification.name` must match a class name (any case)."""
+    objects, gzipped when the name ends in .gz (slide mode's). Coordinates are pixel corners
+    (QuPath), shifted by half a pixel to pixel centres. With `type_info`,
+    `properties.classification.name` must match a class name (any case)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        if path.suffix.lower() == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                data = json.load(fh)
+        else:
+            data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise HoverNetError(f"{path}: no such file") from None
-    except ValueError as exc:
+    except (ValueError, OSError, EOFError) as exc:
         raise HoverNetError(f"{path}: not a JSON file ({exc})") from exc
     features = data.get("features", []) if isinstance(data, dict) else data
     names = {n.lower(): k for k, (n, _) in (type_info or {}).items() if k > 0}
@@ -351,7 +357,8 @@ def read_mask_folder(
         raise HoverNetError(f"{folder}: no mask images in this folder")
     inst = None
     for k, f in enumerate(files, start=1):
-        mask = _read_label_file(f) if f.suffix.lower() != ".jpg" else read_rgb(f)[:, :, 0]
+        jpeg = f.suffix.lower() == ".jpg"
+        mask = np.atleast_3d(read_mask_image(f))[:, :, 0] if jpeg else _read_label_file(f)
         if inst is None:
             _check_size(f, mask.shape[:2], expect_size)
             inst = np.zeros(mask.shape[:2], np.uint32 if len(files) > 65535 else np.uint16)

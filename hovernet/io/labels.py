@@ -17,6 +17,7 @@ files give the same name, the first suffix in LABEL_SUFFIXES wins.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,10 +44,24 @@ def list_label_files(folder: str | Path, what: str = "folder") -> dict[str, Labe
     folder = Path(folder)
     if not folder.is_dir():
         raise HoverNetError(f"{what} {folder} does not exist or is not a folder; check the path")
+    files = label_files_in(folder)
+    if not files:
+        raise HoverNetError(
+            f"{what} {folder} holds no label files ({', '.join(LABEL_SUFFIXES)}); "
+            "point it at the folder with the .mat/.npy/.tif/.json files"
+        )
+    return files
+
+
+def label_files_in(folder: Path, skip: Collection[Path] = ()) -> dict[str, LabelFile]:
+    """`list_label_files` of an existing folder, leaving out the paths in `skip`; may be
+    empty."""
     found: dict[str, dict[str, Path]] = {}
     for path in sorted(folder.iterdir()):
         suffix = path.suffix.lower()
         if suffix not in LABEL_SUFFIXES or not path.is_file() or path.name.startswith("."):
+            continue
+        if path in skip:
             continue
         stem = path.name[: -len(suffix)]
         role = "inst"
@@ -63,11 +78,6 @@ def list_label_files(folder: str | Path, what: str = "folder") -> dict[str, Labe
         types = [slot[k] for k in sorted(slot) if k.startswith("type")]
         if inst:
             files[name] = LabelFile(name, inst[0], types[0] if types else None)
-    if not files:
-        raise HoverNetError(
-            f"{what} {folder} holds no label files ({', '.join(LABEL_SUFFIXES)}); "
-            "point it at the folder with the .mat/.npy/.tif/.json files"
-        )
     return files
 
 
