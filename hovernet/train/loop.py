@@ -7,6 +7,7 @@ Run folder:
                     reads it as it is) + optimiser, scaler, epoch, step and RNG state for --resume
     best.pth        the model of the epoch with the best validation PQ (or loss without PQ)
     metrics.jsonl   one line per epoch: epoch, train_loss, each term, lr, the validation figures
+                    (valid_never_predicted: the classes of the targets the model never predicted)
     plots/*.png     loss terms, validation Dice, accuracy, PQ, learning rate
     tensorboard/    TensorBoard logs
 
@@ -60,7 +61,7 @@ from hovernet.train.state import (
     save_run_checkpoint,
     truncate_metrics,
 )
-from hovernet.train.validate import instance_metrics, patch_metrics
+from hovernet.train.validate import validate_run
 
 ENCODER_PREFIXES = ("d0.", "d1.", "d2.", "d3.")  # frozen in the first phase (the original's)
 
@@ -295,7 +296,7 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
                 break
             record = _end_epoch(state, lr, epoch)
             if dist.main and cfg.valid_every and (epoch + 1) % cfg.valid_every == 0:
-                record.update(_validate(parts, data, workers))
+                record.update(validate_run(parts, data, workers, epoch + 1))
             state.epoch += 1
             state.step_in_epoch = 0
             state.sums = {}
@@ -341,26 +342,6 @@ def _run_steps(parts, model, loader, n_steps: int, state: TrainState, budget: _B
             if budget.stop_after_steps and budget.steps >= budget.stop_after_steps:
                 return "steps"
     return "done"
-
-
-def _validate(parts: TrainParts, data: TrainingData, workers: int) -> dict:
-    """The validation figures of the model being scored (the moving average when kept)."""
-    cfg = parts.cfg
-    if not data.valid:
-        return {}
-    scored = parts.net if parts.ema is None else parts.ema.module
-    record = patch_metrics(
-        scored, data.valid, parts.device, cfg.batch, cfg.weights, cfg.msge_variant,
-        parts.amp_dtype, cfg.valid_patches, workers,
-    )  # fmt: skip
-    if cfg.valid_images > 0:
-        record.update(
-            instance_metrics(
-                scored, data.valid, cfg.valid_images, cfg.valid_crop, cfg.batch, cfg.precision,
-                mpp=cfg.mpp,
-            )
-        )  # fmt: skip
-    return record
 
 
 def _shutdown_loader(loader: torch.utils.data.DataLoader) -> None:

@@ -7,21 +7,30 @@
   the real tile inference (`hovernet.segment_image`: tiling, stitching, HV watershed) and scored
   with the project's metrics: PQ, DQ, SQ, AJI and Dice pooled over the crops, and for typed
   patches detection F1 and per-type F1 (`hovernet.metrics.type_stats`).
+- `never_predicted_warning`: the classes the targets hold but the model never predicted (no
+  pixel of the patches has them as arg-max type, or no nucleus found on the crops has them).
+- `validate_run`: the figures of both for the training loop, with that warning.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from hovernet.data.dataset import PatchDataset, load_patch
 from hovernet.data.targets import crop_center
+from hovernet.errors import HoverNetWarning
 from hovernet.infer.predict import segment_image
+from hovernet.io.type_info import TypeInfo
 from hovernet.metrics.detection import instance_centroids, type_stats
 from hovernet.metrics.instance import instance_stats, pool_instance_stats
+from hovernet.train.data import TrainingData
 from hovernet.train.losses import IGNORE, LossWeights, hovernet_losses
+from hovernet.train.state import TrainParts
 
 
 def _loader(datasets: Sequence[PatchDataset], batch: int, limit: int | None, workers: int):
@@ -44,8 +53,9 @@ def patch_metrics(
     amp_dtype: torch.dtype | None = None,
     limit: int | None = None,
     workers: int = 0,
-) -> dict[str, float]:
-    """The validation figures over the first `limit` (None: all) validation patches."""
+) -> dict[str, Any]:
+    """The validation figures over the first `limit` (None: all) validation patches; typed:
+    `valid_never_predicted_px`, the `never_predicted` type ids by pixel."""
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -54,7 +64,9 @@ def patch_metrics(
     hv_se, hv_n = 0.0, 0
     nr_types = getattr(model, "nr_types", None)
     tp_inter = np.zeros(nr_types or 0)
-    tp_total = np.zeros(nr_types or 0)
+    tp_pred = np.zeros(nr_types or 0, np.int64)  # pixels of arg-max type c, and of target c
+    tp_true = np.zeros(nr_types or 0, np.int64)
+    typed = False
     for b in _loader(datasets, batch, limit, workers):
         img = b["img"].to(device).float()
         tgt = {k: v.to(device) for k, v in b.items() if k != "img"}
@@ -76,19 +88,65 @@ def patch_metrics(
             pred_tp = out["tp"].argmax(1)
             true_tp = tgt["tp_map"]
             valid = true_tp != IGNORE
+            typed = typed or bool(valid.any())
             for c in range(1, nr_types):
                 p, t = (pred_tp == c) & valid, (true_tp == c) & valid
                 tp_inter[c] += int((p & t).sum())
-                tp_total[c] += int(p.sum() + t.sum())
+                tp_pred[c] += int(p.sum())
+                tp_true[c] += int(t.sum())
     model.train(was_training)
     result = {f"valid_{k}": v / max(n_batches, 1) for k, v in sums.items()}
     result["valid_np_dice"] = 2 * np_inter / np_total if np_total else 1.0
     result["valid_np_acc"] = np_correct / max(np_pixels, 1)
     result["valid_hv_mse"] = hv_se / max(hv_n, 1)
+    tp_total = tp_pred + tp_true
     for c in range(1, nr_types or 0):
         if tp_total[c]:
             result[f"valid_tp_dice_{c}"] = 2 * tp_inter[c] / tp_total[c]
+    if typed:
+        result["valid_never_predicted_px"] = never_predicted(tp_pred, tp_true)
     return result
+
+
+def never_predicted(pred_counts: Sequence[int], true_counts: Sequence[int]) -> list[int]:
+    """The type ids (background 0 aside) with a count in `true_counts` (the targets) and none
+    in `pred_counts` (the model's), ascending; both are indexed by type id, and a shorter
+    `pred_counts` counts 0 beyond its end."""
+    return [
+        c
+        for c in range(1, len(true_counts))
+        if true_counts[c] > 0 and (c >= len(pred_counts) or pred_counts[c] == 0)
+    ]
+
+
+def _class_names(ids: Sequence[int], type_info: TypeInfo | None) -> list[str]:
+    info = type_info or {}
+    return [info[c][0] if c in info else f"type {c}" for c in ids]
+
+
+def never_predicted_warning(record: dict[str, Any], type_info: TypeInfo | None) -> str | None:
+    """Replace a validation record's `valid_never_predicted_px` / `_nuclei` (type ids) by
+    `valid_never_predicted` (the class names of both) and return the warning line naming them
+    (None, and no key, when the model predicted every class of the targets)."""
+    px = sorted(record.pop("valid_never_predicted_px", []))
+    nuclei = sorted(record.pop("valid_never_predicted_nuclei", []))
+    ids = sorted(set(px) | set(nuclei))
+    if not ids:
+        return None
+    names = _class_names(ids, type_info)
+    record["valid_never_predicted"] = names
+    where = []
+    if px:
+        where.append(f"arg-max type of no pixel: {', '.join(_class_names(px, type_info))}")
+    if nuclei:
+        found = ", ".join(_class_names(nuclei, type_info))
+        where.append(f"type of no nucleus found on the --valid-images crops: {found}")
+    them = "it" if len(ids) == 1 else "them"
+    return (
+        f"the model never predicted {', '.join(names)} on the validation patches though "
+        f"their targets hold {them} ({'; '.join(where)}): train longer or weight {them} up "
+        "(--class-weights, --balance-classes, tp_focal)"
+    )
 
 
 def _relabel(inst: np.ndarray) -> np.ndarray:
@@ -105,8 +163,9 @@ def instance_metrics(
     batch: int = 8,
     precision: str = "auto",
     mpp: float | None = None,
-) -> dict[str, float]:
-    """PQ, DQ, SQ, AJI, Dice (and type F1) of the model's nuclei on validation crops.
+) -> dict[str, Any]:
+    """PQ, DQ, SQ, AJI, Dice (and type F1) of the model's nuclei on validation crops; typed:
+    `valid_never_predicted_nuclei`, the `never_predicted` type ids by nucleus.
 
     `mpp` (the patches' resolution) scales the post-processing's pixel constants, as inference
     does with the checkpoint's mpp."""
@@ -146,4 +205,31 @@ def instance_metrics(
         result["valid_type_acc"] = float(ts.acc)
         for c, f1 in ts.f1_type.items():
             result[f"valid_f1_type_{c}"] = float(f1)
+        true_n = np.bincount(np.concatenate(ttype).astype(np.int64), minlength=1)
+        pred_n = np.bincount(np.concatenate(ptype).astype(np.int64), minlength=1)
+        result["valid_never_predicted_nuclei"] = never_predicted(pred_n, true_n)
     return result
+
+
+def validate_run(parts: TrainParts, data: TrainingData, workers: int, epoch: int) -> dict:
+    """The validation figures of the model being scored (the moving average when kept); warns
+    of classes of the targets that it never predicted."""
+    cfg = parts.cfg
+    if not data.valid:
+        return {}
+    scored = parts.net if parts.ema is None else parts.ema.module
+    record = patch_metrics(
+        scored, data.valid, parts.device, cfg.batch, cfg.weights, cfg.msge_variant,
+        parts.amp_dtype, cfg.valid_patches, workers,
+    )  # fmt: skip
+    if cfg.valid_images > 0:
+        record.update(
+            instance_metrics(
+                scored, data.valid, cfg.valid_images, cfg.valid_crop, cfg.batch, cfg.precision,
+                mpp=cfg.mpp,
+            )
+        )  # fmt: skip
+    line = never_predicted_warning(record, parts.type_info)
+    if line:
+        warnings.warn(HoverNetWarning(f"epoch {epoch}: {line}"), stacklevel=2)
+    return record
