@@ -41,11 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from hovernet.infer.loading import (
         LoadOptions,
         checkpoint_id,
+        describe_model,
         load_for_inference,
         model_label,
     )
     from hovernet.infer.slide import run_slides
     from hovernet.infer.slide_setup import SlideConfig
+    from hovernet.io.names import output_stem
     from hovernet.io.slide_exports import output_paths
     from hovernet.resources import spare_cpus
 
@@ -56,25 +58,29 @@ def run(args: argparse.Namespace) -> int:
         model_path=args.model_path, device=args.device, threads=args.threads, backend=args.backend
     )
     model, type_info = load_for_inference(opts)
-    label = model_label(opts.model_path)
-    print(f"model: {label} ({model.mode}, nr_types={model.nr_types})", flush=True)
+    # the settings of `hovernet infer wsi` left at their defaults (besides the device): a
+    # folder the demo wrote counts as finished for that command, and the other way round
     config = SlideConfig(
         output_dir=args.output_dir,
         type_info=type_info,
         post_proc_workers=spare_cpus(2),
         overwrite=args.overwrite,
-        model_name=label,
+        model_name=model_label(opts.model_path),
         model_id=checkpoint_id(opts.model_path),
     )
+    print(describe_model(model, type_info, opts, config.batch_size), flush=True)
     (result,) = run_slides(model, [args.slide], config)
     if result.status == "failed":
         print(f"error: {args.slide}: {result.reason}", file=sys.stderr)
         return 2
-    paths = output_paths(args.output_dir, args.slide.stem)
+    paths = output_paths(args.output_dir, output_stem(args.slide))
     summary = json.loads(paths["summary"].read_text())
+    if result.status == "skipped":
+        head = f"{args.slide.name}: already segmented in {args.output_dir}, skipped (--overwrite)"
+    else:
+        head = f"segmented {args.slide.name} in {time.perf_counter() - start:.1f} s"
     print(
-        f"\nsegmented {args.slide.name} in {time.perf_counter() - start:.1f} s: "
-        f"{summary['nuclei']} nuclei in {summary['tissue_mm2']:.2f} mm^2 of tissue "
+        f"\n{head}: {summary['nuclei']} nuclei in {summary['tissue_mm2']:.2f} mm^2 of tissue "
         f"({summary['nuclei_per_mm2']:.0f} per mm^2)"
     )
     for name, count in summary["nuclei_per_class"].items():

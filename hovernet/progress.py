@@ -95,6 +95,7 @@ class Progress:
         self.terminal = terminal
         self.summary_every = summary_every
         self.done = 0
+        self.earlier = 0  # units an earlier run did (a resume): shown, and left out of the rate
         self.fields: dict[str, Any] = {}
         self._start = 0.0
         self._last_summary = 0.0
@@ -138,7 +139,7 @@ class Progress:
         self.done += n
         self.fields.update(fields)
         if self._rich is not None:
-            self._rich.update(self._task, advance=n, extra=format_fields(self.fields))
+            self._rich.update(self._task, advance=n, extra=self._extra())
             return
         if self.quiet:
             return
@@ -146,6 +147,20 @@ class Progress:
         if now - self._last_summary >= self.summary_every:
             self._last_summary = now
             self._write(self.summary_line())
+
+    def resume(self, n: int) -> None:
+        """Count `n` units as done by an earlier run (a resume): the count says so ("24/24
+        regions (6 from the earlier run)") and the rate and ETA are this run's."""
+        if n <= 0:
+            return
+        self.done += n
+        self.earlier += n
+        if self._rich is not None:
+            self._rich.reset(self._task, completed=self.done, extra=self._extra())
+
+    def _extra(self) -> str:
+        note = f"({self.earlier} from the earlier run)" if self.earlier else ""
+        return " ".join(part for part in (note, format_fields(self.fields)) if part)
 
     def log(self, line: str, *, important: bool = False) -> None:
         """Print one line above the bar (a plain line without a terminal). Muted by quiet unless
@@ -167,13 +182,18 @@ class Progress:
         """ "desc: 12/40 images, 1.5 images/s, 8.0 s, nuclei=12" — the plain-text status."""
         elapsed = max(time.monotonic() - self._start, 1e-9)
         count = f"{self.done}/{self.total}" if self.total else f"{self.done}"
-        rate = self.done / elapsed
+        if self.earlier:
+            count += f" {self.unit} ({self.earlier} from the earlier run)"
+        else:
+            count += f" {self.unit}"
+        now = self.done - self.earlier
+        rate = now / elapsed
         rate_text = (
-            f"{rate:.2f} {self.unit}/s"
-            if rate >= 1
-            else f"{elapsed / max(self.done, 1):.1f} s each"
+            f"{rate:.2f} {self.unit}/s" if rate >= 1 else f"{elapsed / max(now, 1):.1f} s each"
         )
-        parts = [f"{self.desc}: {count} {self.unit}", rate_text, f"{elapsed:.1f} s"]
+        parts = [f"{self.desc}: {count}", rate_text, f"{elapsed:.1f} s"]
+        if not now:
+            parts.remove(rate_text)
         if self.fields:
             parts.append(format_fields(self.fields))
         return ", ".join(parts)

@@ -295,7 +295,7 @@ def test_no_model_given_uses_the_bundled_model_and_says_so(tmp_path):
     from hovernet.model.bundled import BUNDLED_NAME
 
     assert err.count(f"using the bundled CPU model {BUNDLED_NAME}") == 1
-    assert f"model {BUNDLED_NAME} (bundled): lite mode, 5 types" in err
+    assert f"model {BUNDLED_NAME} (bundled): lite mode, 4 nucleus types" in err
     csv_rows = (out / "csv" / "crop.csv").read_text().splitlines()
     assert len(csv_rows) > 10  # a real model finds nuclei in a MoNuSeg crop
     assert "prob_inflammatory" in csv_rows[0]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from hovernet.cli.infer_common import InferOptions, infer_group
+from hovernet.cli.infer_common import InferOptions, infer_group, outputs_note
 from hovernet.cli.infer_wsi import register_wsi
 from hovernet.errors import HoverNetError
 
@@ -137,7 +137,7 @@ def run_and_report(opts: InferOptions, config, quiet: bool = False) -> None:
             f"{len(summary.done)} images, {sum(summary.done.values())} nuclei, "
             f"{summary.n_patches} patches in {summary.wall_s:.1f} s"
             + (f" ({len(summary.skipped)} done before, skipped)" if summary.skipped else "")
-            + f"; outputs in {config.output_dir}",
+            + outputs_note(config.output_dir),
             flush=True,
         )
     if summary.failed:

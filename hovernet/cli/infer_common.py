@@ -57,6 +57,13 @@ class InferOptions:
         return spare_cpus(at_most, at_least)
 
 
+def outputs_note(folder: Path) -> str:
+    """ "; outputs in <folder>" for the last line of a run, or "" when the folder holds no file
+    (it was never made, or the run wrote nothing there)."""
+    has_files = folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+    return f"; outputs in {folder}" if has_files else ""
+
+
 def infer_group() -> typer.Typer:
     """The `hovernet infer` group: its callback parses the shared options into ctx.obj."""
     infer_app = typer.Typer(

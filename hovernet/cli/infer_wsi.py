@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from hovernet.cli.infer_common import InferOptions
+from hovernet.cli.infer_common import InferOptions, outputs_note
 from hovernet.errors import HoverNetError
 
 
@@ -29,7 +29,13 @@ def register_wsi(infer_app: typer.Typer) -> None:
             "--input-dir",
             help="A slide, a folder of slides, a glob pattern (quoted) or a .txt list file.",
         ),
-        output_dir: Path = typer.Option(..., "--output_dir", "--output-dir"),
+        output_dir: Path = typer.Option(
+            ...,
+            "--output_dir",
+            "--output-dir",
+            help="Folder for each slide's outputs and store (created if missing); rerun with "
+            "the same folder to resume.",
+        ),
         proc_mpp: float | None = typer.Option(
             None,
             "--proc_mpp",
@@ -61,8 +67,12 @@ def register_wsi(infer_app: typer.Typer) -> None:
             "--no-tissue-detection",
             help="Segment the whole slide (no tissue mask): for slides with little glass.",
         ),
-        save_mask: bool = typer.Option(False, "--save_mask", "--save-mask"),
-        save_thumb: bool = typer.Option(False, "--save_thumb", "--save-thumb"),
+        save_mask: bool = typer.Option(
+            False, "--save_mask", "--save-mask", help="The tissue mask as <slide>.mask.png."
+        ),
+        save_thumb: bool = typer.Option(
+            False, "--save_thumb", "--save-thumb", help="The thumbnail as <slide>.thumb.png."
+        ),
         save_label_map: bool = typer.Option(
             False,
             "--save_label_map",
@@ -194,13 +204,14 @@ def run_wsi(
     )
     from hovernet.infer.slide import run_slides
     from hovernet.infer.slide_setup import SlideConfig
+    from hovernet.io.atomic import check_writable_dir, remove_empty_dirs
     from hovernet.io.inputs import list_slides
 
     slides = list_slides(input_dir)
     shard_of = parse_shard(shard)
     rank, world = rank_and_world(shard_of)
     distributed = init_distributed()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    created = check_writable_dir(output_dir)  # the claims of a job array live there
     mine = share_slides(slides, output_dir, shard_of, distributed)
     if distributed and opts.device in ("auto", "cuda"):
         import torch
@@ -214,7 +225,6 @@ def run_wsi(
     line = describe_model(model, type_info, load, batch_size)
     shared = "; taken one at a time as ranks free up" if world > 1 else ""
     print(f"{who}{line}; {len(slides)} slides{shared}", flush=True)
-    label = model_label(load.model_path)
     config = SlideConfig(
         output_dir=output_dir,
         batch_size=batch_size,
@@ -223,11 +233,15 @@ def run_wsi(
         read_workers=max(1, opts.nr_inference_workers),
         mem_budget=int(mem_usage * physical_memory()),
         type_info=type_info,
-        model_name=f"{model.mode}, nr_types={model.nr_types}, {Path(label).name}",
+        model_name=model_label(load.model_path),  # as the demo names it; not the run's identity
         model_id=checkpoint_id(load.model_path),
         **fields,
     )
-    results = run_slides(model, mine, config, log=_log)
+    try:
+        results = run_slides(model, mine, config, log=_log)
+    finally:
+        if created:  # a run that wrote nothing leaves no folder behind
+            remove_empty_dirs(output_dir)
     if distributed:
         results = gather(results)
         leave_distributed()
@@ -237,7 +251,7 @@ def run_wsi(
         skipped = len(results) - len(done) - len(failed)
         print(
             f"{len(done)} slides done ({sum(r.n_nuclei for r in done)} nuclei), {skipped} "
-            f"skipped as finished, {len(failed)} failed; outputs in {output_dir}",
+            f"skipped as finished, {len(failed)} failed" + outputs_note(output_dir),
             flush=True,
         )
     if failed:

@@ -95,8 +95,9 @@ def unknown_option_hint(option: str, command_path: str) -> str | None:
         )
     if name in INFER_GROUP_OPTIONS and command_path.startswith("hovernet infer "):
         option = "--" + name.replace("-", "_")
+        sub = command_path.split()[-1]  # the sub-command the user typed (tile, wsi)
         return (
             f"{option} is an option of `hovernet infer`: put it before the sub-command "
-            f"(hovernet infer {option}=... tile ...)"
+            f"(hovernet infer {option}=... {sub} ...)"
         )
     return None

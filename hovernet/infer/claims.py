@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from hovernet.errors import HoverNetError
+from hovernet.io.names import output_stem
 
 RUN_ID_VARIABLES = ("HOVERNET_RUN_ID", "SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID")
 _COUNTERS = itertools.count()  # one key per CounterClaims made in this process
@@ -261,7 +262,7 @@ class FileClaims(Cohort):
         self._beat: threading.Thread | None = None
 
     def claim_path(self, slide: Path) -> Path:
-        return self.dir / f"{Path(slide).stem}.claim"
+        return self.dir / f"{output_stem(slide)}.claim"
 
     def _record(self, state: str, **extra) -> dict:
         return {

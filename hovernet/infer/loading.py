@@ -99,7 +99,8 @@ def describe_model(
     device = model_device(model)
     backend = backend_of(model)
     runner = "PyTorch" if backend is None else backend.describe()
-    types = "no types" if model.nr_types is None else f"{model.nr_types} types"
+    # nr_types counts class 0 (background, "unclassified"): the nucleus types are the others
+    types = "no types" if model.nr_types is None else f"{model.nr_types - 1} nucleus types"
     names = ""
     if type_info:
         names = " (" + ", ".join(name for i, (name, _) in type_info.items() if i) + ")"

@@ -51,6 +51,8 @@ from hovernet.infer.slide_setup import (
 from hovernet.infer.slide_worker import RegionJob, mask_window, region_nuclei
 from hovernet.infer.tiling import TileGrid
 from hovernet.infer.workers import make_pool, maps_nbytes, warm
+from hovernet.io.atomic import check_writable_dir, remove_empty_dirs
+from hovernet.io.names import output_stem
 from hovernet.io.slide_exports import (
     ExportSpec,
     export_slide,
@@ -59,9 +61,11 @@ from hovernet.io.slide_exports import (
     write_summary,
 )
 from hovernet.io.store import NucleusStore
+from hovernet.io.write_errors import write_failure
 from hovernet.progress import Progress, set_status
 
 FORMAT_VERSION = 1
+RESUME = "rerun the same command to resume (stored regions and finished slides are kept)"
 
 
 @dataclass
@@ -83,6 +87,7 @@ class _SlideRun:
 
     def __init__(self, model, slide, frame: SlideFrame, store: NucleusStore, bar: Progress):
         self.model, self.slide, self.frame, self.store, self.bar = model, slide, frame, store, bar
+        self.name = output_stem(slide.path)
         self.offsets = phase_offsets(1 / frame.k, frame.n_phases)
         self.shapes: dict[int, tuple[int, ...]] = {}  # regions' read shapes (phases)
         self.phases = PhaseCollector(frame.n_phases)
@@ -177,7 +182,7 @@ class _SlideRun:
     def status(self) -> None:
         stored = len(self.store.done_regions())
         set_status(
-            f"{self.slide.path.stem}: {stored} of {self.bar.total} tissue regions stored in "
+            f"{self.name}: {stored} of {self.bar.total} tissue regions stored in "
             f"{self.store.path}{self.status_note}; rerun the same command to continue (stored "
             "regions are kept)"
         )
@@ -201,7 +206,7 @@ def run_slide(
 
     A slide finished before with the same model and settings (`run_key`) is skipped; one
     finished with others is refused (HoverNetError naming --overwrite), never kept silently."""
-    name = path.stem
+    name = output_stem(path)
     paths = output_paths(config.output_dir, name)
     model_mpp = getattr(getattr(model, "meta", None), "mpp", None)
     estimate = None
@@ -246,12 +251,12 @@ def run_slide(
                 "scale": frame.scale,
                 "core": plan.core,
                 "margin": plan.margin,
-                "model": config.model_name,
                 "nr_types": getattr(model, "nr_types", None),
                 "tissue_regions": tissue_idx,
                 "run": key,
             }
             with NucleusStore(paths["store"], store_meta) as store:
+                store.set_meta("model", config.model_name)  # shown by the viewer; not compared
                 done = store.done_regions()
                 todo = [plan.region(i) for i in tissue_idx if i not in done]
                 with Progress(len(tissue_idx), name, "regions", config.quiet) as bar:
@@ -273,7 +278,8 @@ def run_slide(
                             )  # fmt: skip
                             store.set_meta("hv_ranges", measured)
                         run.ranges = store.meta.get("hv_ranges") or None
-                    bar.advance(len(tissue_idx) - len(todo), nuclei=run.nuclei)
+                    bar.resume(len(tissue_idx) - len(todo))
+                    bar.advance(0, nuclei=run.nuclei)
                     run.status()
                     engine = EngineConfig(
                         config.batch_size,
@@ -316,6 +322,7 @@ def run_slide(
                 summary = export_slide(store, paths, spec, log)
                 wall = time.perf_counter() - start
                 summary.update(
+                    model=config.model_name,  # a display name: the run's identity is `run`
                     run=key,
                     tissue=config.tissue_source().describe(),
                     regions_total=len(plan),
@@ -357,12 +364,15 @@ def run_slides(
     opener: Callable[[Path, SlideConfig], Any] | None = None,
     tissue_fn: Callable[[Any, str, SlideConfig], tuple] | None = None,
 ) -> list[SlideResult]:
-    """Run every slide; one that fails is reported with its reason and the rest go on.
+    """Run every slide; one that fails is reported with its reason and the rest go on, except
+    after a failure to write the outputs (a full disk, a read-only folder): the other slides
+    would fail alike, so none is started.
 
     `slides` is a list, or a `hovernet.infer.claims` cohort that hands this process its next
     slide only when it asks for one (`CounterClaims` under torchrun, `FileClaims` for job
-    arrays): slides are pulled one at a time, and the cohort is told when each has ended."""
-    config.output_dir.mkdir(parents=True, exist_ok=True)
+    arrays): slides are pulled one at a time, and the cohort is told when each has ended.
+    An output folder this call creates is removed again if nothing is written into it."""
+    created = check_writable_dir(config.output_dir)
     cohort = as_cohort(slides)
     results = []
     pool = make_pool(config.post_proc_workers)
@@ -370,33 +380,45 @@ def run_slides(
         for path in cohort:
             finished = sum(r.status != "failed" for r in results)
             note = f"; {finished} of {len(cohort)} slides finished here before this one"
+            fatal = None
             try:
                 result = run_slide(model, path, config, pool, log, opener, tissue_fn, note)
             except Exception as exc:  # report the slide and go on with the rest
-                reason = (
-                    str(exc) if isinstance(exc, HoverNetError) else f"{type(exc).__name__}: {exc}"
-                )
-                result = SlideResult(path.stem, "failed", reason)
+                fatal = write_failure(exc, config.output_dir, RESUME)
+                result = SlideResult(output_stem(path), "failed", fatal or _reason(exc))
             cohort.ended(path, result.status)
             results.append(result)
             log(describe_result(cohort.number(path), len(cohort), result))
+            if fatal is not None:
+                break
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        if created:
+            remove_empty_dirs(config.output_dir)
     return results
 
 
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, HoverNetError) else f"{type(exc).__name__}: {exc}"
+
+
 def describe_result(k: int, total: int, r: SlideResult) -> str:
-    """The line that reports slide `k` of `total`."""
+    """The line that reports slide `k` of `total`: a processing rate only for regions this run
+    processed, and how many regions came from an earlier run's store."""
     head = f"[{k}/{total}] {r.name}: "
     if r.status == "failed":
         return head + f"FAILED ({r.reason})"
     if r.status == "skipped":
         return head + f"skipped, {r.reason}"
     s = r.summary
-    rate = s.get("tissue_mm2_per_min", 0.0)
-    return head + (
-        f"{r.n_nuclei} nuclei, {s.get('tissue_mm2', 0):.2f} mm^2 tissue, "
-        f"{s.get('regions_tissue', 0)} regions in {s.get('wall_s', 0):.1f} s "
-        f"({rate:.2f} mm^2/min)"
+    n_tissue, n_now = s.get("regions_tissue", 0), s.get("regions_this_run", 0)
+    earlier = n_tissue - n_now
+    regions = f"{n_tissue} regions" + (f" ({earlier} from the earlier run)" if earlier else "")
+    line = (
+        f"{r.n_nuclei} nuclei, {s.get('tissue_mm2', 0):.2f} mm^2 tissue, {regions} in "
+        f"{s.get('wall_s', 0):.1f} s"
     )
+    if n_now:
+        line += f" ({s.get('tissue_mm2_per_min', 0.0):.2f} mm^2/min)"
+    return head + line

@@ -26,6 +26,7 @@ from hovernet.infer.postprocess import PostprocessParams, hv_ranges
 from hovernet.infer.predict import predict_phases_many
 from hovernet.infer.regions import NUCLEUS_MARGIN, RegionPlan, plan_regions
 from hovernet.infer.resample import check_phases, phase_offsets
+from hovernet.io.names import output_stem
 from hovernet.io.slides import IMAGE_SUFFIXES, read_rgb
 from hovernet.io.type_info import TypeInfo
 from hovernet.io.wsi import open_slide, resolve_proc_mpp
@@ -198,7 +199,7 @@ class SlideConfig:
     save_thumb: bool = False
     save_label_map: bool = False
     overwrite: bool = False
-    model_name: str = ""
+    model_name: str = ""  # shown in the summary and the viewer; not part of the run's identity
     model_id: str = ""  # the checkpoint's content hash: a finished slide counts for it only
     quiet: bool = False
     phases: int | None = None  # sub-pixel phases (1, 2, 4); None = 1
@@ -232,28 +233,29 @@ def resolve_auto_mpp(model, path: Path, config: SlideConfig, opener, log):
     from hovernet.infer.resolution import estimate_slide_mpp
     from hovernet.io.wsi import recorded_mpp
 
+    name = output_stem(path)
     if opener is None:
         known = recorded_mpp(path)
         if known is not None:
-            log(f"{path.stem}: the file records {known:g} um/px (used; --slide_mpp auto estimates "
+            log(f"{name}: the file records {known:g} um/px (used; --slide_mpp auto estimates "
                 "only where a file records none)")  # fmt: skip
             return replace(config, slide_mpp=None), None
     with (opener or default_opener)(path, replace(config, slide_mpp=1.0)) as probe:
         estimate = estimate_slide_mpp(
-            probe, model, name=path.stem, batch_size=config.batch_size, precision=config.precision
+            probe, model, name=name, batch_size=config.batch_size, precision=config.precision
         )
-    log(f"{path.stem}: {estimate.describe()}")
+    log(f"{name}: {estimate.describe()}")
     return replace(config, slide_mpp=estimate.mpp), estimate
 
 
 def run_key(
     model: torch.nn.Module, config: SlideConfig, slide_mpp: float, frame: SlideFrame
 ) -> dict[str, Any]:
-    """The model and the settings that change a slide's nuclei (resolved for this slide): a
-    finished slide counts as done, and an unfinished one resumes, only for the same."""
+    """The run's identity: the checkpoint's content hash and the settings that change a slide's
+    nuclei (resolved for this slide), never a display name. A finished slide counts as done,
+    and an unfinished one resumes, only for the same (`finished_differs`)."""
     return {
         "model_id": config.model_id,
-        "model": config.model_name,
         "precision": effective_precision(model, config.precision),
         "slide_mpp": round(float(slide_mpp), 6),
         "proc_mpp": round(frame.proc_mpp, 6),
@@ -266,7 +268,9 @@ def run_key(
 
 
 def finished_differs(summary_path: Path, key: dict[str, Any]) -> str | None:
-    """None when the finished slide's run matches `key`, else what differs."""
+    """None when the finished slide's run matches `key`, else what differs. Only the fields of
+    `key` are compared: a field an older version recorded besides them (its display name,
+    "model") does not make a run differ."""
     try:
         old = json.loads(summary_path.read_text(encoding="utf-8")).get("run")
     except (OSError, ValueError):

@@ -9,7 +9,6 @@ skipped. The one-image API is `hovernet.infer.predict.segment_image`.
 
 from __future__ import annotations
 
-import errno
 import json
 import threading
 import time
@@ -35,12 +34,14 @@ from hovernet.io.atomic import (
     write_text_atomic,
 )
 from hovernet.io.inputs import list_inputs
+from hovernet.io.names import output_stem
 from hovernet.io.slides import image_size, read_rgb
 from hovernet.io.type_info import TypeInfo
+from hovernet.io.write_errors import write_failure
 from hovernet.progress import Progress, set_status
 
 RUN_RECORD = "hovernet-run.json"  # the model and settings the folder's outputs were made with
-FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+RESUME = "rerun the same command to resume (finished images are skipped)"
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,8 @@ class _TileRun:
         }
         self.todo: list[Path] = []
         for path in files:
-            if not config.overwrite and is_done(config.output_dir, path.stem):
-                self.summary.skipped.append(path.stem)
+            if not config.overwrite and is_done(config.output_dir, output_stem(path)):
+                self.summary.skipped.append(output_stem(path))
             else:
                 self.todo.append(path)
         self.sizes = {p: image_size(p) for p in self.todo}
@@ -139,7 +140,13 @@ class _TileRun:
                     f"({'; '.join(diff)}): pass --overwrite to redo them, or choose another "
                     "--output_dir"
                 )
-        write_text_atomic(record, json.dumps(self.key, indent=1, sort_keys=True))
+        try:
+            write_text_atomic(record, json.dumps(self.key, indent=1, sort_keys=True))
+        except OSError as exc:
+            message = write_failure(exc, out, RESUME)
+            if message is None:
+                raise
+            raise HoverNetError(message) from None
 
     def patches_of(self, shape: tuple[int, ...]) -> int:
         geometry = self.model.geometry
@@ -190,7 +197,7 @@ class _TileRun:
         maps, prob = merge_phase_maps(done, self.offsets, original.shape)
         config = self.config
         job = TileJob(
-            name=path.stem,
+            name=output_stem(path),
             image=original,
             maps=maps,
             nr_types=self.model.nr_types,
@@ -205,19 +212,18 @@ class _TileRun:
 
     def on_result(self, path: Path, result: Any, exc: BaseException | None) -> None:
         with self.lock:
-            self._record(path.stem, result, exc)
+            self._record(output_stem(path), result, exc)
             self.status()
+            # the running total of nuclei found, which the network's progress lags behind
+            self.bar.advance(0, nuclei=sum(self.summary.done.values()))
 
     def _record(self, name: str, result: Any, exc: BaseException | None) -> None:
         s = self.summary
         where = f"[{len(s.done) + len(s.failed) + 1}/{len(self.todo)}] {name}"
         if exc is not None:
-            if isinstance(exc, OSError) and exc.errno in FATAL_ERRNOS:
-                self.fatal.append(
-                    f"cannot write {exc.filename or 'the output folder'}: {exc.strerror}; free "
-                    "some space or choose an output folder you can write to, then rerun "
-                    "(finished images are skipped)"
-                )
+            fatal = write_failure(exc, self.config.output_dir, RESUME)
+            if fatal is not None:
+                self.fatal.append(fatal)
             s.failed[name] = f"{type(exc).__name__}: {exc}"
             self.log(f"{where}: FAILED ({type(exc).__name__}: {exc})")
             return

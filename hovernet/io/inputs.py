@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hovernet.errors import HoverNetError
+from hovernet.io.names import output_stem
 from hovernet.io.slides import IMAGE_SUFFIXES, PLAIN_SUFFIXES, TIFF_SUFFIXES
 
 TILE_SUFFIXES = PLAIN_SUFFIXES | TIFF_SUFFIXES
@@ -78,12 +79,13 @@ def unique_stems(files: list[Path], noun: str) -> list[Path]:
     """`files` without repeats; two files whose outputs would share a name are an error."""
     names: dict[str, Path] = {}
     for file in files:
-        if file.stem in names and names[file.stem] != file:
+        name = output_stem(file)
+        if name in names and names[name] != file:
             raise HoverNetError(
-                f"{noun} {names[file.stem]} and {file} would both write outputs named "
-                f"{file.stem!r}: rename one or run them separately"
+                f"{noun} {names[name]} and {file} would both write outputs named "
+                f"{name!r}: rename one or run them separately"
             )
-        names[file.stem] = file
+        names[name] = file
     return list(names.values())
 
 

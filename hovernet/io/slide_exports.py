@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from hovernet.io.atomic import atomic_path, write_text_atomic
+from hovernet.io.names import output_stem
 from hovernet.io.store import NucleusStore
 from hovernet.io.type_info import TypeInfo
 from hovernet.io.writers import (
@@ -59,8 +60,8 @@ STORE_SUFFIX = ".db"
 
 
 def output_paths(output_dir: Path, name: str) -> dict[str, Path]:
-    """Every file slide mode writes for slide `name`: the EXPORTS, the store and the optional
-    mask, thumbnail and label maps."""
+    """Every file slide mode writes for slide `name` (`hovernet.io.names.output_stem` of its
+    file): the EXPORTS, the store and the optional mask, thumbnail and label maps."""
     paths = {k: output_dir / f"{name}{suffix}" for k, suffix in EXPORTS.items()}
     paths["store"] = output_dir / f"{name}{STORE_SUFFIX}"
     paths["mask"] = output_dir / f"{name}.mask.png"
@@ -105,7 +106,7 @@ def export_slide(
 ) -> dict[str, Any]:
     """Write a slide's exports from its store; returns the summary's slide and nuclei fields
     (the caller adds its run figures and writes the summary last)."""
-    name = Path(spec.slide_path).stem
+    name = output_stem(spec.slide_path)
     info = spec.type_info
     # one pass over the store for the four files, not one per file (a pass reads and parses
     # every record: 0.1 s for 9,773 nuclei)

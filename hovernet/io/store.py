@@ -2,9 +2,12 @@
 
 Tables (stdlib `sqlite3`, WAL journal, one transaction per finished region):
 
-- `meta(key, value)`: JSON values describing the run (slide, resolutions, region plan, model).
-  Re-opening a store with different values for these keys is refused, so that a resumed run
-  never mixes nuclei made with different settings.
+- `meta(key, value)`: JSON values describing the run (slide, resolutions, region plan, and in
+  `run` the checkpoint's hash and the settings that change nuclei). Re-opening a store with
+  different values for these keys is refused, so that a resumed run never mixes nuclei made
+  with different settings; of a mapping only the fields given now are compared (a field that
+  an older version recorded besides them is kept and ignored). Values a run measured or only
+  shows (`set_meta`: the HV ranges, the model's display name) are not compared.
 - `regions(idx, x0, y0, x1, y1, n_nuclei, n_cut)`: a row per finished region (its core box at
   the processing resolution). A region without a row is redone on resume.
 - `nuclei(id, region, type, type_prob, x, y, cx, cy, rmin, cmin, rmax, cmax, area, perimeter,
@@ -81,10 +84,10 @@ class NucleusStore:
                 f"{self.path}: not a readable nucleus store ({exc}); delete it or pass --overwrite"
             ) from exc
         new = {k: json.dumps(v, sort_keys=True) for k, v in meta.items()}
-        changed = [k for k in new if k in old and old[k] != new[k]]
+        changed = [line for k in new if k in old for line in _differences(k, old[k], new[k])]
         if changed:
             self.close()
-            details = "; ".join(f"{k}: {old[k]} -> {new[k]}" for k in changed)
+            details = "; ".join(changed)
             raise HoverNetError(
                 f"{self.path} was made with other settings ({details}): pass --overwrite to "
                 "start this slide again, or run with the settings it was made with"
@@ -171,6 +174,20 @@ class NucleusStore:
             args = tuple(int(v) for v in box)
         for row in self._db.execute(sql + " ORDER BY region, id", args):
             yield _record(row)
+
+
+def _differences(key: str, old: str, new: str) -> list[str]:
+    """How a meta value (JSON text) differs from the one stored: for a mapping (the run's
+    identity, "run"), its fields one by one, and only those the new value has, so that a field
+    an older version recorded besides them (its display name) does not count."""
+    if old == new:
+        return []
+    before, after = json.loads(old), json.loads(new)
+    if not (isinstance(before, dict) and isinstance(after, dict)):
+        return [f"{key}: {old} -> {new}"]
+    text = {k: json.dumps(v, sort_keys=True) for k, v in after.items()}
+    was = {k: json.dumps(before.get(k), sort_keys=True) for k in after}
+    return [f"{key}.{k}: {was[k]} -> {text[k]}" for k in after if was[k] != text[k]]
 
 
 def _ensure_rtree(db: sqlite3.Connection) -> bool:

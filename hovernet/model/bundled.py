@@ -12,8 +12,8 @@ from pathlib import Path
 BUNDLED_NAME = "lite-v2"
 BUNDLED_PATH = Path(__file__).resolve().parent.parent / "weights" / f"{BUNDLED_NAME}.pth"
 BUNDLED_SUMMARY = (
-    f"the bundled CPU model {BUNDLED_NAME} (lite, 0.5 um/px, 4 types; trained on MoNuSeg, CoNSeP "
-    "and DSB 2018; weights CC BY-NC-SA 4.0, see docs/model-card.md)"
+    f"the bundled CPU model {BUNDLED_NAME} (lite, 0.5 um/px, 4 nucleus types; trained on "
+    "MoNuSeg, CoNSeP and DSB 2018; weights CC BY-NC-SA 4.0, see docs/model-card.md)"
 )
 
 
