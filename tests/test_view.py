@@ -159,17 +159,13 @@ def test_box_queries_match_a_full_scan_and_leave_the_store_untouched(tmp_path, r
 def test_packed_answers_round_trip_empty_untyped_and_missing_values():
     empty = unpack_nuclei(pack_nuclei([], False, 0.5))
     assert empty["n"] == 0 and empty["offsets"].tolist() == [0] and empty["coords"].size == 0
-    assert empty["boxes"].size == 0
     contour = np.array([[3, 4], [5, 4], [5, 6]], np.int32)
-    rows = [
-        (7, None, None, 8.0, 0.5, 0.9, 3, 4, 6, 7, contour.tobytes()),
-        (2**40, 2, 0.75, 4.0, 0.1, 1.0, 9.0, 1.0, 12.0, 2.0, b""),
-    ]
-    doc = unpack_nuclei(pack_nuclei(rows, True, 0.5))
+    rows = [(7, None, None, 8.0, 0.5, 0.9, contour.tobytes()), (2**40, 2, 0.75, 4.0, 0.1, 1.0, b"")]
+    doc = unpack_nuclei(pack_nuclei(rows, True, 0.5, {"view": {"count": 3, "more": False}}))
     assert (
         doc["truncated"] and doc["ids"].tolist() == [7, 2**40] and doc["types"].tolist() == [-1, 2]
     )
-    assert doc["boxes"].reshape(-1, 4).tolist() == [[3, 4, 6, 7], [9, 1, 12, 2]]
+    assert doc["view"] == {"count": 3, "more": False}
     assert np.isnan(doc["type_prob"][0]) and doc["type_prob"][1] == 0.75
     assert doc["area"].tolist() == [2.0, 1.0]  # um^2 at 0.5 um/px
     assert doc["offsets"].tolist() == [0, 3, 3]
@@ -349,23 +345,23 @@ def test_nuclei_of_a_box_hold_the_csv_nucleus_outline(client, csv_rows):
     assert doc["area"][k] == pytest.approx(float(row["area"]) * 0.499**2, rel=0.01)
 
 
-def test_the_boxes_of_an_answer_give_the_nuclei_of_a_smaller_box_by_the_servers_rule(client):
-    # the page fetches the view plus a margin and counts the view's nuclei from these boxes:
-    # the count must be what the server (and the GeoJSON download) finds for the view itself
-    scale = client.get("/api/slides/cmu_crop").json["scale"]
-    outer = unpack_nuclei(client.get("/api/slides/cmu_crop/nuclei?bbox=150,250,650,750").data)
-    boxes = outer["boxes"].reshape(-1, 4)
-    xmin, ymin, xmax, ymax = boxes[len(boxes) // 2] * scale  # one nucleus' box, level-0
-    views = [(200.4, 300.0, 600.2, 700.7), (xmax - 0.1, ymin, xmax + 5, ymax), (300, 300, 301, 301)]
-    found = []
-    for view in views:
-        x0, y0, x1, y1 = (v / scale for v in view)
-        meets = (boxes[:, 2] > x0) & (boxes[:, 0] < x1) & (boxes[:, 3] > y0) & (boxes[:, 1] < y1)
-        inner = client.get("/api/slides/cmu_crop/nuclei?bbox=" + ",".join(map(str, view)))
-        expected = set(unpack_nuclei(inner.data)["ids"].tolist())
-        assert set(outer["ids"][meets].tolist()) == expected
-        found.append(len(expected))
-    assert len(boxes) > found[0] > 50 and found[1] >= 1
+def test_the_count_in_view_is_what_the_download_of_the_view_holds(client, real_out):
+    # the page fetches the view plus a margin, with view= the view itself: the count it shows
+    # must be the number of nuclei the GeoJSON download of that view holds
+    index = load_slides(real_out)[0].index
+    for view, types in [("200.4,300,600.2,700.7", ""), ("300,-20,700,120.5", "&types=0,1,2,3")]:
+        outer = unpack_nuclei(
+            client.get(f"/api/slides/cmu_crop/nuclei?bbox=-50,0,700,900&view={view}{types}").data
+        )
+        download = client.get(f"/api/slides/cmu_crop/nuclei.geojson?bbox={view}{types}").json
+        assert outer["view"] == {"count": len(download["features"]), "more": False}
+        assert outer["n"] > outer["view"]["count"] > 5
+    # counted up to the download's limit, then "more"
+    assert index.count_in_box((0, 0, 1024, 1024), None, 10) == 11
+    assert index.count_in_box((0, 0, 1024, 1024), [3], 10**6) == len(
+        index.ids_in_box((0, 0, 1024, 1024), [3], 10**6)[0]
+    )
+    index.close()
 
 
 def test_nucleus_details_carry_the_export_number(client, csv_rows):
@@ -450,18 +446,20 @@ def test_bad_parameters_get_400_with_a_message_and_no_traceback(client, url):
     [
         ("1,2,3", "'1,2,3' is not four numbers"),
         ("a,b,c,d", "'a,b,c,d' is not four numbers"),
-        ("nan,0,10,10", "is not four finite numbers (nan or inf)"),
+        ("nan,0,10,10", "'nan,0,10,10' is not four finite numbers (nan or inf)"),
         ("10,0,5,10", "'10,0,5,10' is empty"),
-        ("0,0,1e300,10", "reaches too far past the slide, which is 1024 x 1024 level-0 px: keep x "
-         "within -1024..2048 and y within -1024..2048"),
-        ("-1025,0,10,10", "reaches too far past the slide"),
-        ("0,0,10,2049", "reaches too far past the slide"),
+        ("0,0,1e300,10", "'0,0,1e300,10' reaches too far past the slide, which is 1024 x 1024 "
+         "level-0 px: keep x within -1024..2048 and y within -1024..2048"),
+        ("-1025,0,10,10", "'-1025,0,10,10' reaches too far past the slide"),
+        ("0,0,10,2049", "'0,0,10,2049' reaches too far past the slide"),
     ],
 )  # fmt: skip
 def test_a_bad_bbox_is_named_with_what_is_wrong_and_the_limits(client, bbox, message):
     r = client.get(f"/api/slides/cmu_crop/nuclei.geojson?bbox={bbox}")
-    assert r.status_code == 400 and message in r.json["error"], r.json
+    assert r.status_code == 400 and f"bbox {message}" in r.json["error"], r.json
     assert "x0 < x1" in r.json["error"] or "keep x within" in r.json["error"]
+    r = client.get(f"/api/slides/cmu_crop/nuclei?bbox=0,0,10,10&view={bbox}")
+    assert r.status_code == 400 and f"view {message}" in r.json["error"], r.json
 
 
 def test_a_box_reaching_past_the_slide_within_the_limits_is_answered(client):

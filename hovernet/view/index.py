@@ -188,17 +188,16 @@ class StoreIndex:
         box: tuple[float, float, float, float],
         types: Iterable[int | None] | None = None,
         limit: int = 10000,
+        header: dict[str, Any] | None = None,
     ) -> bytes:
         """Nuclei whose bbox meets `box` = (x0, y0, x1, y1) in store pixels, of the given
         types (None: all), at most `limit` of them (`truncated` says when more met it).
 
-        Returns the binary answer of `pack_nuclei` (`unpack_nuclei` reads it)."""
-        columns = (
-            "n.id, n.type, n.type_prob, n.area, n.eccentricity, n.solidity, "
-            "r.xmin, r.ymin, r.xmax, r.ymax, n.contour"
-        )
+        Returns the binary answer of `pack_nuclei` (`unpack_nuclei` reads it), with `header`'s
+        fields added to its header."""
+        columns = "n.id, n.type, n.type_prob, n.area, n.eccentricity, n.solidity, n.contour"
         rows = self._in_box(columns, box, types, limit)
-        return pack_nuclei(rows[:limit], len(rows) > limit, self.um_per_px)
+        return pack_nuclei(rows[:limit], len(rows) > limit, self.um_per_px, header)
 
     def ids_in_box(
         self,
@@ -210,14 +209,30 @@ class StoreIndex:
         rows = self._in_box("n.id", box, types, limit)
         return [r[0] for r in rows[:limit]], len(rows) > limit
 
+    def count_in_box(
+        self,
+        box: tuple[float, float, float, float],
+        types: Iterable[int | None] | None = None,
+        limit: int = 10000,
+    ) -> int:
+        """How many nuclei `ids_in_box` finds (the same rule), counted up to `limit` + 1."""
+        sql, args = self._box_sql("1", box, types, limit)
+        return self._db().execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone()[0]
+
     def _in_box(self, columns: str, box, types, limit: int) -> list[tuple]:
+        return self._db().execute(*self._box_sql(columns, box, types, limit)).fetchall()
+
+    def _box_sql(self, columns: str, box, types, limit: int) -> tuple[str, tuple]:
+        """The query for at most `limit` + 1 nuclei whose bbox meets `box` (store pixels)."""
         x0, y0, x1, y1 = (float(v) for v in box)
         where, args = _type_clause(types)
+        # the nuclei table is only read for its columns or types
+        join = "" if columns == "1" and not where else " CROSS JOIN nuclei AS n ON n.id = r.id"
         sql = (
-            f"SELECT {columns} FROM {self._rtree} AS r CROSS JOIN nuclei AS n ON n.id = r.id "
+            f"SELECT {columns} FROM {self._rtree} AS r{join} "
             f"WHERE r.xmax > ? AND r.xmin < ? AND r.ymax > ? AND r.ymin < ?{where} LIMIT ?"
         )
-        return self._db().execute(sql, (x0, x1, y0, y1, *args, int(limit) + 1)).fetchall()
+        return sql, (x0, x1, y0, y1, *args, int(limit) + 1)
 
     def records(self, ids: list[int]) -> list[dict[str, Any]]:
         """Full records (`hovernet.io.store` layout, `store_id` included) of these store ids."""
@@ -353,24 +368,26 @@ _PACKED = (
     ("area", "<f4", "n"),
     ("eccentricity", "<f4", "n"),
     ("solidity", "<f4", "n"),
-    ("boxes", "<f4", "4n"),
     ("offsets", "<i4", "n+1"),
     ("coords", "<i4", "2m"),
 )
 
 
-def pack_nuclei(rows: list[tuple], truncated: bool, um_per_px: float | None) -> bytes:
-    """Rows (id, type, type_prob, area, eccentricity, solidity, xmin, ymin, xmax, ymax, contour
-    BLOB) -> one binary answer the page reads without parsing: a little-endian uint32 header
-    length, a JSON header `{"n", "m", "truncated", "arrays": [[name, dtype, offset], ...]}`
-    padded to 8 bytes, then the arrays of _PACKED (ids as float64, types int32 with -1 for
-    untyped, values float32 with NaN for missing, area in um^2 when the resolution is known,
-    boxes 4 per nucleus: the R*Tree's xmin, ymin, xmax, ymax in store pixels that the box
-    query tests, so the page can apply the server's rule to a smaller box; contour k =
+def pack_nuclei(
+    rows: list[tuple],
+    truncated: bool,
+    um_per_px: float | None,
+    header: dict[str, Any] | None = None,
+) -> bytes:
+    """Rows (id, type, type_prob, area, eccentricity, solidity, contour BLOB) -> one binary
+    answer the page reads without parsing: a little-endian uint32 header length, a JSON header
+    `{"n", "m", "truncated", "arrays": [[name, dtype, offset], ...], **header}` padded to 8
+    bytes, then the arrays of _PACKED (ids as float64, types int32 with -1 for untyped, values
+    float32 with NaN for missing, area in um^2 when the resolution is known, contour k =
     coords[2 * offsets[k] : 2 * offsets[k + 1]] as x, y pairs in store pixels through pixel
     centres)."""
-    columns = list(zip(*rows, strict=True)) if rows else [()] * 11
-    ids, types, probs, area, ecc, solidity, *box, blobs = columns
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 7
+    ids, types, probs, area, ecc, solidity, blobs = columns
     offsets = np.zeros(len(rows) + 1, "<i4")
     np.cumsum(np.fromiter(map(len, blobs), np.int64, len(blobs)) // 8, out=offsets[1:])
     arrays = {
@@ -380,7 +397,6 @@ def pack_nuclei(rows: list[tuple], truncated: bool, um_per_px: float | None) -> 
         "area": np.array(area, np.float64) * (um_per_px**2 if um_per_px else 1.0),
         "eccentricity": np.array(ecc, "<f4"),
         "solidity": np.array(solidity, "<f4"),
-        "boxes": np.array(box, np.float64).T.reshape(-1),
         "offsets": offsets,
         "coords": np.frombuffer(b"".join(blobs), np.int32),
     }
@@ -390,11 +406,11 @@ def pack_nuclei(rows: list[tuple], truncated: bool, um_per_px: float | None) -> 
         layout.append([name, dtype, at])
         parts.append(data)
         at += len(data)
-    header = json.dumps(
-        {"n": len(rows), "m": int(offsets[-1]), "truncated": bool(truncated), "arrays": layout}
-    ).encode()
-    header += b" " * (-(4 + len(header)) % 8)
-    return len(header).to_bytes(4, "little") + header + b"".join(parts)
+    head = {"n": len(rows), "m": int(offsets[-1]), "truncated": bool(truncated)}
+    head.update(header or {}, arrays=layout)
+    text = json.dumps(head).encode()
+    text += b" " * (-(4 + len(text)) % 8)
+    return len(text).to_bytes(4, "little") + text + b"".join(parts)
 
 
 def unpack_nuclei(data: bytes) -> dict[str, Any]:
@@ -402,8 +418,7 @@ def unpack_nuclei(data: bytes) -> dict[str, Any]:
     size = int.from_bytes(data[:4], "little")
     header = json.loads(data[4 : 4 + size])
     base = 4 + size
-    n = header["n"]
-    lengths = {"n": n, "n+1": n + 1, "4n": 4 * n, "2m": 2 * header["m"]}
+    lengths = {"n": header["n"], "n+1": header["n"] + 1, "2m": 2 * header["m"]}
     out = {k: v for k, v in header.items() if k != "arrays"}
     for (name, dtype, at), (_, _, length) in zip(header["arrays"], _PACKED, strict=True):
         out[name] = np.frombuffer(data, dtype, lengths[length], base + at)

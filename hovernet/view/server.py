@@ -12,6 +12,7 @@ summaries name can be reached.
 | `/api/slides/<name>` | one slide: pyramid, scale, classes with counts, colour ranges, limits |
 | `/api/slides/<name>/tiles/<level>/<x>_<y>.jpg` | a JPEG tile (`hovernet.view.tiles`) |
 | `.../nuclei?bbox=x0,y0,x1,y1[&types=1,none]` | nuclei meeting the box (level-0 px), binary |
+| `...&view=x0,y0,x1,y1` | the same, and the count of the nuclei meeting `view` (as the GeoJSON) |
 | `.../nuclei.geojson?bbox=...[&types=...]` | the same as the export's GeoJSON Features, capped |
 | `/api/slides/<name>/density` | centroid counts per class on a grid (the heat map) |
 | `/api/slides/<name>/nucleus/<id>` | one nucleus' values (its store id, from `nuclei`) |
@@ -46,28 +47,31 @@ log = logging.getLogger("hovernet.view")
 
 
 # -- parameters (pure) -------------------------------------------------------------------------
-def parse_bbox(text: str | None, width: int, height: int) -> tuple[float, float, float, float]:
+def parse_bbox(
+    text: str | None, width: int, height: int, param: str = "bbox"
+) -> tuple[float, float, float, float]:
     """`x0,y0,x1,y1` (level-0 pixels, x0 < x1, y0 < y1) of a `width` x `height` slide -> floats;
-    BadRequest otherwise. A box may reach past the slide by at most one slide width (x) or
-    height (y) on each side (the page clips its boxes to the slide; nothing lies further out)."""
-    hint = "pass bbox=x0,y0,x1,y1 in level-0 pixels with x0 < x1 and y0 < y1"
+    BadRequest (naming the parameter `param`) otherwise. A box may reach past the slide by at
+    most one slide width (x) or height (y) on each side (the page clips its boxes to the slide;
+    nothing lies further out)."""
+    hint = f"pass {param}=x0,y0,x1,y1 in level-0 pixels with x0 < x1 and y0 < y1"
     if not text:
-        raise BadRequest(f"bbox is missing: {hint}")
-    shown = repr(text[:80])
+        raise BadRequest(f"{param} is missing: {hint}")
+    shown = f"{param} {text[:80]!r}"
     try:
         values = [float(p) for p in text.split(",")]
     except ValueError:
         values = []
     if len(values) != 4:
-        raise BadRequest(f"bbox {shown} is not four numbers: {hint}")
+        raise BadRequest(f"{shown} is not four numbers: {hint}")
     if not all(math.isfinite(v) for v in values):
-        raise BadRequest(f"bbox {shown} is not four finite numbers (nan or inf): {hint}")
+        raise BadRequest(f"{shown} is not four finite numbers (nan or inf): {hint}")
     x0, y0, x1, y1 = values
     if x1 <= x0 or y1 <= y0:
-        raise BadRequest(f"bbox {shown} is empty: {hint}")
+        raise BadRequest(f"{shown} is empty: {hint}")
     if x0 < -width or x1 > 2 * width or y0 < -height or y1 > 2 * height:
         raise BadRequest(
-            f"bbox {shown} reaches too far past the slide, which is {width} x {height} level-0 "
+            f"{shown} reaches too far past the slide, which is {width} x {height} level-0 "
             f"px: keep x within {-width}..{2 * width} and y within {-height}..{2 * height}"
         )
     return x0, y0, x1, y1
@@ -192,17 +196,23 @@ def create_app(
         response.headers["Cache-Control"] = "private, max-age=3600"
         return response
 
-    def box_and_types(s: ViewSlide) -> tuple[tuple[float, ...], list | None]:
-        x0, y0, x1, y1 = parse_bbox(request.args.get("bbox"), *s.dimensions)
+    def store_box(s: ViewSlide, param: str) -> tuple[float, ...]:
+        x0, y0, x1, y1 = parse_bbox(request.args.get(param), *s.dimensions, param)
         k = s.index.scale
-        types = parse_types(request.args.get("types"), class_keys(s))
-        return (x0 / k, y0 / k, x1 / k, y1 / k), types
+        return x0 / k, y0 / k, x1 / k, y1 / k
+
+    def box_and_types(s: ViewSlide) -> tuple[tuple[float, ...], list | None]:
+        return store_box(s, "bbox"), parse_types(request.args.get("types"), class_keys(s))
 
     @app.get("/api/slides/<name>/nuclei")
     def nuclei(name: str):
         s = get_slide(name)
         box, types = box_and_types(s)
-        response = Response(s.index.query(box, types, max_nuclei), mimetype=BINARY)
+        header = None
+        if "view" in request.args:  # counted as the download of that box counts
+            n = s.index.count_in_box(store_box(s, "view"), types, MAX_GEOJSON)
+            header = {"view": {"count": min(n, MAX_GEOJSON), "more": n > MAX_GEOJSON}}
+        response = Response(s.index.query(box, types, max_nuclei, header), mimetype=BINARY)
         response.headers["Cache-Control"] = "no-store"
         return response
 

@@ -248,7 +248,7 @@
     view.mode = mode;
     if (mode !== "outlines") clearSelection();
     const shown = clipped(box), fetched = shown && clipped(padded(box, 0.1));
-    const query = shown && `bbox=${fetched.text}${typesParam()}`;
+    const query = shown && `bbox=${fetched.text}&view=${shown.text}${typesParam()}`;
     view.viewKey = mode === "outlines" && query ? query : mode;
     if (mode === "outlines" && !query) { // no part of the slide in view
       nuclei = null; view.dataKey = view.viewKey; status("no part of the slide in view");
@@ -263,7 +263,7 @@
       return;
     }
     clearTimeout(fetchTimer);
-    fetchTimer = setTimeout(() => fetchNuclei(query, shown.box), 60);
+    fetchTimer = setTimeout(() => fetchNuclei(query), 60);
     draw();
   }
   async function getNuclei(url, signal) { // the binary answer of index.pack_nuclei
@@ -275,24 +275,16 @@
     const buf = await r.arrayBuffer(), size = new DataView(buf).getUint32(0, true);
     const head = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, size)));
     const types = { "<f8": Float64Array, "<f4": Float32Array, "<i4": Int32Array };
-    const length = { boxes: 4 * head.n, offsets: head.n + 1, coords: 2 * head.m };
-    const doc = { truncated: head.truncated, values: {} };
+    const length = { offsets: head.n + 1, coords: 2 * head.m };
+    const doc = { truncated: head.truncated, view: head.view, values: {} };
     for (const [name, dtype, at] of head.arrays) {
       const arr = new types[dtype](buf, 4 + size + at, length[name] ?? head.n);
-      if (["ids", "types", "boxes", "offsets", "coords"].includes(name)) doc[name] = arr;
+      if (["ids", "types", "offsets", "coords"].includes(name)) doc[name] = arr;
       else doc.values[name] = arr;
     }
     return doc;
   }
-  function countIn(doc, box) { // nuclei whose box meets `box` (level-0 px): the server's rule
-    const [x0, y0, x1, y1] = box.map((v) => v / info.scale), b = doc.boxes;
-    let n = 0;
-    for (let i = 0; i < doc.ids.length; i++) {
-      n += b[4 * i + 2] > x0 && b[4 * i] < x1 && b[4 * i + 3] > y0 && b[4 * i + 1] < y1;
-    }
-    return n;
-  }
-  async function fetchNuclei(query, shown) { // shown: the view's box, as the download sends it
+  async function fetchNuclei(query) {
     if (controller) controller.abort();
     controller = new AbortController();
     view.pending++;
@@ -300,11 +292,10 @@
       const doc = await getNuclei(api(`/nuclei?${query}`), controller.signal);
       nuclei = doc;
       view.dataKey = query; view.nuclei = doc.ids.length; view.truncated = doc.truncated;
-      view.inView = countIn(doc, shown);
-      const n = view.inView.toLocaleString("en");
-      status(doc.truncated ? `at least ${n} nuclei in view, only some of them drawn (at most ` +
-        `${info.limits.nuclei.toLocaleString("en")} per request): zoom in to see all` :
-        `${n} nuclei in view`);
+      // counted by the server in the view's own box (not the margin), as the download holds
+      const n = (doc.view.more ? "over " : "") + doc.view.count.toLocaleString("en");
+      status(`${n} nuclei in view` + (doc.truncated ? ", only some drawn (at most " +
+        `${info.limits.nuclei.toLocaleString("en")} with the margin): zoom in to see all` : ""));
       view.error = null;
     } catch (err) {
       if (err.name === "AbortError") return;
