@@ -57,10 +57,12 @@ def dark_tissue(slide, name, config):
 
 
 def disk_image(shape, centres, radius=7, background=255, ink=40) -> np.ndarray:
-    """White image with dark disks at (x, y) centres: nuclei whose answer is known."""
+    """White image with dark disks at (x, y) centres: nuclei whose answer is known. The disks
+    are faintly coloured (channels ink + 4, ink - 4, ink: the mean, darkness, is `ink`) so
+    that the image is not greyscale, which H&E readers refuse."""
     image = np.full((*shape, 3), background, np.uint8)
     for x, y in centres:
-        cv2.circle(image, (int(x), int(y)), radius, (ink, ink, ink), -1)
+        cv2.circle(image, (int(x), int(y)), radius, (ink + 4, ink - 4, ink), -1)
     return image
 
 

@@ -176,7 +176,7 @@ def _bad_pair(folder: Path, image: bytes | np.ndarray, mask: np.ndarray) -> None
 )
 def test_bad_input_one_clear_error_and_no_output(tmp_path, capsys, case, needle):
     mask = np.zeros((80, 100, 3), np.uint8)
-    image: bytes | np.ndarray = np.full((80, 100, 3), 200, np.uint8)
+    image: bytes | np.ndarray = np.full((80, 100, 3), (200, 170, 210), np.uint8)
     if case == "unreadable":
         image = b"\x89PNG broken"
     elif case == "size":
@@ -195,7 +195,9 @@ def test_bad_input_one_clear_error_and_no_output(tmp_path, capsys, case, needle)
 
 def test_empty_mask_warns_and_still_extracts(tmp_path, capsys):
     _bad_pair(
-        tmp_path / "in", np.full((80, 100, 3), 200, np.uint8), np.zeros((80, 100, 3), np.uint8)
+        tmp_path / "in",
+        np.full((80, 100, 3), (200, 170, 210), np.uint8),
+        np.zeros((80, 100, 3), np.uint8),
     )
     out = tmp_path / "ds"
     with pytest.warns(UserWarning, match="s_mask.png: the mask has no nucleus pixels"):

@@ -6,7 +6,7 @@ import tifffile
 from conftest import DATA
 
 from hovernet.errors import HoverNetError
-from hovernet.io.slides import read_rgb
+from hovernet.io.slides import open_image, read_rgb
 
 
 def test_png_and_pyramidal_tiff_and_svs():
@@ -21,12 +21,15 @@ def test_png_and_pyramidal_tiff_and_svs():
     assert svs.shape == (2967, 2220, 3)
 
 
-def test_grey_tiff_becomes_rgb(tmp_path: Path):
+def test_grey_tiff_is_three_equal_channels_to_the_region_reader(tmp_path: Path):
     grey = (np.arange(64 * 48) % 251).astype(np.uint8).reshape(64, 48)
     tifffile.imwrite(tmp_path / "g.tif", grey)
-    rgb = read_rgb(tmp_path / "g.tif")
+    with open_image(tmp_path / "g.tif") as reader:
+        rgb = reader.read_region(0, 0, 48, 64)
     assert rgb.shape == (64, 48, 3)
     assert (rgb[:, :, 0] == grey).all() and (rgb[:, :, 2] == grey).all()
+    with pytest.raises(HoverNetError, match="g.tif: greyscale image"):
+        read_rgb(tmp_path / "g.tif")  # an H&E input: refused
 
 
 @pytest.mark.parametrize(

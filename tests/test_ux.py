@@ -232,7 +232,7 @@ def test_typed_mat_without_nuclei_has_inst_type_and_stats_accepts_it(tmp_path):
 def test_failed_extraction_leaves_nothing_and_the_suggested_rerun_works(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
-    cv2.imwrite(str(folder / "s.png"), np.full((80, 100, 3), 200, np.uint8))
+    cv2.imwrite(str(folder / "s.png"), np.full((80, 100, 3), (200, 170, 210), np.uint8))
     mask = np.zeros((80, 100, 3), np.uint8)
     mask[5:20, 5:20] = (252, 255, 3)  # "other nuclei" (255, 255, 0) after lossy compression
     cv2.imwrite(str(folder / "s_mask.png"), mask[:, :, ::-1])
@@ -257,7 +257,9 @@ def test_grey_rgba_notes_and_corrupt_png_is_one_clean_line(tmp_path):
     folder.mkdir()
     grey = cv2.cvtColor(read_rgb(CONSEP / "test_10_000.png")[:80, :80], cv2.COLOR_RGB2GRAY)
     cv2.imwrite(str(folder / "grey.png"), grey)
-    rgba = np.dstack([np.full((80, 80, 3), 90, np.uint8), np.full((80, 80), 100, np.uint8)])
+    rgba = np.dstack(
+        [np.full((80, 80, 3), (120, 40, 90), np.uint8), np.full((80, 80), 100, np.uint8)]
+    )
     cv2.imwrite(str(folder / "clear.png"), rgba)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     script = (
@@ -279,10 +281,11 @@ def test_grey_rgba_notes_and_corrupt_png_is_one_clean_line(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "libpng" not in result.stderr
     warnings = result.stderr.splitlines()
-    assert len(warnings) == 2 and all(w.startswith("warning: ") for w in warnings)
-    assert "grey.png: greyscale image, converted to RGB" in warnings[0]
-    assert "clear.png: RGBA image with transparent pixels, composited on white" in warnings[1]
-    assert "clear (80, 80, 3) [190, 190, 190]" in result.stdout  # 90 * 100/255 + 255 * 155/255
+    assert len(warnings) == 1 and warnings[0].startswith("warning: ")
+    assert "clear.png: RGBA image with transparent pixels, composited on white" in warnings[0]
+    # BGR (120, 40, 90) is RGB (90, 40, 120): 90 * 100/255 + 255 * 155/255 = 190, ...
+    assert "clear (80, 80, 3) [190, 171, 202]" in result.stdout
+    assert "grey.png: greyscale image" in result.stdout  # refused, not converted
     assert result.stdout.count("broken.png") == 1
 
 

@@ -101,6 +101,7 @@ def register(app: typer.Typer) -> None:
             raise HoverNetError(f"--step {stride} must be in 1..--window {size}")
         info = load_type_info(type_info) if type_info is not None else None
         sources = find_sources(images, annotations, fmt, typed=info is not None)
+        _check_colours(sources)  # before --overwrite deletes anything
         if overwrite:
             check_writable_dir(out.parent, "folder of --out")
             remove_dataset(out)
@@ -124,6 +125,28 @@ def register(app: typer.Typer) -> None:
             results = run_extraction(config, sources, on_source, progress=bar.advance)
         if not quiet:
             _print_counts(Console(stderr=True), out, results)
+
+
+def _check_colours(sources, side: int = 1024) -> None:
+    """Refuse a source image that an H&E model cannot read (greyscale, or practically no
+    colour: `hovernet.io.input_checks.colour_problem`) before anything is written: one
+    HoverNetError naming the image. Judged on a thumbnail at most `side` px across; an image
+    that cannot be read here is left to the extraction, which says why in its own words."""
+    from hovernet.errors import HoverNetError
+    from hovernet.io.input_checks import colour_problem
+    from hovernet.io.wsi import open_slide
+
+    for source in sources:
+        if source.image is None:  # the original's .npy patches
+            continue
+        try:
+            with open_slide(source.image, mpp=1.0) as slide:  # a placeholder mpp: pixels only
+                thumb, _ = slide.thumbnail(side)
+        except HoverNetError:
+            continue
+        problem = colour_problem(thumb)
+        if problem is not None:
+            raise HoverNetError(f"{source.image}: {problem}")
 
 
 def _count_windows(sources, size: int, stride: int) -> int | None:

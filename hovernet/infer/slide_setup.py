@@ -26,8 +26,9 @@ from hovernet.infer.postprocess import PostprocessParams, hv_ranges
 from hovernet.infer.predict import predict_phases_many
 from hovernet.infer.regions import NUCLEUS_MARGIN, RegionPlan, plan_regions
 from hovernet.infer.resample import check_phases, phase_offsets
+from hovernet.io.input_checks import colour_problem
 from hovernet.io.names import output_stem
-from hovernet.io.slides import IMAGE_SUFFIXES, read_rgb
+from hovernet.io.slides import IMAGE_SUFFIXES, read_mask_image
 from hovernet.io.type_info import TypeInfo
 from hovernet.io.wsi import open_slide, resolve_proc_mpp
 
@@ -117,8 +118,12 @@ class TissueSource:
 
 
 def tissue_of(slide, name: str, source: TissueSource):
-    """(thumbnail, its mpp, tissue mask, the mask's mpp) from the slide or the user's mask."""
+    """(thumbnail, its mpp, tissue mask, the mask's mpp) from the slide or the user's mask.
+    A slide whose thumbnail has practically no colour (greyscale) is a HoverNetError."""
     thumb, thumb_mpp = slide.thumbnail()
+    problem = colour_problem(thumb)
+    if problem is not None:
+        raise HoverNetError(f"{slide.path}: {problem}")
     if source.mask_dir is not None:
         candidates = sorted(
             p for p in Path(source.mask_dir).glob(f"{name}.*") if p.suffix.lower() in IMAGE_SUFFIXES
@@ -129,7 +134,7 @@ def tissue_of(slide, name: str, source: TissueSource):
                 "leave out --input_mask_dir"
             )
         try:
-            mask = tissue.mask_from_user_image(read_rgb(candidates[0]))
+            mask = tissue.mask_from_user_image(read_mask_image(candidates[0]))
             mask_mpp = tissue.mask_mpp(mask.shape, slide.dimensions, slide.mpp)
         except ValueError as exc:
             raise HoverNetError(f"{candidates[0]}: {exc}") from None

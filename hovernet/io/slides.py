@@ -1,14 +1,21 @@
 """Reading RGB images: plain images (PNG, JPEG, BMP), TIFF (pyramidal or not) and slides.
 
-`read_rgb(path)` returns the whole full-resolution image as H x W x 3 uint8 RGB. Large slides
-are better read region by region through a slide reader (see the rest of this module).
+`read_rgb(path)` returns the whole full-resolution image of an H&E input as H x W x 3 uint8
+RGB; a greyscale image (or one with practically no colour,
+`hovernet.io.input_checks.colour_problem`) is a HoverNetError. `read_mask_image(path)` returns
+a mask's pixels as stored (grey, bool, palette expanded to RGB, RGBA). Large slides are better
+read region by region through a slide reader (see the rest of this module); those readers take
+grey as three equal channels and do not judge colour.
+
+Plain images are decoded by their content (a PNG named .jpg reads); a file whose content is
+another format than its extension says (a JPEG renamed .svs) is refused naming its real format
+(`hovernet.io.input_checks.format_mismatch`).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +23,14 @@ import numpy as np
 
 from hovernet.errors import HoverNetError, HoverNetWarning
 from hovernet.io import tiff_checks
+from hovernet.io.input_checks import (
+    PLAIN,
+    colour_problem,
+    format_mismatch,
+    jpeg_intact,
+    png_intact,
+    sniff_format,
+)
 
 PLAIN_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -30,12 +45,11 @@ def _note(message: str) -> None:
 
 
 def _grey_or_alpha(arr: np.ndarray, path: Path) -> np.ndarray:
-    """Grey -> 3 channels, RGBA/BGRA with real transparency -> composited on white (channel
-    order kept), opaque alpha dropped; a note for each conversion."""
+    """Grey -> 3 equal channels (`read_rgb` then refuses it), RGBA/BGRA with real transparency
+    -> composited on white (channel order kept, with a note), opaque alpha dropped."""
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim == 2:
-        _note(f"{path}: greyscale image, converted to RGB (grey in all three channels)")
         return np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim == 3 and arr.shape[2] == 4:
         alpha = arr[:, :, 3]
@@ -57,58 +71,6 @@ def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise HoverNetError(f"{path}: expected an RGB image, got an array of shape {arr.shape}")
     return np.ascontiguousarray(arr[:, :, :3])
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _png_intact(buf: np.ndarray) -> bool:
-    """The PNG chunk structure is whole: signature, every chunk's CRC, and an IEND chunk.
-
-    Checked before decoding so that a corrupt or truncated file gives one clean error instead
-    of libpng's message on stderr.
-    """
-    data = memoryview(buf)
-    if bytes(data[:8]) != PNG_SIGNATURE:
-        return False
-    pos, end = 8, len(data)
-    while pos + 12 <= end:
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        kind = bytes(data[pos + 4 : pos + 8])
-        stop = pos + 8 + length
-        if stop + 4 > end:
-            return False
-        crc = int.from_bytes(data[stop : stop + 4], "big")
-        if zlib.crc32(data[pos + 4 : stop]) != crc:
-            return False
-        if kind == b"IEND":
-            return True
-        pos = stop + 4
-    return False
-
-
-def _jpeg_intact(data: bytes) -> bool:
-    """The JPEG has an end-of-image marker after its first scan (a copy cut short has not).
-
-    Marker segments are skipped by their lengths up to the first scan (so an embedded EXIF
-    thumbnail's markers do not count); inside scan data 0xFF 0xD9 can only be that marker.
-    """
-    pos, end = 2, len(data)
-    if data[:2] != b"\xff\xd8":
-        return False
-    while pos + 4 <= end:
-        if data[pos] != 0xFF:
-            return False
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-        elif marker == 0xDA:  # start of scan
-            return data.find(b"\xff\xd9", pos) >= 0
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            pos += 2
-        else:
-            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-    return False
 
 
 def _read_plain(path: Path) -> np.ndarray:
@@ -171,7 +133,8 @@ def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
 
 
 def _checked_suffix(path: Path) -> str:
-    """The lower-case suffix of an existing image file of a supported type."""
+    """The lower-case suffix of an existing image file of a supported type. A TIFF or slide
+    whose content is another format (a JPEG renamed .svs) is refused naming that format."""
     if not path.is_file():
         raise HoverNetError(f"{path}: no such file")
     tiff_checks.check_not_empty(path, "image")
@@ -181,6 +144,10 @@ def _checked_suffix(path: Path) -> str:
             f"{path}: unsupported image type {suffix!r}; use one of "
             + ", ".join(sorted(IMAGE_SUFFIXES))
         )
+    if suffix not in PLAIN_SUFFIXES:  # plain images are decoded by their content
+        mismatch = format_mismatch(path)
+        if mismatch is not None:
+            raise HoverNetError(f"{path}: {mismatch}")
     return suffix
 
 
@@ -205,13 +172,42 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """The whole image at full resolution as H x W x 3 uint8 RGB, or a HoverNetError."""
+    """The whole H&E image at full resolution as H x W x 3 uint8 RGB, or a HoverNetError (also
+    for a greyscale image or one with practically no colour: see `colour_problem`)."""
     path = Path(path)
     suffix = _checked_suffix(path)
     if suffix in PLAIN_SUFFIXES:
-        return _read_plain(path)
+        rgb = _read_plain(path)
+    elif suffix in TIFF_SUFFIXES:
+        rgb = _read_tiff(path)
+    else:
+        rgb = _read_openslide(path)
+    problem = colour_problem(rgb)
+    if problem is not None:
+        raise HoverNetError(f"{path}: {problem}")
+    return rgb
+
+
+def read_mask_image(path: str | os.PathLike) -> np.ndarray:
+    """A mask image's pixels as stored, without conversion or notes: H x W (grey, bool, 16-bit)
+    or H x W x 3|4 (RGB, RGBA; a palette PNG comes expanded to RGB). For masks, not H&E."""
+    path = Path(path)
+    suffix = _checked_suffix(path)
+    if suffix in PLAIN_SUFFIXES:
+        arr = _decode_plain(path)
+        if arr.ndim == 3 and arr.shape[2] in (3, 4):  # BGR(A) -> RGB(A)
+            arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]
+        return arr
     if suffix in TIFF_SUFFIXES:
-        return _read_tiff(path)
+        tif, levels = tiff_checks.open_tiff(path, "mask")
+        with tif:
+            try:
+                arr = tif.series[0].levels[0].asarray()
+            except Exception as exc:  # tifffile and imagecodecs raise many types
+                raise tiff_checks.decode_error(path, "the mask", exc, "mask") from exc
+        if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
+            arr = np.moveaxis(arr, 0, -1)  # planar configuration
+        return arr
     return _read_openslide(path)
 
 
@@ -399,28 +395,37 @@ def open_image(path: str | os.PathLike) -> ImageReader:
 
 def _read_plain_bgr(path: Path) -> np.ndarray:
     """Decode a PNG/JPEG keeping OpenCV's BGR(A) order (no second full-size copy for RGB)."""
-    import cv2
-
-    buf = np.fromfile(path, dtype=np.uint8)
-    suffix = path.suffix.lower()
-    if buf.size == 0:
-        raise HoverNetError(f"{path}: the file is empty (0 bytes); {tiff_checks.fix_hint('image')}")
-    if suffix in (".jpg", ".jpeg") and buf[:2].tobytes() == b"\xff\xd8":
-        if not _jpeg_intact(buf.tobytes()):
-            raise HoverNetError(
-                f"{path}: cannot decode the image: the JPEG is cut short (no end-of-image "
-                f"marker); the file is damaged or incomplete: {tiff_checks.fix_hint('image')}"
-            )
-    intact = suffix != ".png" or _png_intact(buf)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if intact else None
-    del buf
-    if img is None:
-        raise HoverNetError(
-            f"{path}: cannot decode the image (corrupt or not an image file); if it is a copy, "
-            f"{tiff_checks.fix_hint('image')}"
-        )
+    img = _decode_plain(path)
     if img.dtype != np.uint8:
         raise HoverNetError(
             f"{path}: pixels are {img.dtype}, expected 8-bit RGB; convert the image to 8-bit first"
         )
     return _grey_or_alpha(img, path)
+
+
+def _decode_plain(path: Path) -> np.ndarray:
+    """A PNG, JPEG or BMP decoded as stored (BGR(A) or grey, any depth); the content decides
+    which, whatever the extension. Damaged files and other formats are a HoverNetError."""
+    import cv2
+
+    buf = np.fromfile(path, dtype=np.uint8)
+    if buf.size == 0:
+        raise HoverNetError(f"{path}: the file is empty (0 bytes); {tiff_checks.fix_hint('image')}")
+    found = sniff_format(buf[:512].tobytes())
+    if found == "JPEG" and not jpeg_intact(buf.tobytes()):
+        raise HoverNetError(
+            f"{path}: cannot decode the image: the JPEG is cut short (no end-of-image "
+            f"marker); the file is damaged or incomplete: {tiff_checks.fix_hint('image')}"
+        )
+    intact = found in PLAIN and (found != "PNG" or png_intact(buf))
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if intact else None
+    del buf
+    if img is None:
+        mismatch = None if found in PLAIN else format_mismatch(path)
+        if mismatch is not None:
+            raise HoverNetError(f"{path}: cannot decode the image: {mismatch}")
+        raise HoverNetError(
+            f"{path}: cannot decode the image (corrupt or not an image file); if it is a copy, "
+            f"{tiff_checks.fix_hint('image')}"
+        )
+    return img

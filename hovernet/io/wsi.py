@@ -14,6 +14,7 @@ Backends (`hovernet.io.wsi_backends`): OpenSlide (SVS, NDPI, MRXS, SCN, DICOM, t
 see) and plain images (PNG, JPEG, BMP; decoded once, refused above a size limit since they cannot
 be read partially).
 
+A file whose extension lies (a JPEG renamed .svs) is refused naming its real format.
 Damaged files are never read as white (`hovernet.io.tiff_checks`): an empty file, or a TIFF-based
 one whose image directories or tiles lie past its end (a copy cut short), is a HoverNetError when
 opened; a tile that cannot be decoded, or an OpenSlide read error, is one when read. Each names
@@ -30,6 +31,7 @@ import numpy as np
 
 from hovernet.errors import HoverNetError
 from hovernet.io import tiff_checks
+from hovernet.io.input_checks import format_mismatch
 from hovernet.io.slides import PLAIN_SUFFIXES, TIFF_SUFFIXES
 from hovernet.io.wsi_backends import (
     SUFFIXES,
@@ -326,12 +328,18 @@ def resolve_proc_mpp(
 
 
 def open_backend(path: Path, backend: str = "auto") -> Backend:
-    """The backend for `path` (see `hovernet.io.wsi.open_slide`). TIFF-based files (TIFF, SVS,
-    NDPI, ...) are checked first (`hovernet.io.tiff_checks`): a file cut short or with broken
-    tile offsets is refused here, whichever library then reads it."""
+    """The backend for `path` (see `hovernet.io.wsi.open_slide`). A file whose content is not
+    what its extension says (a JPEG renamed .svs) is refused naming its real format
+    (`hovernet.io.input_checks.format_mismatch`). TIFF-based files (TIFF, SVS, NDPI, ...) are
+    checked first (`hovernet.io.tiff_checks`): a file cut short or with broken tile offsets is
+    refused here, whichever library then reads it."""
     if path.is_dir() or not path.exists():
         raise HoverNetError(f"{path}: no such file")
     tiff_checks.check_not_empty(path)
+    if path.suffix.lower() not in PLAIN_SUFFIXES:  # plain images are decoded by their content
+        mismatch = format_mismatch(path)  # a JPEG renamed .svs: say so, not "cannot open"
+        if mismatch is not None:
+            raise HoverNetError(f"{path}: {mismatch}")
     if backend == "tifffile":
         return TiffBackend(path)
     if backend == "openslide":
