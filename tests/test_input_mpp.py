@@ -20,7 +20,7 @@ from scipy import ndimage
 from test_infer import DarkBlobNet
 
 import hovernet
-from hovernet.errors import HoverNetError
+from hovernet.errors import HoverNetError, HoverNetWarning
 from hovernet.infer.predict import segment_image
 from hovernet.infer.resample import (
     labels_to_input,
@@ -57,7 +57,7 @@ def at_both(image):
     kw = {"precision": "fp32"}  # the geometry of mapping back, at full precision
     return (
         segment_image(net, image, input_mpp=0.25, phases=1, **kw),
-        segment_image(net, small, **kw),
+        segment_image(net, small, input_mpp=0.5, **kw),
         small,
     )
 
@@ -144,7 +144,9 @@ def test_no_resampling_when_the_resolutions_agree(image):
     crop = image[:300, :300]
     assert to_model_resolution(crop, resolution_scale(0.5, 0.5)) is crop
     assert resolution_scale(None, 0.5) is None
-    a, b = segment_image(net, crop, input_mpp=0.5), segment_image(net, crop)
+    a = segment_image(net, crop, input_mpp=0.5)
+    with pytest.warns(HoverNetWarning, match="no input_mpp given.* 0.5 um/px"):
+        b = segment_image(net, crop)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[2], b[2])
     # --proc_mpp runs the network at another resolution than the model's

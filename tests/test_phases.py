@@ -95,7 +95,7 @@ def test_segment_image_merges_phases(image):
     probs = []
     for offset in offsets:
         small = to_model_resolution(shift_image(crop, offset), 0.5)
-        probs.append(segment_image(net, small)[2][..., 1:2])
+        probs.append(segment_image(net, small, input_mpp=0.5)[2][..., 1:2])
     prob = merge_phases(probs, offsets, crop.shape)[..., 0]
     # every labelled pixel lies in that probability's foreground (one phase's do not)
     outside = [((inst > 0) & (prob < 0.5)).sum() for inst in (inst4, inst1)]

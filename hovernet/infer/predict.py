@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -29,7 +30,7 @@ import torch
 
 from hovernet.config import ModelGeometry
 from hovernet.device import autocast_dtype, model_device
-from hovernet.errors import HoverNetError
+from hovernet.errors import HoverNetError, HoverNetWarning
 from hovernet.infer import resample
 from hovernet.infer.backends import backend_of, use_backend
 from hovernet.infer.maps import PredMaps, maps_to_nuclei, merge_phase_maps
@@ -370,27 +371,31 @@ def segment_image(
     proc_mpp: float | None = None,
     phases: int | None = None,
 ) -> tuple[np.ndarray, dict[int, dict], np.ndarray]:
-    """Nuclei of one RGB uint8 image of any size: (inst_map, nuclei, pred_map).
+    """Nuclei of one H x W x 3 uint8 RGB image of any size: (inst_map, nuclei, pred_map).
 
-    `inst_map` and `nuclei` are as `hovernet.postprocess` returns them (with `type_probs`, the
-    mean per-class softmax, for a typed model); `pred_map` is the stitched network output in the
-    original's layout. The model runs on the device of its parameters. `backend` ("auto",
-    "torch", "onnxruntime"; see `hovernet.infer.backends.use_backend`) is attached to the model
-    and kept for later calls; None runs the backend already attached, else PyTorch.
+    Other shapes (a 2-D greyscale array) are a HoverNetError; colour is not judged here (the
+    file readers do: `hovernet.io.input_checks.colour_problem`). `inst_map`, `nuclei` are as
+    `hovernet.postprocess` returns them (with `type_probs` for a typed model); `pred_map` is
+    the stitched network output in the original's layout. The model runs on the device of its
+    parameters; `backend` ("auto", "torch", "onnxruntime": `infer.backends.use_backend`) is
+    attached to it for later calls (None: the one attached, else PyTorch).
 
     `input_mpp` (um/px of `image`) resamples it to `proc_mpp`, else `model.meta.mpp`, for the
-    network; all three results are mapped back to the image's pixels (`hovernet.infer.resample`).
-    `phases` (1, 2 or 4; None: 4 where the image is at least 1.5x finer than the network, else
-    1) runs the network on that many sub-pixel shifts of the image and averages the maps
-    (`resample.phase_offsets`, `merge_phase_maps`).
-    """
+    network; the results are in the image's pixels. Without it the image is taken to be at that
+    resolution, with a HoverNetWarning (none where neither is known). `phases` (1, 2 or 4;
+    None: 1) averages the maps of that many sub-pixel shifts of an image at least 1.5x finer
+    than the network (`resample.phase_offsets`)."""
     if backend is not None:
         use_backend(model, backend, precision)
     image = check_image(image, "image")
     scale = resample.resolution_scale(input_mpp, resample.model_mpp(model), proc_mpp)
+    map_mpp = proc_mpp or resample.model_mpp(model)  # the network maps' resolution
+    if input_mpp is None and map_mpp is not None:
+        whose = "the model's" if proc_mpp is None else "proc_mpp's"
+        said = f"image: no input_mpp given, so it is taken to be at {whose} {map_mpp:g} um/px"
+        warnings.warn(HoverNetWarning(f"{said}; pass input_mpp=... (0.25 for 40x)"), stacklevel=2)
     offsets = resample.phase_offsets(scale, phases)
     maps, prob = predict_phases(model, image, scale, offsets, batch_size, precision)
-    map_mpp = proc_mpp or resample.model_mpp(model)  # the network maps' resolution
     inst_map, nuclei = maps_to_nuclei(maps, model.nr_types, map_mpp, image.shape, prob)
     typed = maps.type_softmax is not None
     return inst_map, nuclei, resample.maps_to_input(maps.pred_map, image.shape, typed)

@@ -183,7 +183,7 @@ def instance_metrics(
             labels = crop_center(labels, (size, size))
             true = _relabel(labels[..., 0])
             pred, nuclei, _ = segment_image(
-                model, img, batch_size=batch, precision=precision, proc_mpp=mpp
+                model, img, batch_size=batch, precision=precision, input_mpp=mpp, proc_mpp=mpp
             )
             stats.append(instance_stats(true, pred))
             if typed and typed_model:
