@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# ONNX exports cached by the tests go to a folder of this run, not the user's ~/.cache
+_CACHE = tempfile.mkdtemp(prefix="hovernet-test-cache.")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("HOVERNET_CACHE", _CACHE)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HOVERNET_SHARED", REPO.parent / "shared"))

@@ -25,6 +25,7 @@ threads give the cores straight back to the post-processing worker processes.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 import weakref
 from collections.abc import Callable
@@ -35,7 +36,8 @@ import torch
 from hovernet.device import autocast_dtype, model_device
 from hovernet.errors import HoverNetError
 from hovernet.model.inference import logits_to_maps
-from hovernet.model.onnx_export import INPUT_NAME, output_names, timed_export
+from hovernet.model.onnx_cache import cached_export
+from hovernet.model.onnx_export import INPUT_NAME, output_names
 from hovernet.resources import available_cpus
 
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -51,7 +53,9 @@ def _fingerprint(model: torch.nn.Module) -> tuple:
 
 
 def _import_onnxruntime():
-    import onnx  # noqa: F401  (the exporter needs it)
+    # the exporter needs onnx; importing it costs ~1.4 s, so only check that it is there
+    if importlib.util.find_spec("onnx") is None:
+        raise ModuleNotFoundError("No module named 'onnx'")
     import onnxruntime
 
     return onnxruntime
@@ -68,7 +72,7 @@ class OnnxRuntimeBackend:
         self.threads = threads or available_cpus()
         self.input_name = INPUT_NAME
         self.outputs = output_names(model)
-        onnx_bytes, self.export_s = timed_export(model)
+        onnx_bytes, self.export_s, self.from_cache = cached_export(model)
         self.fingerprint = _fingerprint(model)
         start = time.perf_counter()
         self.session = self._session(onnx_bytes)  # the session keeps its own copy
@@ -87,9 +91,10 @@ class OnnxRuntimeBackend:
         return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
 
     def describe(self) -> str:
+        how = "read from the cache" if self.from_cache else "exported"
         return (
             f"ONNX Runtime {self.ort.__version__} (CPU, {self.threads} threads; "
-            f"exported in {self.export_s:.1f} s)"
+            f"{how} in {self.export_s:.1f} s)"
         )
 
     def run(self, patches: np.ndarray) -> np.ndarray:

@@ -23,7 +23,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -156,13 +155,6 @@ def export_onnx(model: nn.Module) -> bytes:
     if failure is not None:
         raise _export_failure(model, failure, layer, "".join(dump)) from failure
     return buf.getvalue()
-
-
-def timed_export(model: nn.Module) -> tuple[bytes, float]:
-    """(ONNX bytes, seconds the export took)."""
-    start = time.perf_counter()
-    data = export_onnx(model)
-    return data, time.perf_counter() - start
 
 
 def metadata_props(
