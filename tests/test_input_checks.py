@@ -125,10 +125,11 @@ def test_infer_tile_refuses_a_greyscale_tile(grey_png, tmp_path):
     assert not out.exists() or not any(out.rglob("*"))
 
 
-def test_infer_wsi_refuses_a_greyscale_slide(grey_png, tmp_path):
+@pytest.mark.parametrize("mpp", ["0.5", "auto"])  # auto: refused before the estimate runs
+def test_infer_wsi_refuses_a_greyscale_slide(grey_png, tmp_path, mpp):
     out = tmp_path / "out"
     code, _, err = run_cli(["infer", "wsi", "--input_dir", str(grey_png), "--output_dir",
-                            str(out), "--slide_mpp", "0.5"])  # fmt: skip
+                            str(out), "--slide_mpp", mpp])  # fmt: skip
     assert code == 2
     (line,) = error_lines(err)
     assert "grey.png: greyscale image" in line and "H&E" in line
