@@ -5,6 +5,7 @@ arrays of class ids; centroids are N x 2 [x, y]. See docs/metrics.md for definit
 values returned for empty inputs and the differences from other packages.
 """
 
+from hovernet.metrics.counts import CONIC_COUNT_CROP, class_counts, count_r2
 from hovernet.metrics.detection import (
     DEFAULT_RADIUS_PX,
     TYPE_F1_WEIGHTS,
@@ -25,27 +26,44 @@ from hovernet.metrics.instance import (
     pool_instance_stats,
 )
 from hovernet.metrics.multiclass import (
+    CONIC_CLASSES,
+    PANNUKE_CLASSES,
     PQCounts,
+    binarize_channels,
+    channels_to_maps,
+    class_channels,
     conic_pq_plus,
+    conic_summary,
     mpq,
     pannuke_folds,
+    pannuke_image,
     pannuke_pq,
+    pannuke_summary,
     per_class_pq,
     pq_counts,
 )
 from hovernet.metrics.overlap import Overlap, as_label_map, overlap
 
 __all__ = [
+    "CONIC_CLASSES",
+    "CONIC_COUNT_CROP",
     "DEFAULT_RADIUS_PX",
-    "TYPE_F1_WEIGHTS",
     "InstanceStats",
     "Overlap",
+    "PANNUKE_CLASSES",
     "PQCounts",
+    "TYPE_F1_WEIGHTS",
     "TypeStats",
     "aji",
     "aji_plus",
     "as_label_map",
+    "binarize_channels",
+    "channels_to_maps",
+    "class_channels",
+    "class_counts",
     "conic_pq_plus",
+    "conic_summary",
+    "count_r2",
     "detection_stats",
     "dice",
     "instance_centroids",
@@ -54,7 +72,9 @@ __all__ = [
     "overlap",
     "pair_coordinates",
     "pannuke_folds",
+    "pannuke_image",
     "pannuke_pq",
+    "pannuke_summary",
     "panoptic_quality",
     "per_class_pq",
     "pool_instance_stats",

@@ -1,11 +1,14 @@
 """Per-class panoptic quality and the two dataset protocols built on it.
 
 - `per_class_pq`: DQ/SQ/PQ of each nucleus class in one image; `mpq` averages it.
-- `pannuke_pq` / `pannuke_folds`: the PanNuke protocol (Gamper et al. 2020): per image, PQ of
-  each class whose truth is not empty, their mean (mPQ) and the class-agnostic PQ (bPQ);
-  then the mean per tissue type, then over tissue types; finally over the 3 folds.
+- `pannuke_pq` / `pannuke_folds`: the PanNuke protocol (Gamper et al. 2020, PanNuke-metrics'
+  run.py): per image, PQ of each class whose truth is not empty, their mean (mPQ) and the PQ
+  of all typed nuclei (bPQ); then the mean per tissue type, then over tissue types; finally
+  over the 3 folds. `pannuke_image` / `pannuke_summary` are its two steps, on per-class
+  stacks (H x W x C, PanNuke's masks.npy without the background channel).
 - `conic_pq_plus`: the CoNIC protocol (Graham et al. 2021): tp / fp / fn / summed IoU of each
-  class are summed over all images before dividing (PQ+ per class), mPQ+ = their mean.
+  class are summed over all images before dividing (PQ+ per class), mPQ+ = their mean;
+  `conic_summary` is the pooling step on per-image `per_class_pq` counts.
 
 Class maps are per-pixel type ids (0 = background), as the instance maps are per-pixel ids.
 The instances of class c are the pixels of class c of the instance map, so a predicted nucleus
@@ -22,6 +25,17 @@ import numpy as np
 from hovernet.errors import HoverNetError
 from hovernet.metrics.instance import pq_pairs
 from hovernet.metrics.overlap import as_label_map, overlap
+
+# class ids of the two datasets' label maps (PanNuke: mask channel k holds class k + 1)
+PANNUKE_CLASSES = {1: "neoplastic", 2: "inflammatory", 3: "connective", 4: "dead", 5: "epithelial"}
+CONIC_CLASSES = {
+    1: "neutrophil",
+    2: "epithelial",
+    3: "lymphocyte",
+    4: "plasma",
+    5: "eosinophil",
+    6: "connective",
+}
 
 
 @dataclass(frozen=True)
@@ -107,12 +121,90 @@ def _nanmean(values: Sequence[float]) -> float:
     return float(arr.mean()) if arr.size else float("nan")
 
 
-def _typed_instances(inst: np.ndarray, types: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
-    """Class-agnostic instance map of the typed nuclei: one instance per (id, class) piece, as
-    PanNuke's `binarize` of its per-class channels."""
-    keep = (inst > 0) & np.isin(types, class_ids)
-    n_types = int(types.max()) + 1 if types.size else 1
-    return np.where(keep, inst.astype(np.int64) * n_types + types, 0)
+def class_channels(inst: np.ndarray, types: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
+    """H x W x C stack of per-class instance maps (PanNuke's mask layout without its background
+    channel): channel k holds the instance ids of the pixels of class `class_ids[k]`."""
+    inst, types = _check_pair(inst, types, "class_channels")
+    return np.stack([np.where(types == c, inst, 0) for c in class_ids], axis=-1)
+
+
+def binarize_channels(channels: np.ndarray) -> np.ndarray:
+    """Class-agnostic instance map of a per-class stack: every (channel, id) piece is one
+    instance, a later channel on top where two overlap (PanNuke's `binarize`)."""
+    out = np.zeros(channels.shape[:2], np.int64)
+    offset = 0
+    for k in range(channels.shape[-1]):
+        ch = as_label_map(channels[..., k], f"channel {k}")
+        out = np.where(ch > 0, ch.astype(np.int64) + offset, out)
+        offset += int(ch.max()) if ch.size else 0
+    return out
+
+
+def channels_to_maps(
+    channels: np.ndarray, class_ids: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(instance map, type map) of a per-class stack: `binarize_channels` and the class of the
+    channel each pixel was taken from."""
+    inst = binarize_channels(channels)
+    types = np.zeros(inst.shape, np.int64)
+    for k, c in enumerate(class_ids):
+        types = np.where(np.asarray(channels[..., k]) > 0, int(c), types)
+    return inst, np.where(inst > 0, types, 0)
+
+
+def pannuke_image(
+    true_channels: np.ndarray, pred_channels: np.ndarray, match_iou: float = 0.5
+) -> tuple[list[float], float]:
+    """PanNuke's values of one image from two per-class stacks (H x W x C): the PQ of each
+    class (NaN where the true channel is empty, even if the prediction has nuclei there) and
+    bPQ, the PQ of the binarized stacks (NaN when the truth has no nucleus)."""
+    if true_channels.shape != pred_channels.shape or true_channels.ndim != 3:
+        raise HoverNetError(
+            f"pannuke_image: true {true_channels.shape} and pred {pred_channels.shape} must be "
+            "H x W x C stacks of the same shape"
+        )
+    values = []
+    for k in range(true_channels.shape[-1]):
+        t = as_label_map(true_channels[..., k], f"true channel {k}")
+        p = as_label_map(pred_channels[..., k], f"pred channel {k}")
+        cnt = pq_counts(t, p, match_iou)
+        values.append(cnt.dq_sq_pq()[2] if cnt.tp + cnt.fn > 0 else float("nan"))
+    binary = pq_counts(
+        binarize_channels(true_channels), binarize_channels(pred_channels), match_iou
+    )
+    bpq = binary.dq_sq_pq()[2] if binary.tp + binary.fn > 0 else float("nan")
+    return values, bpq
+
+
+def pannuke_summary(
+    class_pq: Sequence[Sequence[float]],
+    bpq: Sequence[float],
+    tissues: Sequence[str],
+    class_ids: Sequence[int],
+) -> dict:
+    """PanNuke's summary of per-image values (`pannuke_image`): image mPQ = NaN-mean of its
+    classes; per tissue the NaN-mean of its images' mPQ and bPQ; mPQ / bPQ = NaN-mean over the
+    tissues (PanNuke's run.py); per class the NaN-mean over images."""
+    n = len(class_pq)
+    if not (len(bpq) == len(tissues) == n):
+        raise HoverNetError("pannuke_summary: give one value list, bPQ and tissue per image")
+    img_mpq = [_nanmean(v) for v in class_pq]
+    per_tissue = {}
+    for tissue in sorted(set(tissues)):
+        idx = [i for i, t in enumerate(tissues) if t == tissue]
+        per_tissue[tissue] = {
+            "mpq": _nanmean([img_mpq[i] for i in idx]),
+            "bpq": _nanmean([bpq[i] for i in idx]),
+            "n_images": len(idx),
+        }
+    per_class = {int(c): _nanmean([v[k] for v in class_pq]) for k, c in enumerate(class_ids)}
+    return {
+        "mpq": _nanmean([v["mpq"] for v in per_tissue.values()]),
+        "bpq": _nanmean([v["bpq"] for v in per_tissue.values()]),
+        "per_tissue": per_tissue,
+        "per_class": per_class,
+        "image_mpq": img_mpq,
+    }
 
 
 def pannuke_pq(
@@ -128,43 +220,26 @@ def pannuke_pq(
 
     Per image, a class (or, for bPQ, the whole image) with empty truth is skipped (NaN), even
     if the prediction has nuclei there; mPQ of the image = mean over the remaining classes.
-    Returns {"mpq", "bpq", "per_tissue": {tissue: {"mpq", "bpq"}}, "per_class": {class: PQ
-    averaged over the images where the class is present}}.
+    Returns {"mpq", "bpq", "per_tissue": {tissue: {"mpq", "bpq", "n_images"}}, "per_class":
+    {class: PQ averaged over the images where the class is present}}; mPQ and bPQ are the
+    NaN-means over tissues (a tissue without a valid image is skipped, as PanNuke's run.py).
     """
     n = len(true_inst)
     if not (len(true_type) == len(pred_inst) == len(pred_type) == len(tissues) == n):
         raise HoverNetError("pannuke_pq: give one instance map, type map and tissue per image")
     class_ids = [int(c) for c in class_ids]
-    img_mpq, img_bpq = [], []
-    class_pq: dict[int, list[float]] = {c: [] for c in class_ids}
+    class_pq, bpq = [], []
     for i in range(n):
         ti, tt = _check_pair(true_inst[i], true_type[i], f"true image {i}")
         pi, pt = _check_pair(pred_inst[i], pred_type[i], f"pred image {i}")
-        counts = per_class_pq(ti, tt, pi, pt, class_ids, match_iou)
-        values = []
-        for c, cnt in counts.items():
-            value = cnt.dq_sq_pq()[2] if cnt.tp + cnt.fn > 0 else float("nan")
-            class_pq[c].append(value)
-            values.append(value)
-        img_mpq.append(_nanmean(values))
-        binary = pq_counts(
-            _typed_instances(ti, tt, class_ids), _typed_instances(pi, pt, class_ids), match_iou
+        values, b = pannuke_image(
+            class_channels(ti, tt, class_ids), class_channels(pi, pt, class_ids), match_iou
         )
-        img_bpq.append(binary.dq_sq_pq()[2] if binary.tp + binary.fn > 0 else float("nan"))
-    per_tissue = {}
-    for tissue in sorted(set(tissues)):
-        idx = [i for i, t in enumerate(tissues) if t == tissue]
-        per_tissue[tissue] = {
-            "mpq": _nanmean([img_mpq[i] for i in idx]),
-            "bpq": _nanmean([img_bpq[i] for i in idx]),
-        }
-    # PanNuke takes a plain mean over tissues: a tissue without any valid image gives NaN
-    return {
-        "mpq": float(np.mean([v["mpq"] for v in per_tissue.values()])) if per_tissue else np.nan,
-        "bpq": float(np.mean([v["bpq"] for v in per_tissue.values()])) if per_tissue else np.nan,
-        "per_tissue": per_tissue,
-        "per_class": {c: _nanmean(v) for c, v in class_pq.items()},
-    }
+        class_pq.append(values)
+        bpq.append(b)
+    out = pannuke_summary(class_pq, bpq, tissues, class_ids)
+    del out["image_mpq"]
+    return out
 
 
 def pannuke_folds(fold_results: Sequence[dict]) -> dict[str, float]:
@@ -195,13 +270,20 @@ def conic_pq_plus(
     n = len(true_inst)
     if not (len(true_type) == len(pred_inst) == len(pred_type) == n):
         raise HoverNetError("conic_pq_plus: give one instance map and type map per image")
+    per_image = [
+        per_class_pq(true_inst[i], true_type[i], pred_inst[i], pred_type[i], class_ids, match_iou)
+        for i in range(n)
+    ]
+    return conic_summary(per_image, class_ids)
+
+
+def conic_summary(per_image: Sequence[dict[int, PQCounts]], class_ids: Sequence[int]) -> dict:
+    """CoNIC's mPQ+ from per-image `per_class_pq` counts: each class's counts summed over all
+    images, then DQ / SQ / PQ+ with CoNIC's epsilons; mPQ+ = mean over `class_ids`."""
     totals = {int(c): PQCounts() for c in class_ids}
-    for i in range(n):
-        counts = per_class_pq(
-            true_inst[i], true_type[i], pred_inst[i], pred_type[i], class_ids, match_iou
-        )
-        for c, cnt in counts.items():
-            totals[c] = totals[c] + cnt
+    for counts in per_image:
+        for c in totals:
+            totals[c] = totals[c] + counts.get(c, PQCounts())
     per_class = {}
     for c, cnt in totals.items():
         dq, sq, pq = cnt.dq_sq_pq(eps=1.0e-6)
