@@ -12,6 +12,9 @@ Supported files (one per image, matched across folders by name):
 
 The file name without suffix is the image name; a trailing `_inst` is dropped. When several
 files give the same name, the first suffix in LABEL_SUFFIXES wins.
+
+`read_instance_map` (instance mode), `read_centroids` (type mode) and `read_typed_map` (the
+per-class modes: instance map and per-pixel type map) read one image.
 """
 
 from __future__ import annotations
@@ -90,12 +93,14 @@ def _load_mat(path: Path) -> dict:
         raise HoverNetError(f"{path}: cannot read this .mat file ({exc})") from exc
 
 
-def _mat_key(data: dict, key: str, path: Path, mode: str) -> np.ndarray:
+def _mat_key(
+    data: dict, key: str, path: Path, mode: str, needs: str = "inst_map / inst_centroid / inst_type"
+) -> np.ndarray:
     if key not in data:
         keys = sorted(k for k in data if not k.startswith("__"))
         raise HoverNetError(
             f"{path}: no '{key}' in this .mat file (keys: {keys}); {mode} mode needs the "
-            "original's keys inst_map / inst_centroid / inst_type"
+            f"original's keys {needs}"
         )
     return np.asarray(data[key])
 
@@ -150,6 +155,12 @@ def _split_channels(arr: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray
     """H x W -> (inst, None); H x W x 1 -> (inst, None); H x W x 2 -> (inst, type)."""
     if arr.ndim == 3 and arr.shape[2] in (1, 2):
         return arr[..., 0], (arr[..., 1] if arr.shape[2] == 2 else None)
+    if arr.ndim == 4:
+        raise HoverNetError(
+            f"{path}: an array of {arr.shape[0]} images ({arr.shape}) is a dataset, not one "
+            "image; score PanNuke masks.npy (N x H x W x 6) with --mode pannuke and CoNIC "
+            "labels.npy (N x H x W x 2) with --mode conic, giving its folder"
+        )
     if arr.ndim != 2:
         raise HoverNetError(
             f"{path}: expected an H x W instance map (or H x W x 2 = instance, type), "
@@ -208,23 +219,86 @@ def read_centroids(file: LabelFile | str | Path) -> tuple[np.ndarray, np.ndarray
         xy = np.array([n["centroid"] for _, n in nuclei], dtype=np.float64).reshape(-1, 2)
         types = np.array([n.get("type") or 0 for _, n in nuclei], dtype=np.int64)
         return xy, types
+    inst, type_map = _map_files_with_types(file, "type mode", "inst_centroid/inst_type")
+    _, xy, types = instance_centroids(inst, type_map)
+    return xy, types
+
+
+def _map_files_with_types(file: LabelFile, mode: str, mat_keys: str) -> tuple[np.ndarray, ...]:
+    """(instance map, type map) of a .npy / .tif / .png image (H x W x 2, or a _type file)."""
+    path = file.path
     inst, type_map = _split_channels(read_label_array(path), path)
     if file.type_path is not None:
         type_map, _ = _split_channels(read_label_array(file.type_path), file.type_path)
     if type_map is None:
         raise HoverNetError(
-            f"{path}: type mode needs nucleus types; give a .mat with inst_centroid/inst_type, "
+            f"{path}: {mode} needs nucleus types; give a .mat with {mat_keys}, "
             f"a JSON output, an H x W x 2 .npy or a {file.name}_type.tif beside it"
         )
     inst = as_label_map(inst, str(path))
     type_map = as_label_map(type_map, str(file.type_path or path))
+    _same_shape(type_map, inst, file.type_path or path)
+    return inst, type_map
+
+
+def _same_shape(type_map: np.ndarray, inst: np.ndarray, path: Path) -> None:
     if type_map.shape != inst.shape:
         raise HoverNetError(
-            f"{file.type_path or path}: type map {type_map.shape} and instance map "
-            f"{inst.shape} differ in shape"
+            f"{path}: type map {type_map.shape} and instance map {inst.shape} differ in shape"
         )
-    _, xy, types = instance_centroids(inst, type_map)
-    return xy, types
+
+
+def _types_per_pixel(inst: np.ndarray, ids, types, path: Path) -> np.ndarray:
+    """Per-pixel type map from one type per nucleus id (ids absent from the list: type 0)."""
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    types = _integer_types(np.asarray(types).reshape(-1), path)
+    if len(ids) != len(types):
+        raise HoverNetError(f"{path}: {len(types)} nucleus types for {len(ids)} nucleus ids")
+    if ids.size and ids.min() < 0:
+        raise HoverNetError(f"{path}: nucleus ids must be >= 0")
+    top = max(int(inst.max()) if inst.size else 0, int(ids.max()) if ids.size else 0)
+    lut = np.zeros(top + 1, np.int64)
+    lut[ids] = types
+    return np.where(inst > 0, lut[inst], 0)
+
+
+def read_typed_map(
+    file: LabelFile | str | Path, shape: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(instance map, per-pixel type map) of one image for the per-class modes (pannuke,
+    conic). A `.mat` gives its `type_map`, else `inst_type` per id of `inst_uid` (without
+    `inst_uid`: row k is id k + 1, the original's labels); a `.json` fills the contours
+    (needs `shape`) with each nucleus' `type`."""
+    if not isinstance(file, LabelFile):
+        file = LabelFile(Path(file).stem, Path(file))
+    path = file.path
+    suffix = path.suffix.lower()
+    mode, needs = "pannuke / conic", "inst_map and type_map (or inst_type [+ inst_uid])"
+    if suffix == ".json":
+        data = _load_json(path)
+        inst = read_instance_map(file, shape)
+        nuclei = _nuclei_in_order(data)
+        types = [n.get("type") or 0 for _, n in nuclei]
+        return inst, _types_per_pixel(inst, [k for k, _ in nuclei], types, path)
+    if suffix != ".mat":
+        return _map_files_with_types(file, f"{mode} mode", needs)
+    data = _load_mat(path)
+    inst = as_label_map(_mat_key(data, "inst_map", path, mode, needs), str(path))
+    if "type_map" in data:
+        type_map = as_label_map(np.asarray(data["type_map"]), f"{path} type_map")
+        _same_shape(type_map, inst, path)
+        return inst, type_map
+    types = _mat_key(data, "inst_type", path, mode, needs).reshape(-1)
+    if "inst_uid" in data:
+        ids = np.asarray(data["inst_uid"]).reshape(-1)
+    else:
+        ids = np.arange(1, len(types) + 1)
+        if inst.size and inst.max() > len(types):
+            raise HoverNetError(
+                f"{path}: inst_map has id {inst.max()} but inst_type has {len(types)} rows and "
+                "there is no inst_uid to say which id each row is; add inst_uid or type_map"
+            )
+    return inst, _types_per_pixel(inst, ids, types, path)
 
 
 def _integer_types(types: np.ndarray, path: Path) -> np.ndarray:

@@ -10,7 +10,9 @@
   exactly when the slide was processed at its own resolution), type mode takes the centroids
   and types of `<slide>.csv`. The slide's other files (`.json` in the store's pixels, overlay,
   thumbnail, mask, summary, label maps, store) are not images of their own and are left out.
-  `<slide>.summary.json`, when present, gives the level-0 size the truth must have.
+  `<slide>.summary.json`, when present, gives the level-0 size the truth must have. The
+  per-class modes give the slide's nucleus k (its k-th GeoJSON outline) the type of row k of
+  `<slide>.csv` (both are written in nucleus order).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from hovernet.io.labels import (
     label_files_in,
     read_centroids,
     read_instance_map,
+    read_typed_map,
 )
 from hovernet.io.slide_exports import EXPORTS, output_paths
 
@@ -107,6 +110,10 @@ def read_prediction_map(file, shape: tuple[int, int]) -> np.ndarray:
     """The predicted instance map of one image on a canvas of the truth's `shape`."""
     if not isinstance(file, SlideOutput):
         return read_instance_map(file, shape=shape)
+    return _slide_labels(file, shape).read_rows(0, shape[0]).astype(np.int32)
+
+
+def _slide_labels(file: SlideOutput, shape: tuple[int, int]):
     if file.size is not None and tuple(shape) != file.size:
         h, w = file.size
         raise HoverNetError(
@@ -117,8 +124,24 @@ def read_prediction_map(file, shape: tuple[int, int]) -> np.ndarray:
     path = file.path
     if not path.is_file():
         raise HoverNetError(f"{path}: no such file; rerun `hovernet infer wsi` on the slide")
-    labels = read_qupath_geojson(path, tuple(shape))
-    return labels.read_rows(0, shape[0]).astype(np.int32)
+    return read_qupath_geojson(path, tuple(shape))
+
+
+def read_prediction_typed(file, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(instance map, per-pixel type map) of one image on a canvas of the truth's `shape`; a
+    slide's nucleus k (its k-th GeoJSON outline) takes the type of row k of its CSV."""
+    if not isinstance(file, SlideOutput):
+        return read_typed_map(file, shape=shape)
+    labels = _slide_labels(file, shape)
+    _, types = read_prediction_centroids(file)
+    if labels.n_instances != len(types):
+        raise HoverNetError(
+            f"{file.path} has {labels.n_instances} outlines but {file.csv} {len(types)} rows; "
+            "both must come from the same run (rerun `hovernet infer wsi` on the slide)"
+        )
+    inst = labels.read_rows(0, shape[0]).astype(np.int64)
+    lut = np.concatenate([[0], types]).astype(np.int64)
+    return inst, lut[inst]
 
 
 def read_prediction_centroids(file) -> tuple[np.ndarray, np.ndarray]:
