@@ -2,8 +2,9 @@
 
 Instance mode: Dice, AJI, AJI+, DQ, SQ, PQ per image, their mean over images (the original's
 summary) and pooled values. Type mode: detection F1, type accuracy and per-type F1 pooled over
-images (the original's numbers), plus per-image detection values. Results are printed and,
-with --out result.json, written as JSON and CSV (result.csv beside it).
+images (the original's numbers), plus per-image detection values. Pannuke and conic modes: the
+two datasets' per-class protocols (hovernet/cli/stats_classes.py), also on their .npy arrays.
+Results are printed and, with --out result.json, written as JSON and CSV (result.csv beside it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from hovernet.errors import HoverNetError
 INSTANCE_KEYS = ("dice", "aji", "aji_plus", "dq", "sq", "pq")
 INSTANCE_COUNTS = ("n_true", "n_pred", "tp", "fp", "fn")
 TYPE_IMAGE_KEYS = ("f1_d", "precision_d", "recall_d", "acc")
+MODES = ("instance", "type", "pannuke", "conic")
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,15 @@ class StatsConfig:
     match_iou: float = 0.5
     type_ids: tuple[int, ...] | None = None
     allow_unmatched: bool = False
+    count_crop: int = 224  # conic mode: side of the central square nuclei are counted in
 
     def __post_init__(self) -> None:
-        if self.mode not in ("instance", "type"):
-            raise HoverNetError(f"--mode must be 'instance' or 'type', got '{self.mode}'")
+        if self.mode not in MODES:
+            raise HoverNetError(f"--mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        if self.count_crop < 0:
+            raise HoverNetError(
+                f"--count-crop must be >= 0 (0: whole image), got {self.count_crop}"
+            )
         if self.out is not None and self.out.suffix.lower() != ".json":
             raise HoverNetError(
                 f"--out {self.out}: give a .json path; the CSV is written beside it"
@@ -55,9 +62,14 @@ def match_files(cfg: StatsConfig) -> tuple[list[tuple[str, object, object]], dic
     from hovernet.io.labels import list_label_files
     from hovernet.io.prediction_files import list_predictions, prediction_folder
 
-    pred_dir = prediction_folder(cfg.pred_dir)
-    preds = list_predictions(pred_dir, "--pred_dir")
-    trues = list_label_files(cfg.true_dir, "--true_dir")
+    if cfg.mode in ("pannuke", "conic"):
+        from hovernet.cli.stats_classes import open_sides
+
+        preds, trues, pred_dir = open_sides(cfg.pred_dir, cfg.true_dir)
+    else:
+        pred_dir = prediction_folder(cfg.pred_dir)
+        preds = list_predictions(pred_dir, "--pred_dir")
+        trues = list_label_files(cfg.true_dir, "--true_dir")
     names = sorted(set(preds) & set(trues))
     unmatched = {
         "pred_only": sorted(set(preds) - set(trues)),
@@ -67,7 +79,8 @@ def match_files(cfg: StatsConfig) -> tuple[list[tuple[str, object, object]], dic
         raise HoverNetError(
             f"no image name is in both --pred_dir {pred_dir} ({len(preds)} files, e.g. "
             f"{sorted(preds)[:3]}) and --true_dir {cfg.true_dir} ({len(trues)} files, e.g. "
-            f"{sorted(trues)[:3]}); files are matched by name without suffix (and '_inst')"
+            f"{sorted(trues)[:3]}); files are matched by name without suffix (and '_inst'), "
+            "images of a PanNuke / CoNIC array by index"
         )
     if unmatched["pred_only"] and not cfg.allow_unmatched:
         raise HoverNetError(
@@ -148,11 +161,17 @@ def run_type(cfg: StatsConfig, pairs: list, progress=None) -> dict:
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return "-"
     return f"{value:.5f}" if isinstance(value, float) else str(value)
 
 
 def table_rows(result: dict) -> tuple[list[str], list[list]]:
     """Header and rows (per image, then summary rows) shared by the printout and the CSV."""
+    if result["mode"] in ("pannuke", "conic"):
+        from hovernet.cli.stats_classes import table_rows as class_rows
+
+        return class_rows(result)
     if result["mode"] == "instance":
         header = ["image", *INSTANCE_KEYS, *INSTANCE_COUNTS]
         rows = [[n, *(v[k] for k in header[1:])] for n, v in result["per_image"].items()]
@@ -193,7 +212,8 @@ def table_rows(result: dict) -> tuple[list[str], list[list]]:
     return header, rows
 
 
-def format_table(header: list[str], rows: list[list]) -> str:
+def format_table(header: list[str], rows: list[list], n_summary: int = 2) -> str:
+    """Aligned columns; a rule under the header and above the last `n_summary` rows."""
     cells = [header] + [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
@@ -203,8 +223,15 @@ def format_table(header: list[str], rows: list[list]) -> str:
         ]
         lines.append("  ".join(padded))
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.insert(len(lines) - 2, lines[1])
+    if n_summary:
+        lines.insert(len(lines) - n_summary, lines[1])
     return "\n".join(lines)
+
+
+def _csv_cell(value):
+    if value is None:
+        return ""  # a value PanNuke skips (class absent from the truth)
+    return f"{value:.10g}" if isinstance(value, float) else value
 
 
 def write_results(result: dict, out: Path) -> Path:
@@ -215,12 +242,20 @@ def write_results(result: dict, out: Path) -> Path:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows([[f"{c:.10g}" if isinstance(c, float) else c for c in r] for r in rows])
+    writer.writerows([[_csv_cell(c) for c in r] for r in rows])
     csv_path = out.with_suffix(".csv")
     with atomic_path(out) as tmp_json, atomic_path(csv_path) as tmp_csv:
         tmp_csv.write_text(buf.getvalue(), encoding="utf-8")
         tmp_json.write_text(json.dumps(result, indent=2, allow_nan=False), encoding="utf-8")
     return csv_path
+
+
+def _runner(mode: str):
+    if mode in ("pannuke", "conic"):
+        from hovernet.cli.stats_classes import run_conic, run_pannuke
+
+        return run_pannuke if mode == "pannuke" else run_conic
+    return run_instance if mode == "instance" else run_type
 
 
 def run_stats(cfg: StatsConfig, quiet: bool = True) -> dict:
@@ -234,8 +269,7 @@ def run_stats(cfg: StatsConfig, quiet: bool = True) -> dict:
         check_writable_file(cfg.out, "result file (--out)")
     pairs, unmatched, pred_dir = match_files(cfg)
     with Progress(len(pairs), "stats", unit="images", quiet=quiet) as bar:
-        run = run_instance if cfg.mode == "instance" else run_type
-        result = run(cfg, pairs, bar)
+        result = _runner(cfg.mode)(cfg, pairs, bar)
     result["pred_dir"] = str(pred_dir)
     result["unmatched"] = unmatched
     result["n_images"] = len(pairs)
@@ -249,13 +283,22 @@ def register(app: typer.Typer) -> None:
             ...,
             "--pred-dir",
             "--pred_dir",
-            help="Predictions: an output folder of `hovernet infer` (tile or slide mode) or a "
-            "folder of .mat/.npy/.tif/.json files.",
+            help="Predictions: an output folder of `hovernet infer` (tile or slide mode), a "
+            "folder of .mat/.npy/.tif/.json files, or (pannuke/conic) a PanNuke masks.npy / "
+            "CoNIC labels.npy or its folder.",
         ),
         true_dir: Path = typer.Option(
-            ..., "--true-dir", "--true_dir", help="Folder of ground truth, matched by name."
+            ...,
+            "--true-dir",
+            "--true_dir",
+            help="Folder of ground truth, matched by name (pannuke/conic: or a PanNuke / CoNIC "
+            "array or its folder, images matched by index).",
         ),
-        mode: str = typer.Option("instance", "--mode", help="'instance' or 'type'."),
+        mode: str = typer.Option(
+            "instance",
+            "--mode",
+            help="'instance', 'type', 'pannuke' (mPQ/bPQ) or 'conic' (mPQ+, count R2).",
+        ),
         out: Path | None = typer.Option(
             None, "--out", help="Write the results as JSON here and as CSV beside it."
         ),
@@ -266,15 +309,27 @@ def register(app: typer.Typer) -> None:
             None, "--mpp", help="Microns per pixel of the images: makes --radius microns."
         ),
         match_iou: float = typer.Option(
-            0.5, "--match-iou", "--match_iou", help="Instance mode: PQ pairing IoU threshold."
+            0.5,
+            "--match-iou",
+            "--match_iou",
+            help="Instance, pannuke, conic modes: PQ pairing IoU threshold.",
         ),
         type_ids: str | None = typer.Option(
-            None, "--type-ids", "--type_ids", help="Type mode: ids to score, e.g. '1,2,3,4'."
+            None,
+            "--type-ids",
+            "--type_ids",
+            help="Type, pannuke, conic modes: class ids to score, e.g. '1,2,3,4'.",
         ),
         allow_unmatched: bool = typer.Option(
             False,
             "--allow-unmatched",
             help="Score matched images even if some predictions have no truth (they are listed).",
+        ),
+        count_crop: int = typer.Option(
+            224,
+            "--count-crop",
+            help="Conic mode: count nuclei touching the central square of this side (px; 0: "
+            "whole image).",
         ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
@@ -288,7 +343,16 @@ def register(app: typer.Typer) -> None:
                     f"--type-ids must be integers like 1,2,3, got {type_ids}"
                 ) from exc
         cfg = StatsConfig(
-            Path(pred_dir), Path(true_dir), mode, out, radius, mpp, match_iou, ids, allow_unmatched
+            Path(pred_dir),
+            Path(true_dir),
+            mode,
+            out,
+            radius,
+            mpp,
+            match_iou,
+            ids,
+            allow_unmatched,
+            count_crop,
         )
         result = run_stats(cfg, quiet=quiet)
         if Path(result["pred_dir"]) != cfg.pred_dir:
@@ -300,7 +364,14 @@ def register(app: typer.Typer) -> None:
                     f"warning: {len(names)} image(s) with {where}, not scored: {names[:10]}",
                     file=sys.stderr,
                 )
-        print(format_table(*table_rows(result)))
+        if cfg.mode in ("pannuke", "conic"):
+            from hovernet.cli.stats_classes import summary_tables
+
+            tables, line = summary_tables(result)
+            print("\n\n".join(format_table(*table, n_summary=0) for table in tables))
+            print(line)
+        else:
+            print(format_table(*table_rows(result)))
         if cfg.mode == "type":
             f1t = "  ".join(f"f1_type[{k}]={v:.5f}" for k, v in result["f1_type"].items())
             print(
