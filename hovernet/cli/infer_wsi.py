@@ -79,6 +79,13 @@ def register_wsi(infer_app: typer.Typer) -> None:
             "--save-label-map",
             help="Instance and type maps as tiled pyramidal TIFFs.",
         ),
+        density_grid_um: float = typer.Option(
+            100.0,
+            "--density_grid_um",
+            "--density-grid-um",
+            help="Cell side (um) of the per-class density maps <slide>.density.tif/.png "
+            "(nuclei per mm^2 of tissue); 0: none.",
+        ),
         shard: str | None = typer.Option(
             None,
             "--shard",
@@ -151,6 +158,7 @@ def register_wsi(infer_app: typer.Typer) -> None:
                 save_mask=save_mask,
                 save_thumb=save_thumb,
                 save_label_map=save_label_map,
+                density_grid_um=density_grid_um,
                 region_size=region_size,
                 overwrite=overwrite,
                 quiet=quiet,

@@ -43,6 +43,7 @@ from hovernet.infer.slide_setup import (
     make_frame,
     no_tissue_warning,
     plan_slide,
+    processed_mask,
     processed_tissue_mm2,
     resolve_auto_mpp,
     run_key,
@@ -318,6 +319,9 @@ def run_slide(
                     save_mask=config.save_mask,
                     save_thumb=config.save_thumb,
                     save_label_map=config.save_label_map,
+                    mask_mpp=mask_mpp,
+                    density_grid_um=config.density_grid_um,
+                    density_mask=processed_mask(plan, mask, mask_mpp, frame.mpp, tissue_idx),
                 )
                 summary = export_slide(store, paths, spec, log)
                 wall = time.perf_counter() - start

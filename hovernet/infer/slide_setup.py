@@ -168,6 +168,14 @@ def processed_tissue_mm2(
     """Tissue area (mm^2) that the processed regions cover: mask pixels whose centre lies in a
     processed region's core. Every region the mask touches is processed by default, and then
     this is the whole mask's area."""
+    covered = processed_mask(plan, mask, mask_mpp, frame_mpp, indices)
+    return tissue.tissue_area_mm2(covered, mask_mpp)
+
+
+def processed_mask(
+    plan: RegionPlan, mask: np.ndarray, mask_mpp: float, frame_mpp: float, indices: list[int]
+) -> np.ndarray:
+    """The tissue mask where processed regions cover it (see `processed_tissue_mm2`)."""
     scale = mask_mpp / frame_mpp  # frame pixels per mask pixel
     h, w = mask.shape
     covered = np.zeros((h, w), bool)
@@ -177,11 +185,13 @@ def processed_tissue_mm2(
         r0, r1 = math.ceil(y0 / scale - 0.5), math.ceil(y1 / scale - 0.5)
         c0, c1 = math.ceil(x0 / scale - 0.5), math.ceil(x1 / scale - 0.5)
         covered[max(0, r0) : max(0, r1), max(0, c0) : max(0, c1)] = True
-    return tissue.tissue_area_mm2(mask & covered, mask_mpp)
+    return mask & covered
 
 
 # ----------------------------------------------------------------------------------------------
 # the run and its identity
+
+MIN_DENSITY_GRID_UM = 10.0  # a density cell holds a few nuclei at least
 
 
 @dataclass(frozen=True)
@@ -213,9 +223,15 @@ class SlideConfig:
     model_id: str = ""  # the checkpoint's content hash: a finished slide counts for it only
     quiet: bool = False
     phases: int | None = None  # sub-pixel phases (1, 2, 4); None = 1
+    density_grid_um: float = 100.0  # density maps' cell side in microns; 0: none
 
     def __post_init__(self) -> None:
         check_phases(self.phases)
+        if self.density_grid_um and not self.density_grid_um >= MIN_DENSITY_GRID_UM:
+            raise HoverNetError(
+                f"--density_grid_um {self.density_grid_um:g}: give a cell side of at least "
+                f"{MIN_DENSITY_GRID_UM:g} um (e.g. 100), or 0 for no density maps"
+            )
         if isinstance(self.slide_mpp, str) and self.slide_mpp != "auto":
             raise HoverNetError(
                 f"--slide_mpp {self.slide_mpp!r}: give microns per pixel (e.g. 0.25) or auto"

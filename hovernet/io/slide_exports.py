@@ -15,6 +15,7 @@ complete.
 | `<slide>.csv` | level-0 pixels; area in level-0 px^2, perimeter in level-0 px |
 | `<slide>.json` | the original's schema (`mag`, `nuc`) in the store's pixels (see below), `mag` |
 | `<slide>.overlay.png` | the thumbnail with nuclei in type colours and a legend |
+| `<slide>.density.tif`, `.png` | nuclei/mm^2 per class on a grid (`hovernet.io.density_files`) |
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from hovernet.io.atomic import atomic_path, write_text_atomic
+from hovernet.io.density_files import density_sinks
 from hovernet.io.names import output_stem
 from hovernet.io.store import NucleusStore
 from hovernet.io.type_info import TypeInfo
@@ -68,12 +70,14 @@ def output_paths(output_dir: Path, name: str) -> dict[str, Path]:
     paths["thumb"] = output_dir / f"{name}.thumb.png"
     paths["instances"] = output_dir / f"{name}.instances.tif"
     paths["types"] = output_dir / f"{name}.types.tif"
+    paths["density"] = output_dir / f"{name}.density.tif"  # hovernet.io.density_files
+    paths["density_png"] = output_dir / f"{name}.density.png"
     return paths
 
 
 def remove_outputs(paths: Mapping[str, Path]) -> None:
     """Delete a slide's store (with its SQLite side files) and every export (--overwrite)."""
-    for key in ("store", *EXPORTS, "mask", "thumb", "instances", "types"):
+    for key in ("store", *EXPORTS, "mask", "thumb", "instances", "types", "density", "density_png"):
         paths[key].unlink(missing_ok=True)
     for extra in ("-wal", "-shm"):
         Path(f"{paths['store']}{extra}").unlink(missing_ok=True)
@@ -96,6 +100,9 @@ class ExportSpec:
     save_mask: bool = False
     save_thumb: bool = False
     save_label_map: bool = False
+    mask_mpp: float = 0.0  # um per pixel of `mask`
+    density_grid_um: float = 0.0  # density maps' cell side (hovernet.io.density_files); 0: none
+    density_mask: np.ndarray | None = None  # the tissue whose nuclei were sought; None: mask
 
 
 def export_slide(
@@ -116,6 +123,7 @@ def export_slide(
         _csv_sink(paths["csv"], store, info),
         _json_sink(paths["json"], spec.mag),
         _overlay_sink(paths["overlay"], spec.thumb, spec.thumb_mpp / spec.frame_mpp, info),
+        *density_sinks(paths, spec, store.meta.get("nr_types")),
     )
     if spec.save_mask:
         write_png(paths["mask"], spec.mask)
