@@ -8,7 +8,9 @@ Intel Sapphire Rapids and later; or AVX-512 BF16, `avx512_bf16`, e.g. AMD Zen 4)
 run time: PyTorch's bf16 autocast with channels-last ran the bundled `lite` net 3.6x faster
 than fp32 and 2.5x faster than ONNX Runtime fp32 with AMX (0.104 / 0.377 / 0.258 s per batch
 of 8), and here, on a 2-core AMD EPYC with avx512_bf16, 1.9x and 1.6x (0.12 / 0.24 / 0.19 s;
-benchmarks/bench_network.py). Elsewhere bf16 is emulated and slow: fp32 through ONNX Runtime.
+benchmarks/bench_network.py). Elsewhere bf16 is emulated and slow, so "auto" is fp32 there
+(run by PyTorch, which was as fast as ONNX Runtime fp32 end to end: `hovernet.infer.backends`).
+Only these two CPU features count: AVX-512 alone, or AVX2, do not make bf16 fast.
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ def test_export_onnx_command_writes_metadata_and_a_dynamic_batch_model(tmp_path)
 def test_lite_through_onnxruntime_matches_torch(nr_types):
     torch.manual_seed(2)
     model = prepare_for_inference(build_model("lite", nr_types).eval())
-    assert use_backend(model, "auto", "fp32", log=pytest.fail) == "onnxruntime"
+    assert use_backend(model, "onnxruntime", "fp32", log=pytest.fail) == "onnxruntime"
     windows = np.random.default_rng(0).integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
     got = backend_of(model).run(windows)  # batch 3 through a graph traced at batch 1
     with torch.inference_mode():
@@ -186,7 +186,7 @@ def test_broken_onnxruntime_falls_back_to_torch_with_one_line(monkeypatch):
     monkeypatch.setattr(backends, "_import_onnxruntime", broken)
     lines: list[str] = []
     model = DarkBlobNet()
-    assert use_backend(model, "auto", "fp32", log=lines.append) == "torch"
+    assert use_backend(model, "onnxruntime", "fp32", log=lines.append) == "torch"
     assert backend_of(model) is None
     assert len(lines) == 1
     assert "onnxruntime is not usable" in lines[0] and "PyTorch" in lines[0]
@@ -229,7 +229,7 @@ def test_export_failure_names_the_layer_and_does_not_fall_back():
     model.forward = patched
     lines: list[str] = []
     with pytest.raises(HoverNetError, match=r"in layer 'odd\.1'.*linalg_svd.*--backend torch"):
-        use_backend(model, "auto", "fp32", log=lines.append)
+        use_backend(model, "onnxruntime", "fp32", log=lines.append)
     assert lines == []  # an error, not a fallback
 
 
@@ -261,9 +261,11 @@ def test_changed_weights_are_refused_until_the_backend_is_rebuilt():
 
 def test_resolve_backend():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_backend("auto", cpu, None) == "onnxruntime"
+    # auto is PyTorch everywhere: on the CPU in fp32 too (benchmarks/bench_backends.py)
+    assert resolve_backend("auto", cpu, None) == "torch"
     assert resolve_backend("auto", cpu, torch.bfloat16) == "torch"
     assert resolve_backend("auto", cuda, None) == "torch"
+    assert resolve_backend("onnxruntime", cpu, None) == "onnxruntime"
     assert resolve_backend("torch", cpu, None) == "torch"
     with pytest.raises(HoverNetError, match="runs on the CPU.*--device cpu"):
         resolve_backend("onnxruntime", cuda, None)
@@ -271,6 +273,18 @@ def test_resolve_backend():
         resolve_backend("onnxruntime", cpu, torch.float16)
     with pytest.raises(HoverNetError, match="unknown backend 'tvm'"):
         resolve_backend("tvm", cpu, None)
+
+
+def test_auto_runs_pytorch_in_fp32_without_exporting(monkeypatch):
+    def no_export(model):
+        raise AssertionError("auto exported the model")
+
+    model = DarkBlobNet()
+    use_backend(model, "onnxruntime", "fp32")  # attached, then replaced by auto's choice
+    monkeypatch.setattr(backends, "cached_export", no_export)
+    assert use_backend(model, "auto", "fp32", log=pytest.fail) == "torch"
+    assert backend_of(model) is None
+    assert backends.effective_precision(model, "fp32") == "fp32"
 
 
 def test_threads_come_from_the_usable_cores(tmp_path):
@@ -315,9 +329,11 @@ def test_cli_backend_option(tmp_path, lite_checkpoint):
     code, stdout, stderr = run_cli([*base, "--backend", "torch", *tile("t")])
     assert code == 0, stderr
     assert "PyTorch" in stdout + stderr and "ONNX Runtime" not in stdout + stderr
-    # auto on a CPU: PyTorch in bf16 where the CPU computes bf16 natively, else ONNX Runtime
+    # auto: PyTorch, in bf16 where the CPU computes bf16 natively, else in fp32; no export
     code, stdout, stderr = run_cli([*base, *tile("a")])
-    runner = "PyTorch" if cpu_has_native_bf16() else "ONNX Runtime"
-    assert code == 0 and runner in stdout + stderr
+    precision = "bfloat16" if cpu_has_native_bf16() else "fp32"
+    assert code == 0 and f"cpu, {precision}, batch 4, PyTorch" in stdout + stderr
+    code, stdout, stderr = run_cli([*base, "--precision=fp32", *tile("f")])
+    assert code == 0 and "cpu, fp32, batch 4, PyTorch" in stdout + stderr
     code, _, stderr = run_cli([*base, "--backend", "tvm", *tile("x")])
     assert code == 2 and "unknown --backend 'tvm'" in stderr

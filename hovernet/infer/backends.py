@@ -9,11 +9,17 @@ is made once, where the model is loaded, and nothing downstream changes.
 Backends:
 
 - `torch`: the PyTorch model itself (CPU or CUDA, autocast per `--precision`);
-- `onnxruntime`: the model exported to ONNX in memory when the backend is built (a few seconds:
-  one traced forward pass plus the conversion; see benchmarks/bench_network.py) and run by ONNX
-  Runtime's CPU execution provider, float32. Same outputs as PyTorch to float rounding, about
-  1.5x (HoVer-Net) to 2x (small networks) faster on CPU;
-- `auto`: ONNX Runtime for a CPU model in float32, PyTorch on CUDA or with bf16/fp16 autocast.
+- `onnxruntime`: the model exported to ONNX and run by ONNX Runtime's CPU execution provider,
+  float32. The export (a traced forward pass plus the conversion: about 2 s for the bundled
+  model, 5-7 s for HoVer-Net) is kept in the user's cache (`hovernet.model.onnx_cache`), so
+  only the first run of a model pays it. Same outputs as PyTorch to float rounding;
+- `auto`: PyTorch, in every case. Measured end to end (`benchmarks/bench_backends.py`: the CLI
+  in a fresh process per run, fp32, alternating, 2-core AMD EPYC; docs/inference.md), ONNX
+  Runtime with its export cached took 1.03x PyTorch's wall time on 4 MoNuSeg tiles and 0.99x
+  on the demo slide with the bundled model (CPU time 1.02x / 0.99x), 0.97x (CPU 0.99x) with
+  fast mode, and 1.10-1.20x on a run that exports. Its network-only gain (1.04-1.16x per
+  batch, benchmarks/bench_network.py) is spent on the runtime's start-up: a tie is not worth a
+  second runtime, an export and a cache folder by default. `--backend onnxruntime` runs it.
 
 A missing or broken `onnxruntime` (import or session creation fails) falls back to PyTorch with
 one line saying so; a network the exporter cannot convert is a HoverNetError naming the layer.
@@ -111,11 +117,11 @@ class OnnxRuntimeBackend:
 
 
 def resolve_backend(name: str, device: torch.device, dtype: torch.dtype | None) -> str:
-    """ "auto" -> onnxruntime on CPU in float32, torch otherwise; checks explicit choices."""
+    """ "auto" -> torch (measured: see the module's docstring); checks explicit choices."""
     if name not in BACKENDS:
         raise HoverNetError(f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}")
     if name == "auto":
-        return "onnxruntime" if device.type == "cpu" and dtype is None else "torch"
+        return "torch"
     if name == "onnxruntime" and device.type != "cpu":
         raise HoverNetError(
             f"the onnxruntime backend runs on the CPU, but the model is on {device}: "
@@ -182,7 +188,7 @@ def _fallback_line(exc: Exception) -> str:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return (
         f"onnxruntime is not usable here ({type(exc).__name__}: {reason}); running the network "
-        "with PyTorch instead (pip install onnxruntime for 1.5-2x faster CPU inference)"
+        "with PyTorch instead (pip install onnxruntime onnx, or drop --backend onnxruntime)"
     )
 
 
