@@ -120,13 +120,15 @@ def infer_group() -> typer.Typer:
         backend: str = typer.Option(
             "auto",
             "--backend",
-            help="auto (ONNX Runtime on CPU in fp32, PyTorch on CUDA or in bf16), torch or "
-            "onnxruntime.",
+            help="auto (= torch: measured as fast as ONNX Runtime end to end), torch or "
+            "onnxruntime (CPU, fp32; its ONNX export is cached in ~/.cache/hovernet/onnx or "
+            "$HOVERNET_CACHE/onnx).",
         ),
         precision: str = typer.Option(
             "auto",
             "--precision",
-            help="auto (bf16 on CUDA and on CPUs with AMX, else fp32), fp32, bf16 or fp16.",
+            help="auto (CUDA: bf16, fp16 on GPUs without bf16; CPU: bf16 where it computes bf16 "
+            "natively, AMX or AVX-512 BF16, detected at run time, else fp32), fp32, bf16 or fp16.",
         ),
     ) -> None:
         if gpu is not None:
