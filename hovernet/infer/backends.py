@@ -68,7 +68,8 @@ def _import_onnxruntime():
 
 
 class OnnxRuntimeBackend:
-    """The model exported to ONNX in memory, run by ONNX Runtime on the CPU in float32."""
+    """The model exported to ONNX (or read from the export cache), run by ONNX Runtime on the
+    CPU in float32."""
 
     name = "onnxruntime"
 
