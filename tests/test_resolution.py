@@ -33,7 +33,7 @@ def model():
     from hovernet.infer.backends import use_backend
 
     net = hovernet.load_model()
-    use_backend(net, "auto", "auto")  # ONNX Runtime where installed, as `hovernet infer` does
+    use_backend(net, "auto", "auto")  # as `hovernet infer` does
     return net
 
 
