@@ -89,9 +89,10 @@ def test_no_tissue_message_names_the_mask_only_when_one_was_given(tmp_path):
     assert "mask" not in line and "--no_tissue_detection" in line
     masks = tmp_path / "masks"
     masks.mkdir()
-    _, lines = run(tmp_path / "b", empty, mask_dir=masks)
+    result, lines = run(tmp_path / "b", empty, mask_dir=masks)
     (line,) = [ln for ln in lines if "marks no tissue" in ln]
     assert str(masks) in line
+    assert result.summary["tissue"] == f"user masks in {masks}"  # was "mask masks"
 
 
 def test_a_finished_slide_counts_only_for_the_same_model(tmp_path):

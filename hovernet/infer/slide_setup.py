@@ -113,7 +113,7 @@ class TissueSource:
 
     def describe(self) -> str:
         if self.mask_dir is not None:
-            return f"mask {self.mask_dir}"
+            return f"user masks in {self.mask_dir}"
         return "automatic" if self.detect else "whole slide"
 
 
