@@ -11,8 +11,8 @@ import pytest
 import scipy.io as sio
 import tifffile
 from conftest import DATA
+from test_stats_cli import run_cli
 
-from hovernet.cli import main
 from hovernet.errors import HoverNetError, HoverNetWarning
 from hovernet.io.dataset_arrays import find_array_layout
 from hovernet.io.labels import read_typed_map
@@ -30,16 +30,6 @@ from hovernet.metrics import (
 )
 
 EPS = 1e-6  # the SQ denominator's epsilon (tp + 1e-6), as the reference code
-
-
-def run_cli(args: list, capsys) -> tuple[int, str, str]:
-    try:
-        main(["stats", *map(str, args)])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def box(shape, r0, r1, c0, c1, value=1, out=None):
