@@ -256,6 +256,51 @@ def test_zoomed_out_the_nuclei_are_a_heat_map(browser, url, real_out):
     page.close()
 
 
+def _heat_top(counts: np.ndarray) -> float:
+    """The page's heat-map scale top for a (rows, cols) count grid: the 99th percentile (its
+    sorted index) of the non-zero cells after two 3 x 3 box means with clamped edges."""
+    grid = counts.astype(np.float32)
+    for _ in range(2):
+        padded = np.pad(grid, 1, mode="edge")
+        grid = sum(padded[r : r + grid.shape[0], c : c + grid.shape[1]]
+                   for r in range(3) for c in range(3)) / np.float32(9)  # fmt: skip
+    values = np.sort(grid[grid > 0])
+    return float(values[int(np.floor(0.99 * (len(values) - 1)))])
+
+
+def test_the_heat_map_can_show_one_class(browser, url, real_out):
+    from urllib.request import urlopen
+
+    summary = json.loads((real_out / "cmu_crop.summary.json").read_text())
+    page = _open(browser, url, "slide=cmu_crop&x=512&y=512&z=0.2&overlay=heatmap&heat=2")
+    assert page.input_value("#heat-class") == "2"
+    options = page.eval_on_selector_all("#heat-class option", "os => os.map(o => o.value)")
+    assert options[0] == "all" and "2" in options
+    n = summary["nuclei_per_class"]["inflammatory"]
+    assert page.inner_text("#status").startswith(f"heat map of ~{n} inflammatory nuclei in view")
+    assert page.inner_text("#colourbar-title") == "inflammatory density"
+    # the colour bar's top is that of class 2's counts alone, not of all classes
+    with urlopen(url + "api/slides/cmu_crop/density") as r:
+        doc = json.loads(r.read())
+    rows, cols = doc["shape"]
+    dtype = "<u2" if doc["dtype"] == "uint16" else "<u4"
+    counts = np.frombuffer(base64.b64decode(doc["counts"]), dtype)
+    counts = counts.reshape(len(doc["classes"]), rows, cols)
+    info = page.evaluate("window.hovernetInfo")
+    mm2 = (doc["cell"] * info["um_per_px"] / 1000) ** 2
+    one = _heat_top(counts[doc["classes"].index("2")]) / mm2
+    every = _heat_top(counts.sum(axis=0)) / mm2
+    shown = float(page.inner_text("#colourbar-max").split()[0].replace(",", ""))
+    assert shown == pytest.approx(one, abs=1) and abs(shown - every) > 10
+    # back to all classes: the link loses `heat`, the status counts every nucleus
+    page.select_option("#heat-class", "all")
+    _settle(page)
+    assert "heat" not in _hash(page) and page.inner_text("#colourbar-title") == "nuclei density"
+    assert page.inner_text("#status").startswith(f"heat map of ~{summary['nuclei']} nuclei")
+    assert not page.errors
+    page.close()
+
+
 def _download(page) -> dict:
     with page.expect_download() as download:
         page.click("#download")

@@ -14,7 +14,7 @@
   const HALO_BELOW = 0.4; // relative luminance under which an outline gets a light halo
 
   const state = { slide: null, x: null, y: null, z: null, colour: "class", overlay: "auto",
-    hide: new Set() };
+    hide: new Set(), heat: "all" };
   const view = window.hovernetView = { mode: null, pending: 0, tilesLoaded: false, drawn: 0,
     dataKey: null, viewKey: null, error: null, nuclei: 0, truncated: false,
     idle() { return this.tilesLoaded && this.pending === 0 && this.dataKey === this.viewKey; } };
@@ -62,6 +62,7 @@
     state.colour = p.get("colour") || "class";
     state.overlay = p.get("overlay") || "auto";
     state.hide = new Set((p.get("hide") || "").split(",").filter(Boolean));
+    state.heat = p.get("heat") || "all"; // the heat map's one class, or all shown classes
   }
   function writeHash() {
     const p = new URLSearchParams({ slide: state.slide });
@@ -72,6 +73,7 @@
     if (state.colour !== "class") p.set("colour", state.colour);
     if (state.overlay !== "auto") p.set("overlay", state.overlay);
     if (state.hide.size) p.set("hide", [...state.hide].join(","));
+    if (state.heat !== "all") p.set("heat", state.heat);
     history.replaceState(null, "", "#" + p.toString());
   }
 
@@ -101,7 +103,9 @@
     const before = state.slide;
     readHash();
     if (state.slide !== before) location.reload();
-    else if (viewer) { applyView(); changed(); }
+    else if (viewer) {
+      $("heat-class").value = state.heat; heatCanvas = null; applyView(); changed();
+    }
   });
 
   // -- the viewer ------------------------------------------------------------------------------
@@ -115,6 +119,7 @@
       `${info.nuclei.toLocaleString("en")} nuclei`;
     document.title = `${info.name} – hovernet view`;
     buildLegend();
+    buildHeatClasses();
     $("colour-by").value = state.colour;
     $("overlay").value = state.overlay;
     viewer = OpenSeadragon({
@@ -146,6 +151,7 @@
     viewer.addHandler("canvas-click", (e) => { if (e.quick) pick(e.position); });
     $("colour-by").onchange = (e) => { state.colour = e.target.value; writeHash(); draw(); };
     $("overlay").onchange = (e) => { state.overlay = e.target.value; changed(); };
+    $("heat-class").onchange = (e) => { state.heat = e.target.value; heatCanvas = null; changed(); };
     $("download").onclick = download;
   }
   function applyView() {
@@ -196,6 +202,18 @@
       $("legend").append(li);
     }
   }
+  function buildHeatClasses() { // "all shown classes", then each class by name
+    for (const c of info.classes) {
+      const option = document.createElement("option");
+      option.value = c.key; option.textContent = c.name;
+      $("heat-class").append(option);
+    }
+    if (!info.classes.some((c) => c.key === state.heat)) state.heat = "all";
+    $("heat-class").value = state.heat;
+  }
+  const heatName = () => (info.classes.find((c) => c.key === state.heat) || {}).name;
+  // whether class `key` counts in the heat map: the chosen one, or every shown class
+  const inHeat = (key) => (state.heat === "all" ? !state.hide.has(key) : key === state.heat);
   function colourBar() { // the measurement's colours, or the heat map's density scale
     const isHeat = view.mode === "heatmap" && heatCanvas;
     const on = isHeat || (state.colour !== "class" && view.mode === "outlines");
@@ -205,7 +223,8 @@
     for (let i = 0; i < cb.width; i++) {
       g.fillStyle = css(map(i / (cb.width - 1))); g.fillRect(i, 0, 1, cb.height);
     }
-    $("colourbar-title").textContent = isHeat ? "nuclei density" :
+    $("colourbar-title").textContent = isHeat ?
+      (state.heat === "all" ? "nuclei density" : `${heatName()} density`) :
       $("colour-by").selectedOptions[0].textContent;
     if (isHeat) {
       const mm2 = (density.cell * info.um_per_px / 1000) ** 2;
@@ -223,13 +242,14 @@
   const typesParam = () => (state.hide.size ? "&types=" + visibleTypes().map((c) => c.key).join(",") : "");
 
   // -- data ------------------------------------------------------------------------------------
-  function estimate(box) { // nuclei of the shown classes whose centroid lies in box (level-0)
+  function estimate(box, counts = (key) => !state.hide.has(key)) { // nuclei of the classes
+    // that `counts` (default: the shown ones) whose centroid lies in box (level-0)
     const [rows, cols] = density.shape, cell = density.cell * info.scale;
     const c0 = Math.max(0, Math.floor(box[0] / cell)), c1 = Math.min(cols - 1, Math.floor(box[2] / cell));
     const r0 = Math.max(0, Math.floor(box[1] / cell)), r1 = Math.min(rows - 1, Math.floor(box[3] / cell));
     let n = 0;
     density.classes.forEach((key, k) => {
-      if (state.hide.has(key)) return;
+      if (!counts(key)) return;
       for (let r = r0; r <= r1; r++) for (let c = c0; c <= c1; c++) n += density.data[(k * rows + r) * cols + c];
     });
     return n;
@@ -257,8 +277,9 @@
     }
     if (mode !== "outlines") {
       view.dataKey = mode;
-      status(mode === "heatmap" ? `heat map of ~${estimated.toLocaleString("en")} nuclei in view; ` +
-        "zoom in for outlines" : "overlay off");
+      const what = state.heat === "all" ? "" : `${heatName()} `;
+      status(mode === "heatmap" ? `heat map of ~${estimate(box, inHeat).toLocaleString("en")} ` +
+        `${what}nuclei in view; zoom in for outlines` : "overlay off");
       draw();
       return;
     }
@@ -331,7 +352,7 @@
     if (!heatCanvas) {
       let sum = new Float32Array(rows * cols);
       density.classes.forEach((key, k) => {
-        if (state.hide.has(key)) return;
+        if (!inHeat(key)) return;
         for (let i = 0; i < rows * cols; i++) sum[i] += density.data[k * rows * cols + i];
       });
       sum = blur(blur(sum, rows, cols), rows, cols);
