@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from hovernet.cli.infer_common import InferOptions, infer_group, outputs_note
+from hovernet.cli.infer_common import InferOptions, features_option, infer_group, outputs_note
 from hovernet.cli.infer_wsi import register_wsi
 from hovernet.errors import HoverNetError
 
@@ -88,6 +88,7 @@ def register(app: typer.Typer) -> None:
             "the maps are averaged: finer outlines for that many times the network time). "
             "Default: 1.",
         ),
+        colour_features: bool = features_option(),
     ) -> None:
         """Segment image tiles: json/, mat/, overlay/, qupath/ (GeoJSON) and csv/ per image."""
         from hovernet.infer.tile import TileConfig
@@ -109,6 +110,7 @@ def register(app: typer.Typer) -> None:
             input_mpp=input_mpp,
             proc_mpp=proc_mpp,
             phases=phases,
+            features=colour_features,
         )
         run_and_report(opts, config, quiet=quiet)
 

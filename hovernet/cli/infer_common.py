@@ -57,6 +57,18 @@ class InferOptions:
         return spare_cpus(at_most, at_least)
 
 
+def features_option() -> bool:
+    """--colour_features / --no_colour_features of `hovernet infer tile` and `... wsi`."""
+    return typer.Option(
+        True,
+        "--colour_features/--no_colour_features",
+        "--colour-features/--no-colour-features",
+        help="Per-nucleus haematoxylin and eosin optical density of the nucleus and of a 2 um "
+        "ring of cytoplasm, and haematoxylin texture, in the CSV and GeoJSON (see "
+        "docs/outputs.md); --no_colour_features: shape only, faster post-processing.",
+    )
+
+
 def outputs_note(folder: Path) -> str:
     """ "; outputs in <folder>" for the last line of a run, or "" when the folder holds no file
     (it was never made, or the run wrote nothing there)."""

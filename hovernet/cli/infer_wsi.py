@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from hovernet.cli.infer_common import InferOptions, outputs_note
+from hovernet.cli.infer_common import InferOptions, features_option, outputs_note
 from hovernet.errors import HoverNetError
 
 
@@ -79,6 +79,7 @@ def register_wsi(infer_app: typer.Typer) -> None:
             "--save-label-map",
             help="Instance and type maps as tiled pyramidal TIFFs.",
         ),
+        colour_features: bool = features_option(),
         density_grid_um: float = typer.Option(
             100.0,
             "--density_grid_um",
@@ -158,6 +159,7 @@ def register_wsi(infer_app: typer.Typer) -> None:
                 save_mask=save_mask,
                 save_thumb=save_thumb,
                 save_label_map=save_label_map,
+                features=colour_features,
                 density_grid_um=density_grid_um,
                 region_size=region_size,
                 overwrite=overwrite,

@@ -99,6 +99,8 @@ class _SlideRun:
         self.tissue: TissueBoxes | None = None  # the mask for box queries (windows to run)
         self.status_note = ""  # what set_status says after the stored regions
         self.ranges: list[float] | None = None  # HV normalisation extremes (store meta)
+        self.features = False  # colour features: keep each region's pixels for its job
+        self.images: dict[int, np.ndarray] = {}  # regions' pixels while their phases run
 
     def items(self, todo: list[Region], workers: int) -> Iterator[tuple[Region, np.ndarray]]:
         """(region, network input) in order, `workers` threads reading ahead; with phases each
@@ -114,6 +116,8 @@ class _SlideRun:
                 yield region, image
                 continue
             self.shapes[region.index] = image.shape
+            if self.features:
+                self.images[region.index] = image
             for phase in phase_inputs(image, self.offsets, 0.5):
                 yield region, phase
 
@@ -151,6 +155,7 @@ class _SlideRun:
             if done is None:
                 return None, 0  # the region's other phases are still to come
             maps, prob = merge_phase_maps(done, self.offsets, self.shapes.pop(region.index))
+            image = self.images.pop(region.index, image)
         f = self.frame
         nr_types = getattr(self.model, "nr_types", None)
         window = None
@@ -167,8 +172,10 @@ class _SlideRun:
             prob,
             window,
             self.ranges,
+            image if self.features else None,
+            f.mpp,
         )
-        return job, maps_nbytes(maps.pred_map, maps.type_softmax, prob)
+        return job, maps_nbytes(maps.pred_map, maps.type_softmax, prob, job.image)
 
     def on_result(self, region: Region, result: Any, exc: BaseException | None) -> None:
         if exc is not None:
@@ -266,6 +273,7 @@ def run_slide(
                         run.mask, run.mask_scale = mask, mask_mpp / frame.mpp
                         run.tissue = TissueBoxes.of(mask, run.mask_scale)
                     run.status_note = status_note
+                    run.features = config.features
                     # one region has nothing to overlap with: post-processed here, without
                     # starting a worker (on 2 cores slide_a took 6.2 s instead of 8.4 s)
                     workers = config.post_proc_workers if len(todo) > 1 else 0

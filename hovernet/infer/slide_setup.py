@@ -223,6 +223,7 @@ class SlideConfig:
     model_id: str = ""  # the checkpoint's content hash: a finished slide counts for it only
     quiet: bool = False
     phases: int | None = None  # sub-pixel phases (1, 2, 4); None = 1
+    features: bool = True  # per-nucleus colour and texture features (hovernet.infer.features)
     density_grid_um: float = 100.0  # density maps' cell side in microns; 0: none
 
     def __post_init__(self) -> None:
@@ -291,6 +292,7 @@ def run_key(
         "tissue": config.tissue_source().describe(),
         "tissue_params": repr(config.tissue) if config.tissue is not None else None,
         "min_tissue_fraction": config.min_tissue_fraction,
+        "features": config.features,
     }
 
 

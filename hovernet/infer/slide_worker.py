@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hovernet.infer.features import nucleus_features
 from hovernet.infer.maps import PredMaps, maps_to_nuclei
 from hovernet.infer.measure import nucleus_measurements
 from hovernet.infer.regions import Region, owned_nuclei
@@ -62,6 +63,10 @@ class RegionJob:
     prob: np.ndarray | None = None
     tissue: MaskWindow | None = None  # the tissue mask under the region; None: all tissue
     ranges: list[float] | None = None  # the slide's HV normalisation extremes (hv_ranges)
+    # the region's RGB pixels at the resolution nuclei are outlined at (the frame: twice the
+    # processing resolution with phases), for the colour features; None: no colour features
+    image: np.ndarray | None = None
+    image_mpp: float | None = None  # um/px of `image` (the frame's)
 
 
 def region_nuclei(job: RegionJob) -> tuple[list[dict], int]:
@@ -81,6 +86,10 @@ def region_nuclei(job: RegionJob) -> tuple[list[dict], int]:
         ]
     # outlines in whole-slide processing pixels (corner coordinates), as tile mode's GeoJSON
     shapes = nucleus_measurements(inst_map, keep, offset=(rx0, ry0))
+    if job.image is not None:  # the region's pixels: the same grid as the instance map
+        colour = nucleus_features(job.image, inst_map, keep, job.image_mpp)
+        for nid, values in colour.items():
+            shapes[nid].update(values)
     out = []
     for nid in keep:
         rec = nuclei[nid]

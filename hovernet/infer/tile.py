@@ -63,6 +63,7 @@ class TileConfig:
     proc_mpp: float | None = None  # um/px to run the network at; None = the model's
     phases: int | None = None  # sub-pixel phases (1, 2, 4); None = 1
     model_id: str = ""  # the checkpoint's content hash: finished images count for it only
+    features: bool = True  # per-nucleus colour and texture features (hovernet.infer.features)
 
     def __post_init__(self) -> None:
         resample.check_mpp(self.input_mpp, "--input_mpp")
@@ -104,6 +105,7 @@ class _TileRun:
             "input_mpp": config.input_mpp,
             "proc_mpp": config.proc_mpp or self.mpp,
             "phases": len(self.offsets),
+            "features": config.features,
         }
         self.todo: list[Path] = []
         for path in files:
@@ -116,6 +118,8 @@ class _TileRun:
         self.fatal: list[str] = []
         self.originals: dict[Path, np.ndarray] = {}  # input images while resampled ones run
         self.phases = PhaseCollector(len(self.offsets))
+        # the input images' resolution: given, else the network's (they are not resampled)
+        self.image_mpp = config.input_mpp or config.proc_mpp or self.mpp
 
     def check_record(self) -> None:
         """Refuse to add to a folder whose finished outputs were made with another model or
@@ -207,6 +211,8 @@ class _TileRun:
             save_raw_map=config.save_raw_map,
             map_mpp=config.proc_mpp or self.mpp,
             prob=prob if len(self.offsets) > 1 else None,
+            features=config.features,
+            image_mpp=self.image_mpp,
         )
         return job, job.nbytes
 
@@ -259,6 +265,11 @@ def run_tile(
     note = resample.resolution_note(config.input_mpp, run.mpp, config.proc_mpp)
     if note:
         log(note)
+    if config.features and run.image_mpp is None:
+        log(
+            "warning: the images' resolution is unknown (the checkpoint records none): the "
+            "ring features (ring_*) are left empty; pass --input_mpp to measure them"
+        )
     n = len(run.offsets)
     if n > 1:
         log(

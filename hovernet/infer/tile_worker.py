@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from hovernet.infer import resample
+from hovernet.infer.features import nucleus_features
 from hovernet.infer.maps import PredMaps, maps_to_nuclei
 from hovernet.infer.measure import nucleus_measurements
 from hovernet.infer.workers import maps_nbytes
@@ -36,6 +37,8 @@ class TileJob:
     save_raw_map: bool
     map_mpp: float | None = None  # resolution of the maps (scales the watershed's constants)
     prob: np.ndarray | None = None  # nucleus probability (merged phases: at the image's pixels)
+    features: bool = True  # colour and texture features in the CSV and GeoJSON
+    image_mpp: float | None = None  # um/px of `image` (the ring's width); None: unknown
 
     @property
     def nbytes(self) -> int:
@@ -55,7 +58,8 @@ def is_done(output_dir: Path, name: str) -> bool:
 def finish_tile(job: TileJob) -> tuple[str, int, float, float]:
     """Post-process one image and write its five outputs: (name, nuclei, post s, write s).
 
-    The post-processing time includes the shape measurements shared by the CSV and GeoJSON.
+    The post-processing time includes the shape measurements shared by the CSV and GeoJSON
+    and, with `job.features`, the colour features (on the input image's pixels).
     """
     start = time.perf_counter()
     # maps at the network's resolution (--input_mpp): back to the input image's pixels
@@ -63,6 +67,10 @@ def finish_tile(job: TileJob) -> tuple[str, int, float, float]:
         job.maps, job.nr_types, job.map_mpp, job.image.shape, job.prob
     )
     shapes = nucleus_measurements(inst_map, nuclei)
+    if job.features:
+        colour = nucleus_features(job.image, inst_map, nuclei, job.image_mpp)
+        for nid, values in colour.items():
+            shapes[nid].update(values)
     mid = time.perf_counter()
     paths = output_paths(job.output_dir, job.name)
     raw_map = None
@@ -75,5 +83,5 @@ def finish_tile(job: TileJob) -> tuple[str, int, float, float]:
     )
     writers.write_overlay(paths["overlay"], job.image, nuclei, job.type_info, draw_dot=job.draw_dot)
     writers.write_geojson(paths["qupath"], nuclei, job.type_info, measurements=shapes)
-    writers.write_csv(paths["csv"], nuclei, job.type_info, shapes)
+    writers.write_csv(paths["csv"], nuclei, job.type_info, shapes, job.features)
     return job.name, len(nuclei), mid - start, time.perf_counter() - mid

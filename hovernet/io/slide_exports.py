@@ -12,7 +12,7 @@ complete.
 | file | coordinates |
 |---|---|
 | `<slide>.geojson.gz` | level-0 pixels (QuPath detections, tile mode's Feature layout) |
-| `<slide>.csv` | level-0 pixels; area in level-0 px^2, perimeter in level-0 px |
+| `<slide>.csv` | level-0 pixels; area and OD sums in level-0 px^2, perimeter in level-0 px |
 | `<slide>.json` | the original's schema (`mag`, `nuc`) in the store's pixels (see below), `mag` |
 | `<slide>.overlay.png` | the thumbnail with nuclei in type colours and a legend |
 | `<slide>.density.tif`, `.png` | nuclei/mm^2 per class on a grid (`hovernet.io.density_files`) |
@@ -49,6 +49,7 @@ from hovernet.io.writers import (
     prob_names,
     write_overlay_canvas,
 )
+from hovernet.nuclei import FEATURES
 
 PathLike = str | os.PathLike
 EXPORTS = {
@@ -59,6 +60,7 @@ EXPORTS = {
     "summary": ".summary.json",
 }
 STORE_SUFFIX = ".db"
+OD_SUMS = [k for k in FEATURES if k.endswith("_od_sum")]  # scaled as areas
 
 
 def output_paths(output_dir: Path, name: str) -> dict[str, Path]:
@@ -200,12 +202,21 @@ def _export(store: NucleusStore, *sinks: contextlib.AbstractContextManager[Sink]
                 add(nid, rec)
 
 
-def _level0_shapes(rec: Mapping[str, Any], scale: float) -> dict[str, Any]:
-    """The record's measurements in level-0 pixels."""
+def level0_shapes(rec: Mapping[str, Any], scale: float) -> dict[str, Any]:
+    """The record's measurements in level-0 pixels (OD sums, like the area, in level-0 px^2:
+    sum = mean x area)."""
     shapes = dict(rec["measurements"])
     shapes["area"] *= scale * scale
     shapes["perimeter"] *= scale
+    for key in OD_SUMS:
+        if key in shapes:
+            shapes[key] *= scale * scale
     return shapes
+
+
+def has_features(store: NucleusStore) -> bool:
+    """Whether the slide's run measured colour features (the store's run identity says)."""
+    return bool((store.meta.get("run") or {}).get("features"))
 
 
 def _level0(rec: Mapping[str, Any], scale: float) -> tuple[dict[str, Any], dict[str, float]]:
@@ -217,7 +228,7 @@ def _level0(rec: Mapping[str, Any], scale: float) -> tuple[dict[str, Any], dict[
         [math.floor(rmin * scale), math.floor(cmin * scale)],
         [math.ceil(rmax * scale), math.ceil(cmax * scale)],
     ]
-    return out, _level0_shapes(rec, scale)
+    return out, level0_shapes(rec, scale)
 
 
 def _class_names(store: NucleusStore, type_info: TypeInfo | None) -> list[str]:
@@ -249,7 +260,7 @@ def _geojson_sink(
         fh.write('{"type": "FeatureCollection", "features": [')
 
         def add(nid: int, rec: dict[str, Any]) -> None:
-            shapes = {nid: _level0_shapes(rec, scale)}
+            shapes = {nid: level0_shapes(rec, scale)}
             feature = nucleus_feature_json(
                 f"{stem}/{nid}", nid, rec, type_info, shapes, names, coords
             )
@@ -269,11 +280,12 @@ def _csv_sink(path: PathLike, store: NucleusStore, type_info: TypeInfo | None) -
     scale = float(store.meta["scale"])
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(csv_header(_class_names(store, type_info)))
+        features = has_features(store)
+        writer.writerow(csv_header(_class_names(store, type_info), features))
 
         def add(nid: int, rec: dict[str, Any]) -> None:
             rec0, shapes = _level0(rec, scale)
-            writer.writerow(csv_row(nid, rec0, type_info, shapes))
+            writer.writerow(csv_row(nid, rec0, type_info, shapes, features))
 
         yield add
 

@@ -11,12 +11,13 @@ Tables (stdlib `sqlite3`, WAL journal, one transaction per finished region):
 - `regions(idx, x0, y0, x1, y1, n_nuclei, n_cut)`: a row per finished region (its core box at
   the processing resolution). A region without a row is redone on resume.
 - `nuclei(id, region, type, type_prob, x, y, cx, cy, rmin, cmin, rmax, cmax, area, perimeter,
-  eccentricity, solidity, type_probs, contour)`: `x, y` is the centroid in level-0 pixels of the
-  slide; `cx, cy`, the bbox (`rmin, cmin, rmax, cmax`, max exclusive), the measurements (pixels)
-  and `contour` (int32 [x, y] pairs through pixel centres, as tile mode's records) are in
-  whole-slide pixels at the processing resolution (twice as fine with sub-pixel phases);
-  `meta["scale"]` (level-0 pixels per such pixel) converts them. `type_probs` is a JSON list
-  or NULL.
+  eccentricity, solidity, type_probs, contour, outline, <FEATURES>)`: `x, y` is the centroid in
+  level-0 pixels of the slide; `cx, cy`, the bbox (`rmin, cmin, rmax, cmax`, max exclusive), the
+  measurements (pixels) and `contour` (int32 [x, y] pairs through pixel centres, as tile mode's
+  records) are in whole-slide pixels at the processing resolution (twice as fine with sub-pixel
+  phases); `meta["scale"]` (level-0 pixels per such pixel) converts them. `type_probs` is a
+  JSON list or NULL. The colour features (`hovernet.nuclei.FEATURES`, one REAL column each,
+  added to an older store when it is opened) are NULL when not measured or NaN.
 - `nuclei_rtree(id, xmin, xmax, ymin, ymax)`: an SQLite R*Tree of the nuclei's bboxes (`cmin,
   cmax, rmin, rmax`, same pixels), filled with each region's nuclei in the same transaction, so
   that a viewer finds the nuclei of a box quickly (`hovernet.view.index`). A store made before
@@ -28,6 +29,7 @@ A killed run leaves at most one region's transaction unfinished, which SQLite ro
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping
@@ -37,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from hovernet.errors import HoverNetError
-from hovernet.nuclei import MEASUREMENTS
+from hovernet.nuclei import FEATURES, MEASUREMENTS
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,11 +61,13 @@ CREATE INDEX IF NOT EXISTS nuclei_region ON nuclei (region);
 RTREE_TABLE = "nuclei_rtree"
 _RTREE_ROWS = "SELECT id, cmin, cmax, rmin, rmax FROM nuclei"
 
-_COLUMNS = (
+_BASE_COLUMNS = (
     "region, type, type_prob, x, y, cx, cy, rmin, cmin, rmax, cmax, "
     + ", ".join(MEASUREMENTS)
     + ", type_probs, contour, outline"
 )
+_COLUMNS = _BASE_COLUMNS + ", " + ", ".join(FEATURES)
+_NO_FEATURES = ", NULL" * len(FEATURES)
 
 
 class NucleusStore:
@@ -77,6 +81,7 @@ class NucleusStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            _ensure_feature_columns(self._db)
             self._rtree = _ensure_rtree(self._db)
             old = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
@@ -131,7 +136,7 @@ class NucleusStore:
         MEASUREMENTS) and `xy` (level-0 centroid).
         """
         rows = [_row(index, rec) for rec in nuclei]
-        marks = ", ".join("?" * (len(MEASUREMENTS) + 14))
+        marks = ", ".join("?" * (len(MEASUREMENTS) + len(FEATURES) + 14))
         self._db.execute("BEGIN IMMEDIATE")
         try:
             if self._rtree:
@@ -190,6 +195,15 @@ def _differences(key: str, old: str, new: str) -> list[str]:
     return [f"{key}.{k}: {was[k]} -> {text[k]}" for k in after if was[k] != text[k]]
 
 
+def _ensure_feature_columns(db: sqlite3.Connection) -> None:
+    """Add the colour-feature columns (REAL, NULL when not measured) to the nuclei table,
+    also to a store made before they existed."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(nuclei)")}
+    for name in FEATURES:
+        if name not in have:
+            db.execute(f"ALTER TABLE nuclei ADD COLUMN {name} REAL")
+
+
 def _ensure_rtree(db: sqlite3.Connection) -> bool:
     """Create the R*Tree (filled from the nuclei already stored, for stores made before it);
     False when this SQLite has no R*Tree module (the store then works without it)."""
@@ -214,10 +228,13 @@ def records_by_id(db: sqlite3.Connection, ids: list[int]) -> list[dict[str, Any]
     that order, read through any connection to a store (the viewer's read-only one); ids that
     are not stored are left out."""
     rows: dict[int, tuple] = {}
+    have = {row[1] for row in db.execute("PRAGMA table_info(nuclei)")}
+    # a store made before the colour features, opened read-only, has no columns for them
+    columns = _COLUMNS if all(k in have for k in FEATURES) else _BASE_COLUMNS + _NO_FEATURES
     for start in range(0, len(ids), 500):
         chunk = [int(i) for i in ids[start : start + 500]]
         marks = ", ".join("?" * len(chunk))
-        sql = f"SELECT id, {_COLUMNS} FROM nuclei WHERE id IN ({marks})"
+        sql = f"SELECT id, {columns} FROM nuclei WHERE id IN ({marks})"
         rows.update((row[0], row) for row in db.execute(sql, chunk))
     return [_record(rows[int(i)]) for i in ids if int(i) in rows]
 
@@ -244,13 +261,20 @@ def _row(region: int, rec: Mapping[str, Any]) -> tuple:
         np.asarray(rec["contour"], dtype=np.int32).tobytes(),
         # the outer boundary of the nucleus pixels in corner coordinates (GeoJSON polygons)
         json.dumps(shapes["outline"]) if shapes.get("outline") else None,
+        # colour features when measured (NaN is stored as NULL, as SQLite has no NaN)
+        *(_real(shapes.get(k)) for k in FEATURES),
     )
+
+
+def _real(value: Any) -> float | None:
+    return None if value is None or value != value else float(value)
 
 
 def _record(row: tuple) -> dict[str, Any]:
     nid, region, t, p, x, y, cx, cy, rmin, cmin, rmax, cmax, *rest = row
     n = len(MEASUREMENTS)
     shapes, probs, contour, outline = rest[:n], rest[n], rest[n + 1], rest[n + 2]
+    colour = rest[n + 3 :]
     rec: dict[str, Any] = {
         "store_id": nid,
         "region": region,
@@ -264,6 +288,10 @@ def _record(row: tuple) -> dict[str, Any]:
     }
     if outline is not None:
         rec["measurements"]["outline"] = json.loads(outline)
+    if any(v is not None for v in colour):  # measured: NULL is NaN
+        rec["measurements"].update(
+            (k, math.nan if v is None else v) for k, v in zip(FEATURES, colour, strict=True)
+        )
     if probs is not None:
         rec["type_probs"] = json.loads(probs)
     return rec

@@ -26,7 +26,7 @@ import numpy as np
 from hovernet.errors import HoverNetError
 from hovernet.io.atomic import atomic_path, write_text_atomic
 from hovernet.io.type_info import TypeInfo
-from hovernet.nuclei import MEASUREMENTS, Measurements, Nuclei
+from hovernet.nuclei import FEATURE_LABELS, FEATURES, MEASUREMENTS, Measurements, Nuclei
 
 PathLike = str | os.PathLike
 
@@ -232,6 +232,12 @@ def _feature_properties(nid, rec, type_info, shapes, class_names) -> dict[str, A
         values["Type probability"] = float(rec["type_prob"])
     if shapes is not None:
         values.update((label, float(shapes[nid][k])) for k, label in _LABELS.items())
+        # colour features when measured; NaN (an empty ring) is left out, as JSON has no NaN
+        values.update(
+            (label, float(v))
+            for k, label in FEATURE_LABELS.items()
+            if (v := shapes[nid].get(k)) is not None and v == v
+        )
     for cname, p in zip(class_names, rec.get("type_probs") or [], strict=False):
         values[f"Probability {cname}"] = float(p)
     return {
@@ -307,7 +313,8 @@ def write_geojson(
     counter-clockwise in the coordinates as written (positive shoelace area, what shapely's
     `is_ccw` and RFC 7946 validators check); on screen, with y pointing down, it looks clockwise.
     `measurements` (from `nucleus_measurements`) adds area, perimeter, eccentricity and
-    solidity; "Nucleus ID" and "Type probability" are always there.
+    solidity, and the colour features it holds (`nucleus_features`; "Nucleus: Hematoxylin OD
+    mean", ...); "Nucleus ID" and "Type probability" are always there.
     """
     stem = os.fspath(path).replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
     shapes = measurements
@@ -335,14 +342,20 @@ CSV_COLUMNS = [
 ]
 
 
-def csv_header(class_names: list[str]) -> list[str]:
-    return CSV_COLUMNS + [f"prob_{n}" for n in class_names]
+def csv_header(class_names: list[str], features: bool = False) -> list[str]:
+    """CSV_COLUMNS, the `prob_<class>` columns, then with `features` those of FEATURES."""
+    return CSV_COLUMNS + [f"prob_{n}" for n in class_names] + (list(FEATURES) if features else [])
 
 
 def csv_row(
-    nid: int, rec: Mapping[str, Any], type_info: TypeInfo | None, shapes: Mapping[str, float]
+    nid: int,
+    rec: Mapping[str, Any],
+    type_info: TypeInfo | None,
+    shapes: Mapping[str, float],
+    features: bool = False,
 ) -> list:
-    """One CSV row (see `write_csv`) of a nucleus record and its measurements."""
+    """One CSV row (see `write_csv`) of a nucleus record and its measurements; with
+    `features`, the FEATURES values of `shapes` last (empty where NaN or not measured)."""
     (rmin, cmin), (rmax, cmax) = rec["bbox"]
     t, p = rec.get("type"), rec.get("type_prob")
     row = [nid, "" if t is None else int(t), class_of(rec, type_info)[0]]
@@ -351,7 +364,14 @@ def csv_row(
     row += [repr(shapes[k]) for k in MEASUREMENTS]
     row += [int(rmin), int(cmin), int(rmax), int(cmax)]
     row += [repr(float(v)) for v in rec.get("type_probs") or []]
+    if features:
+        row += [_number(shapes.get(k)) for k in FEATURES]
     return row
+
+
+def _number(value: float | None) -> str:
+    """A CSV cell: repr of the float, empty for NaN or None (read as missing by pandas, R)."""
+    return "" if value is None or value != value else repr(float(value))
 
 
 def write_csv(
@@ -359,17 +379,19 @@ def write_csv(
     nuclei: Nuclei,
     type_info: TypeInfo | None,
     measurements: Measurements,
+    features: bool = False,
 ) -> None:
     """One row per nucleus: CSV_COLUMNS, then `prob_<class>` columns when records have
-    `type_probs`. Type and probability are empty for an untyped model; sizes are in pixels;
+    `type_probs`, then with `features` the colour features (FEATURES; `nucleus_features`).
+    Type and probability are empty for an untyped model; sizes are in pixels;
     `measurements` (from `nucleus_measurements`) has an entry for every nucleus."""
     shapes = measurements
     names = _prob_names(nuclei, type_info)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(csv_header(names))
+    writer.writerow(csv_header(names, features))
     for nid, rec in nuclei.items():
-        writer.writerow(csv_row(int(nid), rec, type_info, shapes[int(nid)]))
+        writer.writerow(csv_row(int(nid), rec, type_info, shapes[int(nid)], features))
     write_text_atomic(path, buf.getvalue())
 
 

@@ -269,10 +269,9 @@ def _slide_entry(s: ViewSlide) -> dict[str, Any]:
 
 def _level0_shapes(rec: dict[str, Any], scale: float) -> dict[str, Any]:
     """The record's measurements in level-0 pixels, as slide mode's exports give them."""
-    shapes = dict(rec["measurements"])
-    shapes["area"] *= scale * scale
-    shapes["perimeter"] *= scale
-    return shapes
+    from hovernet.io.slide_exports import level0_shapes
+
+    return level0_shapes(rec, scale)
 
 
 def _feature_collection(s: ViewSlide, ids: list[int]) -> dict[str, Any]:
