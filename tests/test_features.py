@@ -5,7 +5,12 @@ MoNuSeg and CoNSeP images with their annotated instance maps."""
 
 from __future__ import annotations
 
+import csv as csv_module
+import json
 import math
+import re
+import sqlite3
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,11 +18,19 @@ import pytest
 import tifffile
 from conftest import DATA
 from scipy import ndimage
+from scipy.io import loadmat
 from skimage.color import rgb2hed
 from skimage.feature import graycomatrix, graycoprops
+from slide_helpers import ArraySlide, dark_tissue
 
 from hovernet.errors import HoverNetError
 from hovernet.infer import features as F
+from hovernet.infer.slide import run_slides
+from hovernet.infer.slide_setup import SlideConfig
+from hovernet.infer.tile import TileConfig, run_tile
+from hovernet.io.pyramid import decode_rgb24
+from hovernet.io.store import NucleusStore, records_by_id
+from hovernet.model.standin import BlobNet
 from hovernet.nuclei import FEATURES
 
 STATS = {"mean": np.mean, "std": np.std, "min": np.min, "max": np.max, "sum": np.sum}
@@ -203,3 +216,122 @@ def test_a_uniform_disk_on_glass() -> None:
     ring = F.nucleus_features(rgb, disk.astype(np.int32), [1], mpp=0.25)[1]
     band = ndimage.distance_transform_edt(~disk)
     assert ring["ring_e_od_sum"] / ring["ring_e_od_mean"] == pytest.approx((band <= 8).sum() - n)
+
+
+# ----------------------------------------------------------------------------------------------
+# in the outputs: tile mode, slide mode, the store
+
+
+def _od_means(rgb: np.ndarray, inst: np.ndarray) -> dict[int, float]:
+    """Independent haematoxylin OD mean per nucleus id of an instance map."""
+    h = _od(rgb)[..., 0]
+    return {int(i): float(h[inst == i].mean()) for i in np.unique(inst) if i}
+
+
+def _csv(path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv_module.DictReader(fh))
+
+
+def _tile_run(folder, out, **kw):
+    config = TileConfig((folder,), out, post_proc_workers=0, proc_mpp=0.5, **kw)
+    return run_tile(BlobNet(), config, log=lambda line: None)
+
+
+def test_tile_mode_writes_the_features_of_its_instance_map(monuseg, tmp_path) -> None:
+    rgb, _ = monuseg
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "t.png"), rgb[..., ::-1])
+    out = tmp_path / "out"
+    assert _tile_run(folder, out).done["t"] > 10
+    rows = _csv(out / "csv" / "t.csv")
+    assert list(rows[0])[-len(FEATURES) :] == list(FEATURES)
+    inst = loadmat(out / "mat" / "t.mat")["inst_map"]
+    want = _od_means(rgb, inst)
+    for row in rows:
+        assert float(row["nucleus_h_od_mean"]) == pytest.approx(want[int(row["id"])], rel=1e-9)
+        assert float(row["nucleus_h_od_sum"]) == pytest.approx(
+            float(row["nucleus_h_od_mean"]) * float(row["area"]), rel=1e-9
+        )
+    assert any(row["ring_e_od_mean"] for row in rows)  # 2 um = 4 px at 0.5 um/px
+    doc = json.loads((out / "qupath" / "t.geojson").read_text())
+    for feature, row in zip(doc["features"], rows, strict=True):
+        values = feature["properties"]["measurements"]
+        assert values["Nucleus: Hematoxylin OD mean"] == float(row["nucleus_h_od_mean"])
+        assert ("Ring: Eosin OD mean" in values) == (row["ring_e_od_mean"] != "")
+    # off: shape only; the folder's outputs are then refused for a run with them
+    plain = tmp_path / "plain"
+    _tile_run(folder, plain, features=False)
+    assert not set(FEATURES) & set(_csv(plain / "csv" / "t.csv")[0])
+    doc = json.loads((plain / "qupath" / "t.geojson").read_text())
+    assert not any(":" in k for k in doc["features"][0]["properties"]["measurements"])
+    with pytest.raises(HoverNetError, match="features: False -> True.*--overwrite"):
+        _tile_run(folder, plain)
+
+
+def _slide_run(image, out, **kw):
+    config = SlideConfig(out, proc_mpp=0.25, region_size=328, quiet=True, **kw)
+    slide = ArraySlide(Path("s.svs"), image, 0.25)
+    return run_slides(
+        BlobNet(), [slide.path], config, log=lambda line: None,
+        opener=lambda path, cfg: slide, tissue_fn=dark_tissue,
+    )[0]  # fmt: skip
+
+
+def test_slide_mode_features_match_its_label_map(tmp_path) -> None:
+    labels = sorted((DATA / "monuseg" / "labels").glob("*_inst.tif"))[2]
+    image = DATA / "monuseg" / "images" / labels.name.replace("_inst.tif", ".png")
+    rgb = np.ascontiguousarray(cv2.imread(str(image))[200:800, 200:800, ::-1])
+    out = tmp_path / "out"
+    result = _slide_run(rgb, out, save_label_map=True, post_proc_workers=1)
+    assert result.status == "done", result.reason
+    rows = _csv(out / "s.csv")
+    assert len(rows) > 50 and list(rows[0])[-len(FEATURES) :] == list(FEATURES)
+    with tifffile.TiffFile(out / "s.instances.tif") as tif:
+        inst = decode_rgb24(tif.pages[0].asarray())  # export numbers, as the CSV's ids
+    want = _od_means(rgb, inst)
+    # the label map is drawn from the contours (through pixel centres): where it has the
+    # nucleus's area it has its pixels, and the features are those of the slide's pixels
+    sizes = np.bincount(inst.ravel(), minlength=len(rows) + 1)
+    same = [r for r in rows if sizes[int(r["id"])] == float(r["area"])]
+    assert len(same) > 0.7 * len(rows)
+    for r in same:
+        assert float(r["nucleus_h_od_mean"]) == pytest.approx(want[int(r["id"])], rel=1e-9)
+    with NucleusStore(out / "s.db", {}) as store:
+        stored = next(store.nuclei())["measurements"]
+    assert stored["nucleus_h_od_mean"] == float(rows[0]["nucleus_h_od_mean"])
+    again = _slide_run(rgb, out, features=False, save_label_map=True)
+    assert again.status == "failed"
+    assert re.search("features: True -> False.*--overwrite", again.reason), again.reason
+    plain = tmp_path / "plain"
+    assert _slide_run(rgb, plain, features=False).status == "done"
+    assert not set(FEATURES) & set(_csv(plain / "s.csv")[0])
+
+
+def test_store_keeps_features_and_opens_older_stores(tmp_path) -> None:
+    path = tmp_path / "s.db"
+    rec = {
+        "bbox": [[0, 0], [2, 2]], "centroid": [1.0, 1.0], "contour": [[0, 0], [1, 0], [1, 1]],
+        "type": None, "type_prob": None, "xy": [1.0, 1.0],
+        "measurements": {"area": 4.0, "perimeter": 6.0, "eccentricity": 0.0, "solidity": 1.0},
+    }  # fmt: skip
+    measured = dict(rec, measurements={**rec["measurements"], **dict.fromkeys(FEATURES, 0.5)})
+    measured["measurements"]["ring_h_od_std"] = float("nan")
+    with NucleusStore(path, {}) as store:
+        store.add_region(0, (0, 0, 9, 9), [rec, measured])
+        plain, colour = list(store.nuclei())
+    assert not set(FEATURES) & set(plain["measurements"])
+    assert math.isnan(colour["measurements"].pop("ring_h_od_std"))
+    assert all(colour["measurements"][k] == 0.5 for k in FEATURES if k != "ring_h_od_std")
+    # a store made before the features: read-only readers see none, a writer adds the columns
+    with sqlite3.connect(path) as db:
+        for name in FEATURES:
+            db.execute(f"ALTER TABLE nuclei DROP COLUMN {name}")
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        old = records_by_id(db, [1, 2])
+    assert [set(FEATURES) & set(r["measurements"]) for r in old] == [set(), set()]
+    with NucleusStore(path, {}) as store:
+        assert len(list(store.nuclei())) == 2
+        store.add_region(1, (9, 9, 18, 18), [measured])
+        assert list(store.nuclei())[-1]["measurements"]["nucleus_h_od_mean"] == 0.5
