@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "train",
     "infer",
     "view",
+    "cohort",
     "export_onnx",
     "stats",
 ]

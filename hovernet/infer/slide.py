@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hovernet import __version__
 from hovernet.errors import HoverNetError
 from hovernet.infer.claims import Cohort, as_cohort
 from hovernet.infer.engine import EngineConfig, read_ahead, run_engine
@@ -53,6 +54,7 @@ from hovernet.infer.slide_worker import RegionJob, mask_window, region_nuclei
 from hovernet.infer.tiling import TileGrid
 from hovernet.infer.workers import make_pool, maps_nbytes, warm
 from hovernet.io.atomic import check_writable_dir, remove_empty_dirs
+from hovernet.io.cohort_files import update_after_slide
 from hovernet.io.names import output_stem
 from hovernet.io.slide_exports import (
     ExportSpec,
@@ -336,6 +338,7 @@ def run_slide(
                 summary.update(
                     model=config.model_name,  # a display name: the run's identity is `run`
                     run=key,
+                    version=__version__,
                     tissue=config.tissue_source().describe(),
                     regions_total=len(plan),
                     regions_tissue=len(tissue_idx),
@@ -401,6 +404,8 @@ def run_slides(
             cohort.ended(path, result.status)
             results.append(result)
             log(describe_result(cohort.number(path), len(cohort), result))
+            if fatal is None:  # cohort.csv: this slide's row (a finished one's if missing)
+                update_after_slide(config.output_dir, result.name, result.status, log)
             if fatal is not None:
                 break
     finally:
