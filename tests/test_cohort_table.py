@@ -443,6 +443,16 @@ def test_bad_folders_get_one_clear_error_and_no_table(blob_run, tmp_path):
     assert not [p for p in out.iterdir() if ".tmp" in p.name]  # nothing half written
 
 
+def test_a_slide_named_cohort_keeps_its_nuclei(blob_run, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(blob_run, out)
+    for suffix in (".csv", ".summary.json"):
+        shutil.copy(blob_run / f"a{suffix}", out / f"cohort{suffix}")
+    with pytest.raises(HoverNetError, match="slide named cohort.*rename"):
+        update_cohort_table(out)
+    assert (out / "cohort.csv").read_bytes() == (blob_run / "a.csv").read_bytes()
+
+
 def test_a_bad_slide_in_the_folder_is_a_warning_for_slide_mode(blob_run, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(blob_run, out)

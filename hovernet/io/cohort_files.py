@@ -236,6 +236,11 @@ def update_cohort_table(out_dir: str | os.PathLike, fresh: Iterable[str] | None 
             )
         return 0
     table = out_dir / COHORT_CSV
+    if table.name.removesuffix(".csv") in finished_slides(out_dir):
+        raise HoverNetError(
+            f"{table} holds the nuclei of the slide named {table.stem}, not the cohort table: "
+            "rename that slide's file and rerun it, or give the slides another --output_dir"
+        )
     with table_lock(out_dir):
         redo = None if fresh is None else set(fresh)
         kept = {} if redo is None else {r["slide"]: r for r in read_table(table)}
