@@ -1,19 +1,20 @@
 """Per-nucleus colour and texture features from the RGB pixels and the instance map (pure:
 arrays in, numbers out; all nuclei of a crop at once, as `hovernet.infer.measure`).
 
-Colour deconvolution: Ruifrok & Johnston's H&E(DAB) stain vectors (the defaults of QuPath's
-"H-DAB"-style estimates and scikit-image's `rgb2hed`), fixed, not estimated per slide. A pixel's
-optical density per channel is OD = -log10(I / 255) (I floored at 255e-6, as `rgb2hed`), the
-three ODs are projected onto the stains by the inverse of the stain matrix and negative stain
-amounts are set to 0: exactly 6 x `skimage.color.rgb2hed` (which divides natural logs by
-ln(1e-6)), i.e. decadic OD. OD is unitless.
+Colour deconvolution: Ruifrok & Johnston's haematoxylin, eosin and DAB stain vectors (those of
+scikit-image's `rgb2hed`), fixed, not estimated per slide. A pixel's optical density per
+channel is OD = -log10(I / 255) (I floored at 255e-6, as `rgb2hed`), the three ODs are
+projected onto the stains by the inverse of the stain matrix and negative stain amounts are set
+to 0: 6 x `skimage.color.rgb2hed` to rounding (which divides natural logs by ln(1e-6)), i.e.
+decadic OD. OD is unitless.
 
 Compartments, at the resolution of the instance map (pixel centres):
 - nucleus: its pixels;
 - ring: the pixels within `ring_um` microns (Euclidean, OpenCV's exact distance transform) of
   the nucleus that belong to no nucleus, are not glass (summed RGB OD >= GLASS_OD) and are
   nearer to it than to any other nucleus (OpenCV's labelled distance transform, 5 x 5 mask:
-  ties and near-ties go either way). A ring of cytoplasm as HistomicsTK's and QuPath's.
+  ties and near-ties go either way): a band of cytoplasm, as HistomicsTK's nuclear features
+  use, that never overlaps another nucleus or its band.
 
 Per compartment and stain: mean, std (population), min, max and sum over the pixels.
 Texture: grey-level co-occurrence of the nucleus's haematoxylin OD quantised to GLCM_LEVELS
