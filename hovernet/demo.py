@@ -86,8 +86,12 @@ def run(args: argparse.Namespace) -> int:
     for name, count in summary["nuclei_per_class"].items():
         print(f"  {name:16s} {count:6d}")
     print("outputs:")
-    for kind in ("overlay", "geojson", "csv", "json", "summary"):
-        print(f"  {kind:8s} {paths[kind]}")
+    for kind in ("overlay", "geojson", "csv", "json", "summary", "density", "density_png"):
+        if paths[kind].exists():  # the density maps are optional (--density_grid_um 0)
+            print(f"  {kind:11s} {paths[kind]}")
+    cohort = args.output_dir / "cohort.csv"
+    if cohort.exists():
+        print(f"  {'cohort':11s} {cohort}  (one row per slide: hovernet cohort)")
     print(f"look at it in the browser: hovernet view {args.output_dir}")
     return 0
 

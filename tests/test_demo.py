@@ -92,8 +92,10 @@ def test_demo_segments_the_bundled_slide_with_the_bundled_model(tmp_path):
     assert f"{summary['nuclei']} nuclei" in result.stdout
     for name, count in summary["nuclei_per_class"].items():
         assert f"{name}" in result.stdout and str(count) in result.stdout
-    for suffix in (".overlay.png", ".geojson.gz", ".csv", ".json", ".summary.json"):
+    exports = (".overlay.png", ".geojson.gz", ".csv", ".json", ".summary.json", ".density.tif")
+    for suffix in (*exports, ".density.png"):
         assert str(out / f"CMU-1-Small-Region{suffix}") in result.stdout
+    assert str(out / "cohort.csv") in result.stdout
 
 
 def test_demo_refuses_a_missing_checkpoint(tmp_path):
