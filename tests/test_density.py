@@ -43,7 +43,7 @@ def test_hand_computed_densities_full_half_and_too_little_tissue():
     bands, geo = density_maps(xy, types, 4, mask, MASK_MPP, SLIDE_MPP, (600, 200), 100)
     assert bands.dtype == np.float32 and bands.shape == (6, 1, 3)
     assert geo["bands"] == ["type 0", "type 1", "type 2", "type 3", "total", "tissue_mm2"]
-    assert geo["cell_px"] == 200 and geo["shape"] == [1, 3] and geo["origin_px"] == [0, 0]
+    assert geo["cell_px"] == 200 and geo["grid_shape"] == [1, 3] and geo["origin_px"] == [0, 0]
     type2, total, tissue = bands[2, 0], bands[4, 0], bands[5, 0]
     assert type2[0] == pytest.approx(1000)  # 10 nuclei / 0.01 mm^2
     assert type2[1] == pytest.approx(2000)  # half the tissue: twice the density
@@ -58,7 +58,7 @@ def test_the_minimum_tissue_share_and_cells_cut_by_the_slide_edge():
     mask = np.ones((50, 75), bool)  # 150 x 100 um: a whole cell and a half cell at the edge
     xy = np.concatenate([_at(0, 4), np.array([[250.0, 20.0], [299.9, 199.9]])])
     bands, geo = density_maps(xy, np.full(6, 1), 2, mask, MASK_MPP, SLIDE_MPP, (300, 200), 100)
-    assert geo["shape"] == [1, 2]
+    assert geo["grid_shape"] == [1, 2]
     assert bands[2, 0] == pytest.approx([400, 400])  # 2 nuclei in the half cell's 0.005 mm^2
     # a stricter minimum (share of a whole cell) drops the half cell
     bands, _ = density_maps(xy, np.full(6, 1), 2, mask, MASK_MPP, SLIDE_MPP, (300, 200), 100, 0.6)
@@ -77,7 +77,7 @@ def test_tissue_of_mask_pixels_cut_by_cell_edges_is_their_share_inside():
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
 
 
-def test_the_file_keeps_bands_and_geometry(tmp_path):
+def test_the_file_keeps_bands_and_geometry(tmp_path, caplog):
     mask = np.ones((50, 100), bool)
     mask[:, 60:] = False
     bands, geo = density_maps(_at(0, 5), np.full(5, 1), 3, mask, MASK_MPP, 0.5, (400, 200), 100)
@@ -88,8 +88,10 @@ def test_the_file_keeps_bands_and_geometry(tmp_path):
     np.testing.assert_array_equal(back, bands)  # NaN where NaN
     assert {k: doc[k] for k in geo} == geo and doc["format"] == "hovernet density map"
     # any TIFF reader: (bands, rows, cols) float32, resolution tags of 100 um cells
-    plain = tifffile.imread(path)
+    with caplog.at_level("WARNING", logger="tifffile"):
+        plain = tifffile.imread(path)
     assert plain.shape == (5, 1, 2) and plain.dtype == np.float32
+    assert not caplog.records  # a "shape" key in the description made tifffile warn
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         assert page.tags["XResolution"].value == (100, 1) and page.resolutionunit == 3  # cm
@@ -187,7 +189,7 @@ def test_on_the_demo_slide_density_times_tissue_gives_the_csv_counts(demo_out):
     assert geo["bands"] == ["unclassified", *names, "total", "tissue_mm2"]
     assert geo["band_types"] == [0, 1, 2, 3, 4, None, None]
     assert geo["grid_um"] == 100 and geo["cell_px"] == pytest.approx(100 / 0.499)
-    cell, (rows, cols) = geo["cell_px"], geo["shape"]
+    cell, (rows, cols) = geo["cell_px"], geo["grid_shape"]
     assert rows == cols == int(np.ceil(CROP[2] / cell))
     tissue = bands[-1].astype(np.float64)
     counted = np.isfinite(bands[-2])

@@ -76,7 +76,7 @@ def read_density_tiff(path: PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         ) from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise HoverNetError(f"{path}: not a hovernet density map (its description says otherwise)")
-    return bands.reshape(len(doc["bands"]), *doc["shape"]), doc
+    return bands.reshape(len(doc["bands"]), *doc["grid_shape"]), doc
 
 
 # ----------------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def density_maps(
         "cell_px": float(cell_px),
         "origin_px": [0.0, 0.0],
         "origin_um": [0.0, 0.0],
-        "shape": [int(shape[0]), int(shape[1])],
+        "grid_shape": [int(shape[0]), int(shape[1])],  # not "shape": tifffile reads that key
         "slide_mpp": float(slide_mpp),
         "dimensions": [int(dimensions[0]), int(dimensions[1])],
         "mask_mpp": float(mask_mpp),
