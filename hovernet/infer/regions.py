@@ -36,11 +36,6 @@ class Region:
     core: tuple[int, int, int, int]
     read: tuple[int, int, int, int]
 
-    @property
-    def read_size(self) -> tuple[int, int]:
-        """(width, height) of the area read."""
-        return self.read[2] - self.read[0], self.read[3] - self.read[1]
-
 
 @dataclass(frozen=True)
 class RegionPlan:

@@ -68,11 +68,6 @@ class TileGrid:
         right = self.margin + self.n_cols * self.output_size - width
         return (self.margin, bottom), (self.margin, right)
 
-    @property
-    def padded_shape(self) -> tuple[int, int]:
-        (top, bottom), (left, right) = self.padding
-        return self.image_shape[0] + top + bottom, self.image_shape[1] + left + right
-
     def windows(self) -> list[tuple[int, int]]:
         """Top-left corners (y, x) of the input windows in the padded image, row by row.
 

@@ -373,13 +373,3 @@ def write_png(path: PathLike, rgb_or_mask: np.ndarray) -> None:
 
 def write_summary(path: PathLike, summary: Mapping[str, Any]) -> None:
     write_text_atomic(path, json.dumps(summary, indent=2, sort_keys=False) + "\n")
-
-
-def read_text_any(path: PathLike) -> str:
-    """Text of a file, gunzipped when it ends in .gz (for tests and tools)."""
-    path = os.fspath(path)
-    if path.endswith(".gz"):
-        with gzip.open(path, "rt", encoding="utf-8") as fh:
-            return fh.read()
-    with open(path, encoding="utf-8") as fh:
-        return fh.read()
