@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-FORMAT_HELP = "auto, colour, inst, mat, xml, geojson, masks or patch (see docs/training-data.md)"
+FORMAT_HELP = (
+    "auto, colour, inst, mat, xml, geojson, masks, patch or points (see docs/training-data.md)"
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -59,6 +61,22 @@ def register(app: typer.Typer) -> None:
             "--color-tolerance",
             help="Colour masks: snap colours within this channel difference (JPEG masks).",
         ),
+        point_classes: str | None = typer.Option(
+            None,
+            "--point-classes",
+            "--point_classes",
+            help="Points: class names -> --type-info names, e.g. fibroblast=spindle-shaped "
+            "(name=- drops a class).",
+        ),
+        point_base: int = typer.Option(
+            0, "--point-base", "--point_base", help="Points: 0- or 1-based (MATLAB) x, y."
+        ),
+        point_radius: float = typer.Option(
+            3.0,
+            "--point-radius",
+            "--point_radius",
+            help="Points: radius in pixels of the disk of type target around each point.",
+        ),
         valid_fraction: float = typer.Option(
             0.2, "--valid-fraction", "--valid_fraction", help="Share of source images for valid."
         ),
@@ -109,6 +127,7 @@ def register(app: typer.Typer) -> None:
             out_dir=out, window=size, step=stride, fmt=fmt, type_info=info,
             merge=merge_classes, min_size=min_size, colour_tolerance=colour_tolerance,
             valid_fraction=valid_fraction, seed=seed, split_file=split_file, compress=compress,
+            point_classes=point_classes, point_base=point_base, point_radius=point_radius,
         )  # fmt: skip
         total = _count_windows(sources, size, stride)
         with Progress(total, "extract-patches", unit="patches", quiet=quiet) as bar:

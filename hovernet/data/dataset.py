@@ -11,6 +11,13 @@ Each sample is a dict of tensors for a network of the given geometry (input S, o
 - ``hv_map``: float32, 2 x s x s, channel 0 horizontal (x), channel 1 vertical (y)
 - ``tp_map``: int64, s x s, type ids (only for typed data; for untyped patches when
   ``untyped_fill`` is set, filled with that value, e.g. -1 = "no type label" for the loss)
+- ``inst_valid``: uint8 scalar, 0 for a point patch (its NP and HV targets are empty and mean
+  nothing: the losses skip them), 1 otherwise; present when ``inst_flag`` is set (datasets
+  with point patches, and every dataset trained beside one, so that batches collate)
+
+Point patches (``points`` in the .npz, from ``--format points``): ``inst`` holds small disks
+around labelled nucleus centres; their ``tp_map`` is the disk's class on disk pixels and
+``POINT_IGNORE`` (-1) everywhere else, since unmarked pixels are not known to be background.
 
 Randomness: each process draws from its own ``numpy.random.Generator``. In the main process it
 is seeded with ``seed``; in a DataLoader worker with ``(seed, torch worker seed)``, so workers
@@ -35,6 +42,7 @@ from hovernet.errors import HoverNetError
 from hovernet.io.type_info import TypeInfo, load_type_info
 
 PATCH_SUFFIXES = (".npz", ".npy")
+POINT_IGNORE = -1  # type target of pixels without a label (= hovernet.train.losses.IGNORE)
 MANIFEST = "manifest.csv"
 
 
@@ -84,12 +92,20 @@ def read_manifest(dataset_dir: str | Path) -> list[dict[str, str]]:
 
 def load_patch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """One patch file -> (H x W x 3 uint8 image, H x W x K int32 labels: instance[, type])."""
+    img, labels, _ = load_patch_flagged(path)
+    return img, labels
+
+
+def load_patch_flagged(path: str | Path) -> tuple[np.ndarray, np.ndarray, bool]:
+    """`load_patch` and whether the patch is a point patch (type targets only)."""
     path = Path(path)
+    points = False
     try:
         if path.suffix == ".npz":
             with np.load(path) as data:
                 img = data["img"]
                 maps = [data["inst"]] + ([data["type"]] if "type" in data.files else [])
+                points = "points" in data.files
             labels = np.stack(maps, axis=-1)
         else:
             data = np.load(path)
@@ -108,7 +124,8 @@ def load_patch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise HoverNetError(
             f"{path}: image {img.shape} and labels {labels.shape[:2]} must be H x W x 3 and H x W"
         )
-    return np.ascontiguousarray(img, dtype=np.uint8), np.ascontiguousarray(labels, dtype=np.int32)
+    img = np.ascontiguousarray(img, dtype=np.uint8)
+    return img, np.ascontiguousarray(labels, dtype=np.int32), points
 
 
 class PatchDataset(Dataset):
@@ -134,6 +151,8 @@ class PatchDataset(Dataset):
         self.manifest_rows = list(manifest_rows) if manifest_rows else None
         self.with_type = load_patch(self.files[0])[1].shape[-1] > 1
         self.untyped_fill = untyped_fill
+        rows = self.manifest_rows
+        self.inst_flag = bool(rows) and "points" in rows[0]  # see the module docstring
         self._rng: np.random.Generator | None = None
         self._rng_owner: int | None = None
 
@@ -169,7 +188,9 @@ class PatchDataset(Dataset):
         `rng` replaces this process's generator for this one sample (the trainer passes one
         per sample, so a sample's augmentation does not depend on workers or on resuming).
         """
-        img, labels = load_patch(self.files[index])
+        img, labels, points = load_patch_flagged(self.files[index])
+        if points and labels.shape[-1] < 2:
+            raise HoverNetError(f"{self.files[index]}: a point patch without its type map")
         if self.with_type and labels.shape[-1] < 2:
             raise HoverNetError(f"{self.files[index]} has no type map but the first patch does")
         if self.augment:
@@ -178,12 +199,20 @@ class PatchDataset(Dataset):
             rng = None
         size, out = self.geometry.input_size, self.geometry.output_size
         img, labels = augment_sample(img, labels, size, rng, self.aug_config)
-        hv, np_map = hv_targets(labels[..., 0], (out, out))
+        if points:  # no instance targets: empty maps, skipped by the losses (inst_valid 0)
+            hv, np_map = np.zeros((out, out, 2), np.float32), np.zeros((out, out), np.uint8)
+        else:
+            hv, np_map = hv_targets(labels[..., 0], (out, out))
         sample = {"img": img, "np_map": np_map, "hv_map": hv}
         if self.with_type:
-            sample["tp_map"] = np.ascontiguousarray(crop_center(labels[..., 1], (out, out)))
+            tp = crop_center(labels[..., 1], (out, out))
+            if points:
+                tp = np.where(crop_center(labels[..., 0], (out, out)) > 0, tp, POINT_IGNORE)
+            sample["tp_map"] = np.ascontiguousarray(tp)
         elif self.untyped_fill is not None:
             sample["tp_map"] = np.full((out, out), self.untyped_fill, np.int64)
+        if self.inst_flag or points:
+            sample["inst_valid"] = np.array(0 if points else 1, np.uint8)
         return sample
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -199,6 +228,8 @@ class PatchDataset(Dataset):
         }
         if "tp_map" in s:
             item["tp_map"] = torch.from_numpy(s["tp_map"]).long()
+        if "inst_valid" in s:
+            item["inst_valid"] = torch.from_numpy(s["inst_valid"]).bool()
         return item
 
 

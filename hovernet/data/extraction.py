@@ -2,7 +2,8 @@
 
 Layout (the contract with hovernet.data.dataset):
     <out>/train/<source>_<index>.npz, <out>/valid/<source>_<index>.npz   img, inst[, type]
-    <out>/manifest.csv        split,path,source,y,x,size,n_nuclei[,n_type_<id>...]
+                              [, points: a point patch, inst = disks around labelled points]
+    <out>/manifest.csv        split,path,source,y,x,size,n_nuclei[,n_type_<id>...][,points]
     <out>/type_info.json      (typed data)      <out>/class_counts.json
     <out>/.done/<source>.json one per finished source: its split, manifest rows and counts
     <out>/extract_config.json the settings; a rerun with other settings is refused
@@ -41,6 +42,7 @@ from hovernet.io.annotations import (
     read_original_patch,
 )
 from hovernet.io.atomic import atomic_path, write_text_atomic
+from hovernet.io.points import POINT_RADIUS, parse_point_classes
 from hovernet.io.slides import IMAGE_SUFFIXES, open_image
 from hovernet.io.type_info import TypeInfo, type_info_json
 
@@ -54,6 +56,7 @@ PRESETS = {"original": (540, 80), "fast": (540, 164)}
 ANN_TOKENS = ("", "_mask", "_inst", "_ann", "_annotation", "_annotations", "_label", "_labels")
 SPLITS = ("train", "valid")
 COMPRESS = ("labels", "all", "none")
+POINT_DEFAULTS = {"point_classes": None, "point_base": 0, "point_radius": POINT_RADIUS}
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,18 @@ class ExtractConfig:
     seed: int = 0
     split_file: Path | None = None
     compress: str = "labels"
+    point_classes: str | None = None  # points: "name=class,..." (hovernet.io.points)
+    point_base: int = 0  # points: 0- or 1-based coordinates
+    point_radius: float = POINT_RADIUS  # points: disk radius of a type target, pixels
 
     def settings(self) -> dict:
-        """What must match for a rerun to reuse finished sources."""
+        """What must match for a rerun to reuse finished sources (point settings only when
+        not the defaults, so folders extracted before they existed still match)."""
         keep = ("window", "step", "fmt", "merge", "min_size", "colour_tolerance", "compress")
         d = {k: v for k, v in asdict(self).items() if k in keep}
+        for key, default in POINT_DEFAULTS.items():
+            if getattr(self, key) != default:
+                d[key] = getattr(self, key)
         d["type_info"] = json.loads(type_info_json(self.type_info)) if self.type_info else None
         return d
 
@@ -227,7 +237,7 @@ def extract_source(source: Source, split: str, config: ExtractConfig, progress=N
         labels = open_labels(
             source.annotation, source.fmt, shape=shape, type_info=config.type_info,
             merge=config.merge, min_size=config.min_size, tolerance=config.colour_tolerance,
-            workdir=out,
+            workdir=out, points=_point_options(config),
         )  # fmt: skip
         try:
             result = SourceResult(source.name, split, [])
@@ -238,6 +248,11 @@ def extract_source(source: Source, split: str, config: ExtractConfig, progress=N
     finally:
         reader.close()
     return result
+
+
+def _point_options(config: ExtractConfig) -> dict:
+    classes = parse_point_classes(config.point_classes)
+    return {"classes": classes, "base": config.point_base, "radius": config.point_radius}
 
 
 def _source_counts(labels, result: SourceResult, rows: int = 1024) -> None:
@@ -259,6 +274,7 @@ def _cut_windows(reader, labels, spec, name, split, config, result, progress) ->
     offsets = np.arange(spec.size)
     grid = window_grid(height, width, spec)
     inst_type = labels.inst_type
+    points = getattr(labels, "points", False)
     band_y = None
     for index, (y, x) in enumerate(grid):
         if y != band_y:  # a new row of windows: read its band of image and label rows once
@@ -279,9 +295,13 @@ def _cut_windows(reader, labels, spec, name, split, config, result, progress) ->
         arrays = {"img": img, "inst": inst}
         if inst_type is not None:
             arrays["type"] = inst_type[src][inst]
+        if points:  # disks around labelled points: type targets only (see dataset.py)
+            arrays["points"] = np.ones((), np.uint8)
         rel = f"{split}/{name}_{index:05d}.npz"
         save_patch(config.out_dir / rel, config.compress, **arrays)
         result.rows.append(_patch_row(split, rel, name, y, x, spec.size, src, inst_type))
+        if points:
+            result.rows[-1]["points"] = 1
         if progress is not None:
             progress()
 
@@ -438,11 +458,13 @@ def write_outputs(config: ExtractConfig, results: list[SourceResult]) -> dict:
     out = config.out_dir
     type_info = _dataset_type_info(config, results)
     class_ids = [k for k in sorted(type_info) if k > 0] if type_info else []
+    points = any("points" in row for r in results for row in r.rows)  # a column only then
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(
         ["split", "path", "source", "y", "x", "size", "n_nuclei"]
         + [f"n_type_{k}" for k in class_ids]
+        + (["points"] if points else [])
     )
     for r in results:
         for row in r.rows:
@@ -450,6 +472,7 @@ def write_outputs(config: ExtractConfig, results: list[SourceResult]) -> dict:
             writer.writerow(
                 [row[c] for c in ("split", "path", "source", "y", "x", "size", "n_nuclei")]
                 + [types.get(k, 0) for k in class_ids]
+                + ([row.get("points", 0)] if points else [])
             )
     write_text_atomic(out / "manifest.csv", buf.getvalue())
     if type_info is not None:

@@ -8,7 +8,8 @@ Formats (`FORMATS`):
 - `xml`: MoNuSeg/Kumar Aperio ImageScope polygons;
 - `geojson`: QuPath annotation/detection export, classification names -> type_info names;
 - `masks`: a folder of per-nucleus binary masks (Kaggle DSB 2018 layout);
-- `patch`: the original project's extracted patches (`.npy`, H x W x 5: RGB, instance, type).
+- `patch`: the original project's extracted patches (`.npy`, H x W x 5: RGB, instance, type);
+- `points`: a CSV of nucleus centres with classes, no outlines (points.py; type targets only).
 
 A labels object has `path`, `height`, `width`, `n_instances`, `inst_type` (uint8 class id per
 instance id, index 0 = background, or None when untyped), `read_rows(y0, y1)` (uint32 ids
@@ -29,6 +30,7 @@ import numpy as np
 from hovernet.errors import HoverNetError
 from hovernet.io.colour_masks import ColourMaskLabels
 from hovernet.io.labels import read_label_array
+from hovernet.io.points import open_points
 from hovernet.io.slides import IMAGE_SUFFIXES, read_mask_image
 from hovernet.io.type_info import TypeInfo
 
@@ -48,7 +50,7 @@ __all__ = [
     "read_qupath_geojson",
 ]
 
-FORMATS = ("colour", "inst", "mat", "xml", "geojson", "masks", "patch")
+FORMATS = ("colour", "inst", "mat", "xml", "geojson", "masks", "patch", "points")
 LABEL_SUFFIXES = {".npy", ".png", ".tif", ".tiff"}
 
 # Class merging tables: source type id -> training type id. "consep" is the original
@@ -396,6 +398,7 @@ def detect_format(path: str | os.PathLike, typed_colours: bool = False) -> str:
     if path.is_dir():
         return "masks"
     by_suffix = {".mat": "mat", ".xml": "xml", ".geojson": "geojson", ".json": "geojson"}
+    by_suffix[".csv"] = "points"
     if suffix in by_suffix:
         return by_suffix[suffix]
     if suffix == ".npy":
@@ -418,8 +421,12 @@ def open_labels(
     min_size: int = 10,
     tolerance: int = 0,
     workdir: str | os.PathLike | None = None,
+    points: dict | None = None,
 ):
-    """Open any annotation format for band reading; `shape` (H, W) is the image size."""
+    """Open any annotation format for band reading; `shape` (H, W) is the image size.
+    `points`: keyword arguments of `hovernet.io.points.open_points` (classes, base, radius)."""
+    if fmt == "points":
+        return open_points(path, shape, type_info, **(points or {}))
     if fmt == "colour":
         if type_info is None:
             raise HoverNetError(f"{path}: colour masks need --type-info type_info.json")

@@ -95,6 +95,9 @@ def load_training_data(
                     f"{folder}/type_info.json differs from {first}/type_info.json: typed folders "
                     "trained together must use the same classes (re-extract with one type_info)"
                 )
+    if any(ds.inst_flag for ds in [*train, *valid]):  # point patches: every sample says
+        for ds in [*train, *valid]:  # whether it has instance targets, so batches collate
+            ds.inst_flag = True
     nr_types = None if type_info is None else max(type_info) + 1
     if nr_types is not None:
         for ds in [*train, *valid]:

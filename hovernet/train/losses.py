@@ -10,6 +10,10 @@ out) in N x C x H x W layout and the targets of `hovernet.data.dataset.PatchData
 - TP (nucleus type): cross-entropy + Dice as NP. Pixels whose type target is `IGNORE` (-1,
   patches without a type label) take no part; a batch with no typed pixel gives 0.
 
+Point patches (`inst_valid` 0 in the batch, see `hovernet.data.dataset`): the NP and HV terms
+are computed over the other samples of the batch only (a batch of point patches alone gives 0
+and no gradient to those branches); their type targets (disks around the points) count as any.
+
 MSGE direction. The paper differentiates the horizontal map along x and the vertical map along y
 (`msge_variant="paper"`, the default). The original code builds its kernels with
 `meshgrid(..., indexing="ij")`, so its "h" kernel varies along rows: it differentiates the
@@ -128,13 +132,7 @@ def hovernet_losses(
     `class_weights` (nr_types floats) scales each pixel's type cross-entropy by the weight of
     its true class (the seed's rare classes); terms with weight 0 are not computed.
     """
-    np_t = batch["np_map"]
-    terms = {
-        "np_bce": xentropy(out["np"], np_t),
-        "np_dice": dice_loss(out["np"], np_t),
-        "hv_mse": mse(out["hv"], batch["hv_map"]),
-        "hv_msge": msge(out["hv"], batch["hv_map"], np_t, msge_variant),
-    }
+    terms = instance_terms(out, batch, msge_variant)
     if "tp" in out:
         if "tp_map" not in batch:
             raise HoverNetError(
@@ -156,6 +154,26 @@ def hovernet_losses(
             terms = {k: (zero if k.startswith("tp_") else v) for k, v in terms.items()}
     total = sum(getattr(weights, k) * v for k, v in terms.items() if getattr(weights, k))
     return total, terms
+
+
+def instance_terms(
+    out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], msge_variant: str = "paper"
+) -> dict[str, torch.Tensor]:
+    """NP and HV terms over the samples with instance targets (`inst_valid`, default all)."""
+    np_out, hv_out, np_t, hv_t = out["np"], out["hv"], batch["np_map"], batch["hv_map"]
+    if "inst_valid" in batch:
+        keep = batch["inst_valid"].to(np_out.device).bool()
+        if not bool(keep.any()):  # point patches only: keep the graph, add nothing
+            zero = np_out.sum() * 0.0 + hv_out.sum() * 0.0
+            return dict.fromkeys(("np_bce", "np_dice", "hv_mse", "hv_msge"), zero)
+        if not bool(keep.all()):
+            np_out, hv_out, np_t, hv_t = np_out[keep], hv_out[keep], np_t[keep], hv_t[keep]
+    return {
+        "np_bce": xentropy(np_out, np_t),
+        "np_dice": dice_loss(np_out, np_t),
+        "hv_mse": mse(hv_out, hv_t),
+        "hv_msge": msge(hv_out, hv_t, np_t, msge_variant),
+    }
 
 
 def _weighted_xentropy(logits: torch.Tensor, target: torch.Tensor, pixel_w: torch.Tensor):

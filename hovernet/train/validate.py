@@ -78,12 +78,14 @@ def patch_metrics(
         n_batches += 1
         pred_np = out["np"].argmax(1)
         true_np = tgt["np_map"]
+        keep = tgt["inst_valid"].bool() if "inst_valid" in tgt else slice(None)
+        pred_np, true_np, pred_hv = pred_np[keep], true_np[keep], out["hv"][keep]
         np_inter += int(((pred_np == 1) & (true_np == 1)).sum())
         np_total += int((pred_np == 1).sum() + (true_np == 1).sum())
         np_correct += int((pred_np == true_np).sum())
         np_pixels += true_np.numel()
-        hv_se += float(((out["hv"].float() - tgt["hv_map"]) ** 2).sum())
-        hv_n += tgt["hv_map"].numel()
+        hv_se += float(((pred_hv.float() - tgt["hv_map"][keep]) ** 2).sum())
+        hv_n += tgt["hv_map"][keep].numel()
         if nr_types and "tp_map" in tgt:
             pred_tp = out["tp"].argmax(1)
             true_tp = tgt["tp_map"]
@@ -171,7 +173,7 @@ def instance_metrics(
     does with the checkpoint's mpp."""
     was_training = model.training
     model.eval()
-    files = [(f, ds.with_type) for ds in datasets for f in ds.files][: max(n, 0)]
+    files = [(f, ds.with_type) for ds in datasets for f in _outline_files(ds)][: max(n, 0)]
     stats = []
     txy, ttype, pxy, ptype = [], [], [], []
     typed_model = getattr(model, "nr_types", None) is not None
@@ -209,6 +211,14 @@ def instance_metrics(
         pred_n = np.bincount(np.concatenate(ptype).astype(np.int64), minlength=1)
         result["valid_never_predicted_nuclei"] = never_predicted(pred_n, true_n)
     return result
+
+
+def _outline_files(ds: PatchDataset) -> list:
+    """The patch files with outlines (point patches have no nuclei to score by instance)."""
+    rows = ds.manifest_rows
+    if not ds.inst_flag or rows is None:
+        return ds.files
+    return [f for f, row in zip(ds.files, rows, strict=True) if row.get("points") != "1"]
 
 
 def validate_run(parts: TrainParts, data: TrainingData, workers: int, epoch: int) -> dict:
