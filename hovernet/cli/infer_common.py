@@ -27,6 +27,7 @@ class InferOptions:
     threads: int | None = None
     precision: str = "auto"
     backend: str = "auto"  # auto, torch or onnxruntime (hovernet.infer.backends)
+    stain_norm: Path | None = None  # reference image of --stain_norm (Reinhard)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -50,11 +51,36 @@ class InferOptions:
             backend=self.backend,
         )
 
+    def attach_stain_norm(self, model) -> None:
+        """--stain_norm REF: fit Reinhard's statistics on REF once and set `model.stain_norm`
+        (applied to each tile or slide region before the network: `predict_stream`)."""
+        if self.stain_norm is None:
+            return
+        from functools import partial
+
+        from hovernet.data.stain import reinhard_apply, reinhard_fit
+
+        params = reinhard_fit(read_reference(self.stain_norm))
+        model.stain_norm = partial(reinhard_apply, params=params)
+
     def post_proc_workers(self, at_most: int, at_least: int) -> int:
         """--nr_post_proc_workers, else one per spare core within [at_least, at_most]."""
         if self.nr_post_proc_workers is not None:
             return self.nr_post_proc_workers
         return spare_cpus(at_most, at_least)
+
+
+def read_reference(path: Path):
+    """The --stain_norm reference as RGB uint8, or one HoverNetError naming the flag."""
+    from hovernet.io.slides import read_rgb
+
+    try:
+        return read_rgb(path)
+    except (HoverNetError, OSError, ValueError) as error:
+        raise HoverNetError(
+            f"--stain_norm {path}: cannot use it as the reference H&E image ({error}); "
+            "pass a readable PNG/JPEG/TIFF of well-stained tissue"
+        ) from None
 
 
 def features_option() -> bool:
@@ -142,6 +168,14 @@ def infer_group() -> typer.Typer:
             help="auto (CUDA: bf16, fp16 on GPUs without bf16; CPU: bf16 where it computes bf16 "
             "natively, AMX or AVX-512 BF16, detected at run time, else fp32), fp32, bf16 or fp16.",
         ),
+        stain_norm: Path | None = typer.Option(
+            None,
+            "--stain_norm",
+            "--stain-norm",
+            help="Reference H&E image: each tile (slide: each region) is colour-normalised to "
+            "it (Reinhard, LAB mean/std of tissue) before the network; outputs and colour "
+            "features keep the original pixels. See docs/inference.md.",
+        ),
     ) -> None:
         if gpu is not None:
             device = f"cuda:{gpu.split(',')[0].strip()}"
@@ -157,6 +191,7 @@ def infer_group() -> typer.Typer:
             threads=threads,
             precision=precision,
             backend=backend,
+            stain_norm=stain_norm,
         )
 
     return infer_app

@@ -230,6 +230,7 @@ def run_wsi(
             opts = replace(opts, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     load = opts.load_options()
     model, type_info = load_for_inference(load)
+    opts.attach_stain_norm(model)
     batch_size = _gpu_settings(model, opts, batch_given, compile_network)
     who = f"rank {rank}/{world}: " if world > 1 else ""
     line = describe_model(model, type_info, load, batch_size)

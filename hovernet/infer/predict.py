@@ -109,9 +109,7 @@ def run_batch(model: torch.nn.Module, patches: np.ndarray, dtype: torch.dtype | 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """A host array as a tensor on `device` (CUDA: through pinned memory, not waiting)."""
     tensor = torch.from_numpy(array)
-    if device.type != "cuda":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor if device.type != "cuda" else tensor.pin_memory().to(device, non_blocking=True)
 
 
 class _Image:
@@ -221,7 +219,8 @@ def predict_stream(
     never share a batch with another image's (its last batch may be short): the kernels' work
     split depends on the batch, which can move a value by one float step, so only then are an
     image's maps independent of what came before it (slide mode: a resumed run equals a whole
-    one bit for bit).
+    one bit for bit). Where `model.stain_norm` is set (`--stain_norm`), the network sees
+    `model.stain_norm(image)`; the yielded image is the one given.
     """
     if batch_size < 1:
         raise HoverNetError(f"batch size must be at least 1, got {batch_size}")
@@ -232,6 +231,7 @@ def predict_stream(
     alloc = alloc or (lambda shape, dt: np.empty(shape, dt))
     clock = clock or NO_CLOCK
     fixed = bool(getattr(model, "fixed_batch", False))
+    norm = getattr(model, "stain_norm", None)  # RGB -> RGB; the maps keep the image's pixels
     copier = torch.cuda.Stream(on) if on.type == "cuda" else None
     waiting: deque[_Image] = deque()  # images with windows still to run, in order
     finishing: deque[tuple[_Image, Any]] = deque()  # CUDA: done there, not yet copied back
@@ -280,7 +280,7 @@ def predict_stream(
             image = check_image(image, key)
             grid = TileGrid(image.shape[:2], geometry.input_size, geometry.output_size)
             with clock("pad"):
-                padded = to_device(grid.pad(image), on)
+                padded = to_device(grid.pad(image if norm is None else norm(image)), on)
             state = _Image(key, image, grid, padded, nr_types, on, alloc)
             waiting.append(state)
             run = select(key, grid) if select is not None else None
