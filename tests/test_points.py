@@ -19,7 +19,7 @@ from hovernet.cli import main
 from hovernet.config import geometry_for
 from hovernet.data.dataset import POINT_IGNORE, PatchDataset
 from hovernet.data.extraction import ExtractConfig, find_sources, run_extraction
-from hovernet.errors import HoverNetError
+from hovernet.errors import HoverNetError, HoverNetWarning
 from hovernet.io.annotations import MERGED_TYPE_INFO, detect_format
 from hovernet.io.points import (
     PointLabels,
@@ -241,3 +241,35 @@ def _run(args: list[str]) -> None:
         main(args)
     except SystemExit as exc:
         assert not exc.code, args
+
+
+def test_validation_scores_nuclei_on_outlined_patches_only(tmp_path):
+    from hovernet.train.validate import patch_metrics
+
+    _patch(tmp_path / "p.npz", points=True)
+    _patch(tmp_path / "o.npz", points=False)
+    outlined = PatchDataset([tmp_path / "o.npz"], "fast", augment=False)
+    torch.manual_seed(0)
+    net = TinyNet(5)
+    alone = patch_metrics(net, [outlined], torch.device("cpu"), batch=2)
+    point = PatchDataset([tmp_path / "p.npz"], "fast", augment=False)
+    outlined.inst_flag = point.inst_flag = True
+    both = patch_metrics(net, [outlined, point], torch.device("cpu"), batch=2)
+    for key in ("valid_np_dice", "valid_np_acc", "valid_hv_mse", "valid_np_bce"):
+        assert both[key] == pytest.approx(alone[key]), key
+    apart = patch_metrics(net, [outlined, point], torch.device("cpu"), batch=1)
+    for key in ("valid_np_bce", "valid_np_dice", "valid_hv_mse", "valid_hv_msge"):
+        assert apart[key] == pytest.approx(alone[key]), key  # the point-only batch: no term
+    assert both["valid_tp_bce"] != pytest.approx(alone["valid_tp_bce"])  # the disks count
+
+
+def test_point_folders_alone_warn_that_np_and_hv_do_not_train(tmp_path):
+    images, pts, _ = _point_source(tmp_path)
+    config = ExtractConfig(
+        tmp_path / "ds", window=128, step=64, type_info=INFO, valid_fraction=0,
+        point_classes=CLASSES, point_base=1,
+    )  # fmt: skip
+    run_extraction(config, find_sources(images, pts, "auto", typed=True))
+    with pytest.warns(HoverNetWarning, match="nothing trains the NP and HV branches"):
+        data = load_training_data([tmp_path / "ds"], geometry_for("fast"))
+    assert data.nr_types == 5 and data.train[0].inst_flag

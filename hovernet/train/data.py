@@ -3,7 +3,9 @@
 - `load_training_data` opens the `train` and `valid` splits of every folder. Folders with type
   maps and folders without (MoNuSeg, DSB next to CoNSeP) train together: untyped patches get a
   type target of -1 everywhere, which the type loss ignores. Class names and colours come from
-  the typed folders' `type_info.json` (they must agree).
+  the typed folders' `type_info.json` (they must agree). Folders of point annotations
+  (`--format points`) train the type branch only; when every folder is one, a warning says
+  that nothing trains the NP and HV branches.
 - `validation_class_warning` names the classes that have no nucleus in the validation patches:
   their Dice and F1 would otherwise be silently missing from the validation figures.
 - `EpochSampler` draws the order of one epoch from (seed, epoch) alone, with one augmentation
@@ -14,6 +16,7 @@
 
 from __future__ import annotations
 
+import warnings
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -31,7 +34,7 @@ from hovernet.data.dataset import (
     read_manifest,
     read_type_info,
 )
-from hovernet.errors import HoverNetError
+from hovernet.errors import HoverNetError, HoverNetWarning
 from hovernet.io.type_info import TypeInfo
 from hovernet.train.losses import IGNORE
 
@@ -98,12 +101,26 @@ def load_training_data(
     if any(ds.inst_flag for ds in [*train, *valid]):  # point patches: every sample says
         for ds in [*train, *valid]:  # whether it has instance targets, so batches collate
             ds.inst_flag = True
+        if all(_points_only(ds) for ds in train):
+            warnings.warn(HoverNetWarning(POINTS_ONLY), stacklevel=2)
     nr_types = None if type_info is None else max(type_info) + 1
     if nr_types is not None:
         for ds in [*train, *valid]:
             if not ds.with_type:
                 ds.untyped_fill = IGNORE
     return TrainingData(train, valid, type_info, nr_types)
+
+
+POINTS_ONLY = (
+    "every --data folder holds point annotations only: they train the type branch, and "
+    "nothing trains the NP and HV branches; add a folder with outlines, or start from a "
+    "trained model (--init CHECKPOINT)"
+)
+
+
+def _points_only(ds: PatchDataset) -> bool:
+    rows = ds.manifest_rows
+    return bool(rows) and all(r.get("points") == "1" for r in rows)
 
 
 def class_counts(datasets: Sequence[PatchDataset], limit: int | None = None) -> dict[int, int]:

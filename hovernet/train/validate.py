@@ -59,7 +59,7 @@ def patch_metrics(
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
-    n_batches = 0
+    counts: dict[str, int] = {}  # batches per term: a batch of point patches has no NP/HV term
     np_inter = np_total = np_correct = np_pixels = 0
     hv_se, hv_n = 0.0, 0
     nr_types = getattr(model, "nr_types", None)
@@ -74,8 +74,10 @@ def patch_metrics(
             out = model(img)
         total, terms = hovernet_losses(out, tgt, weights, msge_variant)
         for k, v in {"loss": total, **terms}.items():
+            if k[:3] in ("np_", "hv_") and "inst_valid" in tgt and not tgt["inst_valid"].any():
+                continue
             sums[k] = sums.get(k, 0.0) + float(v)
-        n_batches += 1
+            counts[k] = counts.get(k, 0) + 1
         pred_np = out["np"].argmax(1)
         true_np = tgt["np_map"]
         keep = tgt["inst_valid"].bool() if "inst_valid" in tgt else slice(None)
@@ -97,7 +99,7 @@ def patch_metrics(
                 tp_pred[c] += int(p.sum())
                 tp_true[c] += int(t.sum())
     model.train(was_training)
-    result = {f"valid_{k}": v / max(n_batches, 1) for k, v in sums.items()}
+    result = {f"valid_{k}": v / counts[k] for k, v in sums.items()}
     result["valid_np_dice"] = 2 * np_inter / np_total if np_total else 1.0
     result["valid_np_acc"] = np_correct / max(np_pixels, 1)
     result["valid_hv_mse"] = hv_se / max(hv_n, 1)
