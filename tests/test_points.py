@@ -273,3 +273,13 @@ def test_point_folders_alone_warn_that_np_and_hv_do_not_train(tmp_path):
     with pytest.warns(HoverNetWarning, match="nothing trains the NP and HV branches"):
         data = load_training_data([tmp_path / "ds"], geometry_for("fast"))
     assert data.nr_types == 5 and data.train[0].inst_flag
+
+
+def test_load_annotated_reads_points_in_memory(tmp_path):
+    from hovernet.data.annotated import load_annotated
+
+    images, pts, _ = _point_source(tmp_path)
+    options = {"classes": parse_point_classes(CLASSES), "base": 1, "radius": 2}
+    ann = load_annotated(images / "s1.png", pts / "s1.csv", type_info=INFO, points=options)
+    assert ann.inst.max() == 3 and ann.type[40, 30] == 3 and ann.type[99, 149] == 4
+    assert ann.type[20, 100] == 1 and ann.type[119, 79] == 0  # unlabelled: nothing

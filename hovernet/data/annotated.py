@@ -49,8 +49,11 @@ def load_annotated(
     merge: str | dict | None = None,
     min_size: int = 10,
     tolerance: int = 0,
+    points: dict | None = None,
 ) -> AnnotatedImage:
-    """Read an image and its annotation into memory (for images that fit; see open_labels)."""
+    """Read an image and its annotation into memory (for images that fit; see open_labels).
+    Point CSVs: `points` = {"classes": {name: class}, "base": 0 or 1, "radius": px}; `inst`
+    then holds a disk per labelled point (see hovernet.io.points)."""
     fmt = detect_format(ann_path, type_info is not None) if fmt == "auto" else fmt
     if fmt == "patch":
         image, labels = read_original_patch(ann_path)
@@ -61,7 +64,7 @@ def load_annotated(
             image = reader.read_region(0, 0, reader.width, reader.height)
         labels = open_labels(
             ann_path, fmt, shape=image.shape[:2], type_info=type_info, merge=merge,
-            min_size=min_size, tolerance=tolerance,
+            min_size=min_size, tolerance=tolerance, points=points,
         )  # fmt: skip
     try:
         inst, types = labels_to_arrays(labels)
