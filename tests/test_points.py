@@ -77,9 +77,11 @@ def test_unknown_classes_and_points_outside_are_refused(tmp_path):
         point_class_ids(table, None)
     with pytest.raises(HoverNetError, match="expected name=class pairs"):
         parse_point_classes("fibroblast")
-    far = read_points(_csv(tmp_path / "b.csv", "x,y,class\n1,2,other\n40,3,other\n"))
-    with pytest.raises(HoverNetError, match=r"b\.csv, line 3: point \(40, 3\).*--point-base"):
-        PointLabels(far, np.array([1, 1], np.uint8), (30, 30))
+    far = read_points(_csv(tmp_path / "b.csv", "x,y,class\n-3,2,other\n32.6,3,other\n"))
+    with pytest.raises(HoverNetError, match=r"b\.csv, line 3: point \(32.6, 3\).*radius 3"):
+        PointLabels(far, np.array([1, 1], np.uint8), (30, 30), radius=3)
+    near = PointLabels(far, np.array([1, 1], np.uint8), (30, 30), radius=3.7)  # just off
+    assert near.read_rows(0, 30)[2, :3].tolist() == [1, 0, 0] and near.read_rows(0, 30)[3, 29] == 2
 
 
 def test_disks_lie_around_the_points():

@@ -140,15 +140,17 @@ class PointLabels:
             raise HoverNetError(f"--point-radius {radius}: must be above 0 pixels")
         self.path = table.path
         self.height, self.width = (int(v) for v in shape)
+        m = 0.5 + radius  # a centre just off the edge (annotators click there) still has a disk
         outside = (
-            (table.x < -0.5) | (table.y < -0.5)
-            | (table.x > self.width - 0.5) | (table.y > self.height - 0.5)
+            (table.x < -m) | (table.y < -m)
+            | (table.x > self.width - 1 + m) | (table.y > self.height - 1 + m)
         )  # fmt: skip
         if outside.any():
             i = int(np.flatnonzero(outside)[0])
             raise HoverNetError(
                 f"{table.path}, line {table.lines[i]}: point ({table.x[i]:g}, {table.y[i]:g}) "
-                f"(0-based) lies outside the {self.width} x {self.height} image; check "
+                f"(0-based) lies outside the {self.width} x {self.height} image by more than "
+                f"--point-radius {radius:g} px; check "
                 "--point-base (1 for MATLAB coordinates) and that the file belongs to this image"
             )
         keep = ids > 0
