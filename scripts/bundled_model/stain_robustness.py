@@ -3,7 +3,7 @@
 `--stain_norm` (Reinhard to a fixed CoNSeP training crop), printed as one table.
 
     python scripts/bundled_model/stain_robustness.py SHARED_DATA OUT_DIR [--model CKPT]
-        [--shifts none,pale_h,...] [--consep N] [--no-norm-runs]
+        [--shifts none,pale_h,...] [--consep N] [--no-norm-runs] [--reference REL_PATH]
 
 SHARED_DATA is ../shared/data (monuseg/, consep_patches/). Each image gets the shift's jitter
 drawn from seed = its index in the sorted list, so the copies are the same on every run.
@@ -117,6 +117,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None, help="checkpoint (default: bundled)")
     ap.add_argument("--shifts", default=",".join(SHIFTS))
     ap.add_argument("--consep", type=int, default=None, help="first N CoNSeP test crops")
+    ap.add_argument("--reference", default=REFERENCE, help="--stain_norm image, in SHARED")
     ap.add_argument("--no-norm-runs", action="store_true", help="skip the --stain_norm runs")
     args = ap.parse_args()
     shared = args.shared.resolve()
@@ -130,14 +131,15 @@ def main() -> None:
         images = args.out / "images" / shift
         write_shifted(monuseg, images / "monuseg", shift)
         write_shifted(consep, images / "consep", shift)
-        for norm in ([], ["--stain_norm", str(shared / REFERENCE)])[
+        for norm in ([], ["--stain_norm", str(shared / args.reference)])[
             : 1 if args.no_norm_runs else 2
         ]:
-            out = args.out / tag / (shift + ("_norm" if norm else ""))
+            ref = Path(args.reference).stem
+            out = args.out / tag / (shift + (f"_norm_{ref}" if norm else ""))
             res = score(images, out, shared, model, norm)
             rows.append((shift, bool(norm), res))
             print_row(*rows[-1], flush=True)
-    print(f"\n{tag}; CoNSeP test crops: {len(consep)} of 224; reference {REFERENCE}")
+    print(f"\n{tag}; CoNSeP test crops: {len(consep)} of 224; reference {args.reference}")
     print(
         "| shift | --stain_norm | PQ MoNuSeg | PQ CoNSeP | F1 det. | F1 "
         + " / ".join(CLASSES)
