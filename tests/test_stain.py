@@ -136,6 +136,12 @@ def test_cli_stain_norm_brings_a_faded_tile_back(crop, tmp_path):
         counts[run] = _nuclei(tmp_path / f"out_{run}", "tile")
     assert counts["faded"] < 0.8 * counts["orig"]
     assert abs(counts["norm"] - counts["orig"]) < abs(counts["faded"] - counts["orig"]) / 2
+    # the folder records the normalisation: adding to it without --stain_norm is refused
+    code, _, err = run_cli(
+        ["infer", "--device", "cpu", "tile", "--input_dir", str(tmp_path / "faded"),
+         "--input_mpp", "0.25", "--output_dir", str(tmp_path / "out_norm"), "--quiet"]
+    )  # fmt: skip
+    assert code == 2 and "stain_norm: 'reinhard LAB mean" in err and "-> None" in err
 
 
 @pytest.mark.parametrize("kind", ["missing", "not_an_image"])

@@ -130,10 +130,11 @@ def run_and_report(opts: InferOptions, config, quiet: bool = False) -> None:
     list_inputs(config.inputs)  # fail on a missing input before loading the model
     load = opts.load_options()
     model, type_info = load_for_inference(load)
-    opts.attach_stain_norm(model)
+    stain_norm = opts.attach_stain_norm(model)
     with Progress(None, "infer tile", unit="patches", quiet=quiet) as bar:
         bar.log(describe_model(model, type_info, load, opts.batch_size))
-        config = replace(config, type_info=type_info, model_id=checkpoint_id(load.model_path))
+        model_id = checkpoint_id(load.model_path)
+        config = replace(config, type_info=type_info, model_id=model_id, stain_norm=stain_norm)
         summary = run_tile(model, config, log=bar.log, progress=bar)
     if not quiet:
         print(

@@ -51,17 +51,20 @@ class InferOptions:
             backend=self.backend,
         )
 
-    def attach_stain_norm(self, model) -> None:
+    def attach_stain_norm(self, model) -> str | None:
         """--stain_norm REF: fit Reinhard's statistics on REF once and set `model.stain_norm`
-        (applied to each tile or slide region before the network: `predict_stream`)."""
+        (applied to each tile or slide region before the network: `predict_stream`); returns
+        the statistics as text for the run's identity (None without the option)."""
         if self.stain_norm is None:
-            return
+            return None
         from functools import partial
 
         from hovernet.data.stain import reinhard_apply, reinhard_fit
 
         params = reinhard_fit(read_reference(self.stain_norm))
         model.stain_norm = partial(reinhard_apply, params=params)
+        mean, std = ("/".join(f"{v:.2f}" for v in row) for row in params)
+        return f"reinhard LAB mean {mean} std {std}"
 
     def post_proc_workers(self, at_most: int, at_least: int) -> int:
         """--nr_post_proc_workers, else one per spare core within [at_least, at_most]."""

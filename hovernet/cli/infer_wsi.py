@@ -230,7 +230,7 @@ def run_wsi(
             opts = replace(opts, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     load = opts.load_options()
     model, type_info = load_for_inference(load)
-    opts.attach_stain_norm(model)
+    stain_norm = opts.attach_stain_norm(model)
     batch_size = _gpu_settings(model, opts, batch_given, compile_network)
     who = f"rank {rank}/{world}: " if world > 1 else ""
     line = describe_model(model, type_info, load, batch_size)
@@ -246,6 +246,7 @@ def run_wsi(
         type_info=type_info,
         model_name=model_label(load.model_path),  # as the demo names it; not the run's identity
         model_id=checkpoint_id(load.model_path),
+        stain_norm=stain_norm,
         **fields,
     )
     try:

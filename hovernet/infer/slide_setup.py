@@ -225,6 +225,7 @@ class SlideConfig:
     phases: int | None = None  # sub-pixel phases (1, 2, 4); None = 1
     features: bool = True  # per-nucleus colour and texture features (hovernet.infer.features)
     density_grid_um: float = 100.0  # density maps' cell side in microns; 0: none
+    stain_norm: str | None = None  # --stain_norm's reference statistics (set on the model)
 
     def __post_init__(self) -> None:
         check_phases(self.phases)
@@ -293,6 +294,7 @@ def run_key(
         "tissue_params": repr(config.tissue) if config.tissue is not None else None,
         "min_tissue_fraction": config.min_tissue_fraction,
         "features": config.features,
+        "stain_norm": config.stain_norm,
     }
 
 

@@ -64,6 +64,7 @@ class TileConfig:
     phases: int | None = None  # sub-pixel phases (1, 2, 4); None = 1
     model_id: str = ""  # the checkpoint's content hash: finished images count for it only
     features: bool = True  # per-nucleus colour and texture features (hovernet.infer.features)
+    stain_norm: str | None = None  # --stain_norm's reference statistics (set on the model)
 
     def __post_init__(self) -> None:
         resample.check_mpp(self.input_mpp, "--input_mpp")
@@ -106,6 +107,7 @@ class _TileRun:
             "proc_mpp": config.proc_mpp or self.mpp,
             "phases": len(self.offsets),
             "features": config.features,
+            "stain_norm": config.stain_norm,
         }
         self.todo: list[Path] = []
         for path in files:
