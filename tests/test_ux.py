@@ -71,22 +71,29 @@ def test_tile_lines_per_image_skip_done_and_overwrite(tmp_path):
     out = tmp_path / "out"
     info = load_type_info(TYPE_INFO, 3)
     lines: list[str] = []
+    warned: list[str] = []
+
+    def log(line: str) -> None:
+        (warned if line.startswith("warning:") else lines).append(line)
+
     config = TileConfig(tuple(files), out, batch_size=4, type_info=info, post_proc_workers=0)
-    summary = run_tile(DarkBlobNet(), config, log=lines.append)
+    summary = run_tile(DarkBlobNet(), config, log=log)
     assert sorted(summary.done) == ["t0", "t1", "t2"]
     assert [line.split(":")[0] for line in lines] == ["[1/3] t0", "[2/3] t1", "[3/3] t2"]
+    # the stand-in records no resolution: the ring features cannot be measured, and it says so
+    assert len(warned) == 1 and "ring features" in warned[0] and "--input_mpp" in warned[0]
     # an image with only some of its outputs is not done; the others are skipped
     output_paths(out, "t1")["csv"].unlink()
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("t0.*")}
     lines.clear()
-    summary = run_tile(DarkBlobNet(), config, log=lines.append)
+    summary = run_tile(DarkBlobNet(), config, log=log)
     assert sorted(summary.skipped) == ["t0", "t2"] and list(summary.done) == ["t1"]
     assert "2 of 3 images already done" in lines[0] and "--overwrite" in lines[0]
     assert all(output_paths(out, "t1")[k].is_file() for k in OUTPUT_KINDS)
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("t0.*")}
     from dataclasses import replace
 
-    summary = run_tile(DarkBlobNet(), replace(config, overwrite=True), log=lines.append)
+    summary = run_tile(DarkBlobNet(), replace(config, overwrite=True), log=log)
     assert sorted(summary.done) == ["t0", "t1", "t2"] and not summary.skipped
     assert stamps != {p: p.stat().st_mtime_ns for p in out.rglob("t0.*")}
 
