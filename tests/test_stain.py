@@ -160,3 +160,21 @@ def test_bad_reference_is_one_clear_error(crop, tmp_path, kind):
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--stain_norm" in errors[0] and str(bad) in errors[0]
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
+
+
+@pytest.mark.slow
+def test_slide_mode_normalises_the_regions_and_records_it(tmp_path, ref):
+    """The bundled slide with --stain_norm: other nuclei than without, and the run says so."""
+    slide = Path(__file__).resolve().parents[1] / "hovernet/samples/CMU-1-Small-Region.svs"
+    cv2.imwrite(str(tmp_path / "ref.png"), ref[:, :, ::-1])
+    runs = {}
+    for run, extra in (("plain", []), ("norm", ["--stain_norm", str(tmp_path / "ref.png")])):
+        code, _, err = run_cli(
+            ["infer", "--device", "cpu", *extra, "wsi", "--input_dir", str(slide),
+             "--output_dir", str(tmp_path / run)]
+        )  # fmt: skip
+        assert code == 0, err
+        runs[run] = json.loads((tmp_path / run / f"{slide.stem}.summary.json").read_text())
+    assert runs["plain"]["run"]["stain_norm"] is None
+    assert runs["norm"]["run"]["stain_norm"].startswith("reinhard LAB mean ")
+    assert runs["norm"]["nuclei_per_class"] != runs["plain"]["nuclei_per_class"]
