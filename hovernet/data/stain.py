@@ -19,6 +19,7 @@ statistics are its own: each tile (slide mode: each region read) is normalised o
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import cv2
@@ -58,6 +59,9 @@ SHIFTS: dict[str, HedShift] = {
     "faded": HedShift(
         (0.65, 0.65, 1.0), jitter=0.05, note="faded: old or light-exposed slide, both stains"
     ),
+    "severe_fade": HedShift(
+        (0.35, 0.35, 1.0), jitter=0.05, note="severely faded or under-stained: beyond the usual"
+    ),
 }
 
 
@@ -84,7 +88,7 @@ def shift_params(name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if name not in SHIFTS:
         raise ValueError(f"unknown stain shift {name!r}: one of {', '.join(SHIFTS)}")
     shift = SHIFTS[name]
-    rng = np.random.default_rng([seed, sorted(SHIFTS).index(name)])
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])  # stable as SHIFTS grows
     draw = rng.uniform(-shift.jitter, shift.jitter, size=(2, 3))
     return np.asarray(shift.scale) + draw[0], np.asarray(shift.offset) + 0.05 * draw[1]
 
