@@ -24,15 +24,23 @@ Tables (stdlib `sqlite3`, WAL journal, one transaction per finished region):
   this table existed gets it, filled, when it is next opened for writing.
 
 A killed run leaves at most one region's transaction unfinished, which SQLite rolls back.
+
+This module alone knows these tables: `NucleusStore` writes a store and streams its records
+(the exports), `StoreReader` reads one without changing it (the viewer: boxes through the
+R*Tree, records and export numbers by id, counts on a grid), and `write_rtree_copy` gives a
+store made before its R*Tree one in a separate file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +76,9 @@ _BASE_COLUMNS = (
 )
 _COLUMNS = _BASE_COLUMNS + ", " + ", ".join(FEATURES)
 _NO_FEATURES = ", NULL" * len(FEATURES)
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1
+Types = Iterable[int | None] | None  # nucleus types to keep (None: all; a None in it: untyped)
+ID_BATCH = 500  # store ids per `WHERE id IN (...)` query (`id_batches`)
 
 
 class NucleusStore:
@@ -223,18 +234,26 @@ def _ensure_rtree(db: sqlite3.Connection) -> bool:
     return True
 
 
+def id_batches(ids: Sequence[int]) -> Iterator[list[int]]:
+    """`ids` as ints, ID_BATCH at a time (one `WHERE id IN (...)` query each)."""
+    for start in range(0, len(ids), ID_BATCH):
+        yield [int(i) for i in ids[start : start + ID_BATCH]]
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" * len(values))
+
+
 def records_by_id(db: sqlite3.Connection, ids: list[int]) -> list[dict[str, Any]]:
     """The records (as `NucleusStore.nuclei` gives them) of the nuclei with these store ids, in
-    that order, read through any connection to a store (the viewer's read-only one); ids that
-    are not stored are left out."""
+    that order, read through any connection to a store (`StoreReader`'s read-only one); ids
+    that are not stored are left out."""
     rows: dict[int, tuple] = {}
     have = {row[1] for row in db.execute("PRAGMA table_info(nuclei)")}
     # a store made before the colour features, opened read-only, has no columns for them
     columns = _COLUMNS if all(k in have for k in FEATURES) else _BASE_COLUMNS + _NO_FEATURES
-    for start in range(0, len(ids), 500):
-        chunk = [int(i) for i in ids[start : start + 500]]
-        marks = ", ".join("?" * len(chunk))
-        sql = f"SELECT id, {columns} FROM nuclei WHERE id IN ({marks})"
+    for chunk in id_batches(ids):
+        sql = f"SELECT id, {columns} FROM nuclei WHERE id IN ({_marks(chunk)})"
         rows.update((row[0], row) for row in db.execute(sql, chunk))
     return [_record(rows[int(i)]) for i in ids if int(i) in rows]
 
@@ -295,3 +314,193 @@ def _record(row: tuple) -> dict[str, Any]:
     if probs is not None:
         rec["type_probs"] = json.loads(probs)
     return rec
+
+
+# -- reading a store without changing it (the viewer) ---------------------------------------------
+# the columns of a nucleus' outline as `StoreReader.outlines_in_box` gives them
+OUTLINE_COLUMNS = ("id", "type", "type_prob", "area", "eccentricity", "solidity", "contour")
+_VALUE_COLUMNS = {"type_prob", *MEASUREMENTS, *FEATURES}
+
+
+def read_only_uri(path: Path) -> str:
+    """A read-only SQLite URI; immutable (no lock files created) unless a WAL must be read."""
+    wal = Path(f"{path}-wal")
+    immutable = not (wal.exists() and wal.stat().st_size > 0)
+    return path.resolve().as_uri() + "?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def _signature(db: sqlite3.Connection, schema: str = "main") -> str:
+    count, top = db.execute(f"SELECT COUNT(*), MAX(id) FROM {schema}.nuclei").fetchone()
+    regions = db.execute(f"SELECT idx, n_nuclei FROM {schema}.regions ORDER BY idx").fetchall()
+    digest = hashlib.sha1(json.dumps(regions).encode()).hexdigest()[:16]
+    return f"{count}:{top}:{digest}"
+
+
+def write_rtree_copy(store: Path, path: Path) -> None:
+    """Write the R*Tree of `store`'s nucleus bboxes (`RTREE_TABLE`) to the new file `path`, with
+    the store's signature (`StoreReader.signature`) in its table `meta`; the store is only
+    read. For a store made before its own R*Tree (a viewer's sidecar index)."""
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rwc", uri=True, isolation_level=None)
+    try:
+        db.execute("ATTACH DATABASE ? AS s", (read_only_uri(store),))
+        db.execute("BEGIN")
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute(f"CREATE VIRTUAL TABLE {RTREE_TABLE} USING rtree(id, xmin, xmax, ymin, ymax)")
+        db.execute(f"INSERT INTO {RTREE_TABLE} SELECT id, cmin, cmax, rmin, rmax FROM s.nuclei")
+        db.execute("INSERT INTO meta VALUES ('signature', ?)", (_signature(db, "s"),))
+        db.execute("COMMIT")
+        db.execute("DETACH DATABASE s")
+    finally:
+        db.close()
+
+
+def rtree_copy_signature(path: Path) -> str | None:
+    """The store signature recorded in an R*Tree copy (`write_rtree_copy`); None when the file
+    is unreadable or half-written."""
+    try:
+        with contextlib.closing(sqlite3.connect(read_only_uri(path), uri=True)) as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'signature'").fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    return row[0] if row else None
+
+
+class StoreReader:
+    """One read-only connection to the store at `path` (SQLite `mode=ro`, `immutable=1` when no
+    WAL is beside it: nothing is created or changed in its folder), usable from any thread but
+    not by two at once. `rtree`: a file from `write_rtree_copy` whose R*Tree the box queries
+    use (for a store without its own). sqlite3.DatabaseError when the file is not a store."""
+
+    def __init__(self, path: str | os.PathLike, rtree: Path | None = None):
+        self.path = Path(path)
+        self._db = sqlite3.connect(read_only_uri(self.path), uri=True, check_same_thread=False)
+        self._rtree = RTREE_TABLE
+        if rtree is not None:
+            self._db.execute("ATTACH DATABASE ? AS idx", (read_only_uri(rtree),))
+            self._rtree = f"idx.{RTREE_TABLE}"
+
+    def close(self) -> None:
+        self._db.close()
+
+    def meta(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
+
+    def has_rtree(self) -> bool:
+        """Whether the store holds its own R*Tree (made by a version that fills it)."""
+        sql = "SELECT 1 FROM sqlite_master WHERE name = ?"
+        return self._db.execute(sql, (RTREE_TABLE,)).fetchone() is not None
+
+    def signature(self) -> str:
+        """Text that changes when the nuclei do: their count, the largest id, the regions."""
+        return _signature(self._db)
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM nuclei").fetchone()[0]
+
+    def outlines_in_box(self, box: Box, types: Types = None, limit: int = 10000) -> list[tuple]:
+        """OUTLINE_COLUMNS of at most `limit` + 1 nuclei whose bbox meets `box` = (x0, y0, x1,
+        y1) in store pixels, of the given types (None: all; a None in it: untyped)."""
+        columns = ", ".join(f"n.{c}" for c in OUTLINE_COLUMNS)
+        return self._db.execute(*self._box_sql(columns, box, types, limit)).fetchall()
+
+    def ids_in_box(self, box: Box, types: Types = None, limit: int = 10000) -> list[int]:
+        """The store ids of the nuclei `outlines_in_box` finds (at most `limit` + 1)."""
+        sql, args = self._box_sql("n.id", box, types, limit)
+        return [nid for (nid,) in self._db.execute(sql, args)]
+
+    def count_in_box(self, box: Box, types: Types = None, limit: int = 10000) -> int:
+        """How many nuclei `ids_in_box` finds (the same rule), counted up to `limit` + 1."""
+        sql, args = self._box_sql("1", box, types, limit)
+        return self._db.execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone()[0]
+
+    def _box_sql(self, columns: str, box: Box, types: Types, limit: int) -> tuple[str, tuple]:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        where, args = _type_clause(types)
+        # the nuclei table is only read for its columns or types
+        join = "" if columns == "1" and not where else " CROSS JOIN nuclei AS n ON n.id = r.id"
+        sql = (
+            f"SELECT {columns} FROM {self._rtree} AS r{join} "
+            f"WHERE r.xmax > ? AND r.xmin < ? AND r.ymax > ? AND r.ymin < ?{where} LIMIT ?"
+        )
+        return sql, (x0, x1, y0, y1, *args, int(limit) + 1)
+
+    def records(self, ids: list[int]) -> list[dict[str, Any]]:
+        """Full records (`NucleusStore.nuclei`'s, `store_id` included) of these store ids."""
+        return records_by_id(self._db, ids)
+
+    def region_offsets(self) -> dict[int, int]:
+        """Region -> how many nuclei the regions before it hold (export numbering)."""
+        sql = "SELECT region, COUNT(*) FROM nuclei GROUP BY region ORDER BY region"
+        offsets, total = {}, 0
+        for region, n in self._db.execute(sql):
+            offsets[region] = total
+            total += n
+        return offsets
+
+    def export_numbers(self, ids: Iterable[int], offsets: dict[int, int]) -> dict[int, int]:
+        """Store id -> the nucleus' number in the exports (1..N in `NucleusStore.nuclei`'s
+        order: by region, then id); `offsets` from `region_offsets`."""
+        by_region: dict[int, list[int]] = {}
+        for chunk in id_batches(sorted({int(i) for i in ids})):
+            sql = f"SELECT id, region FROM nuclei WHERE id IN ({_marks(chunk)})"
+            for nid, region in self._db.execute(sql, chunk):
+                by_region.setdefault(region, []).append(nid)
+        out: dict[int, int] = {}
+        for region, members in by_region.items():
+            sql = "SELECT id FROM nuclei WHERE region = ?"
+            order = sorted(r for (r,) in self._db.execute(sql, (region,)))
+            for nid in members:
+                out[nid] = offsets[region] + bisect_left(order, nid) + 1
+        return out
+
+    def centroid_grid(self, cell: float, rows: int, cols: int) -> tuple[list, np.ndarray]:
+        """Nucleus centroids counted on a `rows` x `cols` grid of `cell`-pixel squares (store
+        pixels; those outside in the nearest edge cell), per type: the types found (None:
+        untyped, last) and uint32 counts (types, rows, cols). One pass over the store."""
+        # one integer key per (type, row, column), grouped by SQLite in one pass
+        plane = rows * cols
+        sql = (
+            "SELECT (COALESCE(type, -1) + 1) * ? + MIN(MAX(CAST(cy / ? AS INTEGER), 0), ?) * ?"
+            " + MIN(MAX(CAST(cx / ? AS INTEGER), 0), ?) AS k, COUNT(*) FROM nuclei GROUP BY k"
+        )
+        args = (plane, cell, rows - 1, cols, cell, cols - 1)
+        found = np.array(self._db.execute(sql, args).fetchall(), dtype=np.int64).reshape(-1, 2)
+        codes = found[:, 0] // plane
+        types = [None if c == 0 else int(c) - 1 for c in np.unique(codes).tolist()]
+        types.sort(key=lambda t: (t is None, t or 0))
+        layer = {(0 if t is None else t + 1): i for i, t in enumerate(types)}
+        counts = np.zeros((len(types), plane), np.uint32)
+        index = np.array([layer[c] for c in codes.tolist()], dtype=np.int64)
+        counts[index, found[:, 0] % plane] = found[:, 1]
+        return types, counts.reshape(len(types), rows, cols)
+
+    def id_bounds(self) -> tuple[int | None, int | None]:
+        """The smallest and largest store id (None, None when empty); ids may have gaps."""
+        return tuple(self._db.execute("SELECT MIN(id), MAX(id) FROM nuclei").fetchone())
+
+    def values(self, keys: Sequence[str], ids: Sequence[int] | None = None) -> list[tuple]:
+        """The values `keys` (measurements, colour features, "type_prob"; store pixels) of
+        every nucleus, or of those of `ids` that are stored."""
+        unknown = [k for k in keys if k not in _VALUE_COLUMNS]
+        if unknown:
+            raise ValueError(f"not a nucleus value: {unknown}")
+        sql = f"SELECT {', '.join(keys)} FROM nuclei"
+        if ids is None:
+            return self._db.execute(sql).fetchall()
+        rows = []
+        for chunk in id_batches(ids):
+            rows += self._db.execute(f"{sql} WHERE id IN ({_marks(chunk)})", chunk).fetchall()
+        return rows
+
+
+def _type_clause(types: Types) -> tuple[str, list[int]]:
+    if types is None:
+        return "", []
+    types = list(types)
+    ids = [int(t) for t in types if t is not None]
+    parts = []
+    if ids:
+        parts.append(f"n.type IN ({_marks(ids)})")
+    if any(t is None for t in types):
+        parts.append("n.type IS NULL")
+    return f" AND ({' OR '.join(parts) or '0'})", ids

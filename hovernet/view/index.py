@@ -2,7 +2,9 @@
 
 `StoreIndex(path)` opens a slide-mode nucleus store (`hovernet.io.store`) **read-only**: SQLite
 `mode=ro`, plus `immutable=1` when no `-wal` file lies beside it, so that nothing is created or
-changed in the output folder. Each server thread gets its own connection.
+changed in the output folder. Each server thread gets its own connection. Every query goes
+through the store's read-only API (`hovernet.io.store.StoreReader`), which alone knows its
+tables; this module decides where the sidecar lives, what is cached, and how answers are packed.
 
 Boxes are found through the R*Tree of nucleus bboxes that slide mode fills with each region
 (`nuclei_rtree`). A store made before that table existed gets a *sidecar* index instead, built
@@ -22,7 +24,6 @@ import json
 import os
 import sqlite3
 import threading
-from bisect import bisect_left
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from hovernet.errors import HoverNetError
-from hovernet.io.store import RTREE_TABLE, records_by_id
+from hovernet.io.store import StoreReader, rtree_copy_signature, write_rtree_copy
 
 # the values a nucleus can be coloured by; area is given in um^2
 VALUE_KEYS = ("area", "eccentricity", "solidity", "type_prob")
@@ -38,20 +39,6 @@ SIDECAR_SUFFIX = ".view-index.db"
 DENSITY_BINS = 256  # cells along the longer side of the slide
 MIN_CELL_UM = 8.0  # smallest density cell side
 _RANGE_SAMPLE = 20000  # nuclei sampled for the colour ranges
-
-
-def _ro_uri(path: Path) -> str:
-    """A read-only SQLite URI; immutable (no lock files created) unless a WAL must be read."""
-    wal = Path(f"{path}-wal")
-    immutable = not (wal.exists() and wal.stat().st_size > 0)
-    return path.resolve().as_uri() + "?mode=ro" + ("&immutable=1" if immutable else "")
-
-
-def _signature(db: sqlite3.Connection, schema: str = "main") -> str:
-    count, top = db.execute(f"SELECT COUNT(*), MAX(id) FROM {schema}.nuclei").fetchone()
-    regions = db.execute(f"SELECT idx, n_nuclei FROM {schema}.regions ORDER BY idx").fetchall()
-    digest = hashlib.sha1(json.dumps(regions).encode()).hexdigest()[:16]
-    return f"{count}:{top}:{digest}"
 
 
 def sidecar_path(store: Path, cache_dir: Path | None = None) -> Path:
@@ -73,18 +60,7 @@ def build_sidecar(store: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
-    db = sqlite3.connect(f"{tmp.resolve().as_uri()}?mode=rwc", uri=True, isolation_level=None)
-    try:
-        db.execute("ATTACH DATABASE ? AS s", (_ro_uri(store),))
-        db.execute("BEGIN")
-        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        db.execute(f"CREATE VIRTUAL TABLE {RTREE_TABLE} USING rtree(id, xmin, xmax, ymin, ymax)")
-        db.execute(f"INSERT INTO {RTREE_TABLE} SELECT id, cmin, cmax, rmin, rmax FROM s.nuclei")
-        db.execute("INSERT INTO meta VALUES ('signature', ?)", (_signature(db, "s"),))
-        db.execute("COMMIT")
-        db.execute("DETACH DATABASE s")
-    finally:
-        db.close()
+    write_rtree_copy(store, tmp)
     os.replace(tmp, target)
 
 
@@ -99,22 +75,19 @@ class StoreIndex:
         self._lock = threading.Lock()
         self._compute_lock = threading.Lock()
         self._cache: dict[str, Any] = {}
-        self._connections: list[sqlite3.Connection] = []
+        self._readers: list[StoreReader] = []
         self._sidecar: Path | None = None
-        db = self._open()
+        reader = self._open()
         try:
-            self.meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
-            has_rtree = db.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = ?", (RTREE_TABLE,)
-            ).fetchone()
-            signature = None if has_rtree else _signature(db)
+            self.meta = reader.meta()
+            signature = None if reader.has_rtree() else reader.signature()
         except sqlite3.DatabaseError as exc:
             raise HoverNetError(
                 f"{self.path} is not a readable nucleus store ({exc}): rerun slide mode "
                 "with --overwrite for this slide"
             ) from exc
         finally:
-            db.close()
+            reader.close()
         if "scale" not in self.meta:
             raise HoverNetError(
                 f"{self.path} records no scale (not a slide-mode store?): rerun slide mode"
@@ -123,38 +96,29 @@ class StoreIndex:
         self.um_per_px = float(self.meta.get("slide_mpp") or 0) * self.scale or None
         if signature is not None:
             self._sidecar = self._ensure_sidecar(signature, cache_dir)
-        self._rtree = f"idx.{RTREE_TABLE}" if self._sidecar else RTREE_TABLE
 
     # -- connections ----------------------------------------------------------------------------
-    def _open(self) -> sqlite3.Connection:
+    def _open(self) -> StoreReader:
         try:
-            db = sqlite3.connect(_ro_uri(self.path), uri=True, check_same_thread=False)
-            if self._sidecar is not None:
-                db.execute("ATTACH DATABASE ? AS idx", (_ro_uri(self._sidecar),))
-            return db
+            return StoreReader(self.path, self._sidecar)
         except sqlite3.DatabaseError as exc:
             raise HoverNetError(
                 f"cannot open {self.path} read-only ({exc}): check its permissions"
             ) from exc
 
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = self._open()
+    def _reader(self) -> StoreReader:
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self._local.reader = self._open()
             with self._lock:
-                self._connections.append(db)
-        return db
+                self._readers.append(reader)
+        return reader
 
     def _ensure_sidecar(self, signature: str, cache_dir: Path | None) -> Path:
         target = sidecar_path(self.path, cache_dir)
-        if target.is_file():
-            try:
-                with sqlite3.connect(_ro_uri(target), uri=True) as db:
-                    row = db.execute("SELECT value FROM meta WHERE key = 'signature'").fetchone()
-                if row and row[0] == signature:
-                    return target
-            except sqlite3.DatabaseError:
-                pass  # unreadable or half-written: rebuild
+        # an unreadable or half-written one has no signature: rebuilt
+        if target.is_file() and rtree_copy_signature(target) == signature:
+            return target
         try:
             build_sidecar(self.path, target)
         except (OSError, sqlite3.DatabaseError) as exc:
@@ -166,16 +130,14 @@ class StoreIndex:
 
     def close(self) -> None:
         with self._lock:
-            for db in self._connections:
-                db.close()
-            self._connections.clear()
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
         self._local = threading.local()
 
     # -- queries --------------------------------------------------------------------------------
     def count(self) -> int:
-        return self._cached(
-            "count", lambda db: db.execute("SELECT COUNT(*) FROM nuclei").fetchone()[0]
-        )
+        return self._cached("count", StoreReader.count)
 
     def counts_by_type(self) -> dict[int | None, int]:
         """Nuclei per type (None: untyped), from the density grid (one pass over the store)."""
@@ -195,8 +157,7 @@ class StoreIndex:
 
         Returns the binary answer of `pack_nuclei` (`unpack_nuclei` reads it), with `header`'s
         fields added to its header."""
-        columns = "n.id, n.type, n.type_prob, n.area, n.eccentricity, n.solidity, n.contour"
-        rows = self._in_box(columns, box, types, limit)
+        rows = self._reader().outlines_in_box(box, types, limit)
         return pack_nuclei(rows[:limit], len(rows) > limit, self.um_per_px, header)
 
     def ids_in_box(
@@ -206,8 +167,8 @@ class StoreIndex:
         limit: int = 10000,
     ) -> tuple[list[int], bool]:
         """Store ids of the nuclei `query` finds (at most `limit`), and whether more met `box`."""
-        rows = self._in_box("n.id", box, types, limit)
-        return [r[0] for r in rows[:limit]], len(rows) > limit
+        ids = self._reader().ids_in_box(box, types, limit)
+        return ids[:limit], len(ids) > limit
 
     def count_in_box(
         self,
@@ -216,114 +177,45 @@ class StoreIndex:
         limit: int = 10000,
     ) -> int:
         """How many nuclei `ids_in_box` finds (the same rule), counted up to `limit` + 1."""
-        sql, args = self._box_sql("1", box, types, limit)
-        return self._db().execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone()[0]
-
-    def _in_box(self, columns: str, box, types, limit: int) -> list[tuple]:
-        return self._db().execute(*self._box_sql(columns, box, types, limit)).fetchall()
-
-    def _box_sql(self, columns: str, box, types, limit: int) -> tuple[str, tuple]:
-        """The query for at most `limit` + 1 nuclei whose bbox meets `box` (store pixels)."""
-        x0, y0, x1, y1 = (float(v) for v in box)
-        where, args = _type_clause(types)
-        # the nuclei table is only read for its columns or types
-        join = "" if columns == "1" and not where else " CROSS JOIN nuclei AS n ON n.id = r.id"
-        sql = (
-            f"SELECT {columns} FROM {self._rtree} AS r{join} "
-            f"WHERE r.xmax > ? AND r.xmin < ? AND r.ymax > ? AND r.ymin < ?{where} LIMIT ?"
-        )
-        return sql, (x0, x1, y0, y1, *args, int(limit) + 1)
+        return self._reader().count_in_box(box, types, limit)
 
     def records(self, ids: list[int]) -> list[dict[str, Any]]:
         """Full records (`hovernet.io.store` layout, `store_id` included) of these store ids."""
-        return records_by_id(self._db(), ids)
+        return self._reader().records(ids)
 
     def export_numbers(self, ids: Iterable[int]) -> dict[int, int]:
         """Store id -> the nucleus' number in the exports (1..N in store order: by region, then
         id), as the CSV's `id` and the GeoJSON's "Nucleus ID" give it."""
-        db = self._db()
-        ids = sorted({int(i) for i in ids})
-        offsets = self._region_offsets()
-        out: dict[int, int] = {}
-        by_region: dict[int, list[int]] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            for nid, region in db.execute(
-                f"SELECT id, region FROM nuclei WHERE id IN ({marks})", chunk
-            ):
-                by_region.setdefault(region, []).append(nid)
-        for region, members in by_region.items():
-            order = [r for (r,) in db.execute("SELECT id FROM nuclei WHERE region = ?", (region,))]
-            order.sort()
-            for nid in members:
-                out[nid] = offsets[region] + bisect_left(order, nid) + 1
-        return out
-
-    def _region_offsets(self) -> dict[int, int]:
-        def compute(db: sqlite3.Connection) -> dict[int, int]:
-            counts = db.execute(
-                "SELECT region, COUNT(*) FROM nuclei GROUP BY region ORDER BY region"
-            )
-            offsets, total = {}, 0
-            for region, n in counts:
-                offsets[region] = total
-                total += n
-            return offsets
-
-        return self._cached("offsets", compute)
+        offsets = self._cached("offsets", StoreReader.region_offsets)
+        return self._reader().export_numbers(ids, offsets)
 
     def density(self, bins: int = DENSITY_BINS) -> dict[str, Any]:
         """Nucleus centroids counted on a grid of `cell`-pixel squares (store pixels), per type:
         `{"cell", "shape": [rows, cols], "types": [...], "counts": uint32 (types, rows, cols)}`."""
 
-        def compute(db: sqlite3.Connection) -> dict[str, Any]:
+        def compute(reader: StoreReader) -> dict[str, Any]:
             width, height = self.meta["dimensions"]
             w, h = width / self.scale, height / self.scale
             # at least MIN_CELL_UM across: a cell holds a few nuclei, not one
             least = MIN_CELL_UM / self.um_per_px if self.um_per_px else 16.0
             cell = float(max(np.ceil(least), np.ceil(max(w, h) / bins)))
             cols, rows = int(np.ceil(w / cell)) or 1, int(np.ceil(h / cell)) or 1
-            # one integer key per (type, row, column), grouped by SQLite in one pass
-            plane = rows * cols
-            sql = (
-                "SELECT (COALESCE(type, -1) + 1) * ? + MIN(MAX(CAST(cy / ? AS INTEGER), 0), ?) * ?"
-                " + MIN(MAX(CAST(cx / ? AS INTEGER), 0), ?) AS k, COUNT(*) FROM nuclei GROUP BY k"
-            )
-            args = (plane, cell, rows - 1, cols, cell, cols - 1)
-            found = np.array(db.execute(sql, args).fetchall(), dtype=np.int64).reshape(-1, 2)
-            codes = found[:, 0] // plane
-            types = [None if c == 0 else int(c) - 1 for c in np.unique(codes).tolist()]
-            types.sort(key=lambda t: (t is None, t or 0))
-            layer = {(0 if t is None else t + 1): i for i, t in enumerate(types)}
-            counts = np.zeros((len(types), plane), np.uint32)
-            index = np.array([layer[c] for c in codes.tolist()], dtype=np.int64)
-            counts[index, found[:, 0] % plane] = found[:, 1]
-            return {
-                "cell": cell,
-                "shape": [rows, cols],
-                "types": types,
-                "counts": counts.reshape(len(types), rows, cols),
-            }
+            types, counts = reader.centroid_grid(cell, rows, cols)
+            return {"cell": cell, "shape": [rows, cols], "types": types, "counts": counts}
 
         return self._cached(f"density{int(bins)}", compute)
 
     def value_ranges(self) -> dict[str, list[float]]:
         """The 1st and 99th percentile of each of VALUE_KEYS over (a sample of) the nuclei."""
 
-        def compute(db: sqlite3.Connection) -> dict[str, list[float]]:
+        def compute(reader: StoreReader) -> dict[str, list[float]]:
             # a random sample of ids (store ids may have gaps: a few draws miss)
-            lo, hi = db.execute("SELECT MIN(id), MAX(id) FROM nuclei").fetchone()
-            sql = "SELECT area, eccentricity, solidity, type_prob FROM nuclei"
+            lo, hi = reader.id_bounds()
             if lo is None or hi - lo < 2 * _RANGE_SAMPLE:
-                rows = db.execute(sql).fetchall()
+                rows = reader.values(VALUE_KEYS)
             else:
                 ids = np.random.default_rng(0).integers(lo, hi + 1, _RANGE_SAMPLE).tolist()
-                rows = []
-                for start in range(0, len(ids), 500):
-                    chunk = ids[start : start + 500]
-                    marks = ", ".join("?" * len(chunk))
-                    rows += db.execute(f"{sql} WHERE id IN ({marks})", chunk).fetchall()
+                rows = reader.values(VALUE_KEYS, ids)
             values = np.array(rows, dtype=float).reshape(-1, len(VALUE_KEYS))
             if self.um_per_px:
                 values[:, 0] *= self.um_per_px**2
@@ -337,27 +229,14 @@ class StoreIndex:
         return self._cached("ranges", compute)
 
     def _cached(self, key: str, compute) -> Any:
-        """compute(connection) once (the first caller computes, others wait for it)."""
+        """compute(reader) once (the first caller computes, others wait for it)."""
         value = self._cache.get(key)
         if value is None:
             with self._compute_lock:
                 value = self._cache.get(key)
                 if value is None:
-                    value = self._cache[key] = compute(self._db())
+                    value = self._cache[key] = compute(self._reader())
         return value
-
-
-def _type_clause(types: Iterable[int | None] | None) -> tuple[str, list[int]]:
-    if types is None:
-        return "", []
-    types = list(types)
-    ids = [int(t) for t in types if t is not None]
-    parts = []
-    if ids:
-        parts.append(f"n.type IN ({', '.join('?' * len(ids))})")
-    if any(t is None for t in types):
-        parts.append("n.type IS NULL")
-    return f" AND ({' OR '.join(parts) or '0'})", ids
 
 
 # the arrays of a packed query answer, in order: name, dtype, length (n nuclei, m points)
