@@ -45,6 +45,7 @@ from hovernet.io.writers import (
     class_of,
     csv_header,
     csv_row,
+    nucleus_feature,
     nucleus_feature_json,
     prob_names,
     write_overlay_canvas,
@@ -232,8 +233,36 @@ def _level0(rec: Mapping[str, Any], scale: float) -> tuple[dict[str, Any], dict[
 
 
 def _class_names(store: NucleusStore, type_info: TypeInfo | None) -> list[str]:
-    nr_types = store.meta.get("nr_types")
+    return _meta_class_names(store.meta, type_info)
+
+
+def _meta_class_names(meta: Mapping[str, Any], type_info: TypeInfo | None) -> list[str]:
+    nr_types = meta.get("nr_types")
     return prob_names(nr_types or 0, type_info) if nr_types else []
+
+
+class Level0Features:
+    """The GeoJSON Features of a slide's store records (`NucleusStore.nuclei`, `StoreReader.
+    records`) as `<slide>.geojson.gz` holds them: level-0 pixels, numbered `nid` in export
+    order, UUIDs from `<stem>/<nid>`. The export writes their text (`text`), the viewer's
+    download their dicts (`feature`); both are the same Feature. `meta`: the store's."""
+
+    def __init__(self, meta: Mapping[str, Any], type_info: TypeInfo | None, stem: str):
+        self.stem, self.type_info = stem, type_info
+        self.scale = float(meta["scale"])
+        self.names = _meta_class_names(meta, type_info)
+        self._coords = CoordinateText(self.scale)  # shared by the nuclei of a file
+
+    def feature(self, nid: int, rec: Mapping[str, Any]) -> dict[str, Any]:
+        shapes = {nid: level0_shapes(rec, self.scale)}
+        key = f"{self.stem}/{nid}"
+        return nucleus_feature(key, nid, rec, self.type_info, shapes, self.names, self.scale)
+
+    def text(self, nid: int, rec: Mapping[str, Any]) -> str:
+        """`json.dumps(self.feature(nid, rec))`, written quicker."""
+        shapes = {nid: level0_shapes(rec, self.scale)}
+        key = f"{self.stem}/{nid}"
+        return nucleus_feature_json(key, nid, rec, self.type_info, shapes, self.names, self._coords)
 
 
 def export_geojson(
@@ -247,9 +276,7 @@ def export_geojson(
 def _geojson_sink(
     path: PathLike, store: NucleusStore, type_info: TypeInfo | None, stem: str
 ) -> Iterator[Sink]:
-    scale = float(store.meta["scale"])
-    names = _class_names(store, type_info)
-    coords = CoordinateText(scale)
+    features = Level0Features(store.meta, type_info, stem)
     # no file name or time stamp in the gzip header: equal contents give equal bytes
     with (
         atomic_path(path) as tmp,
@@ -260,11 +287,7 @@ def _geojson_sink(
         fh.write('{"type": "FeatureCollection", "features": [')
 
         def add(nid: int, rec: dict[str, Any]) -> None:
-            shapes = {nid: level0_shapes(rec, scale)}
-            feature = nucleus_feature_json(
-                f"{stem}/{nid}", nid, rec, type_info, shapes, names, coords
-            )
-            fh.write(("\n" if nid == 1 else ",\n") + feature)
+            fh.write(("\n" if nid == 1 else ",\n") + features.text(nid, rec))
 
         yield add
         fh.write("\n]}\n")

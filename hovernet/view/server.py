@@ -267,28 +267,14 @@ def _slide_entry(s: ViewSlide) -> dict[str, Any]:
     }
 
 
-def _level0_shapes(rec: dict[str, Any], scale: float) -> dict[str, Any]:
-    """The record's measurements in level-0 pixels, as slide mode's exports give them."""
-    from hovernet.io.slide_exports import level0_shapes
-
-    return level0_shapes(rec, scale)
-
-
 def _feature_collection(s: ViewSlide, ids: list[int]) -> dict[str, Any]:
     """The nuclei `ids` as the Features of the slide's exported GeoJSON, in export order."""
-    from hovernet.io.writers import nucleus_feature, prob_names
+    from hovernet.io.slide_exports import Level0Features
 
     numbers = s.index.export_numbers(ids)
-    nr_types = s.index.meta.get("nr_types")
-    names = prob_names(nr_types, s.type_info) if nr_types else []
-    scale = s.index.scale
-    features = []
-    for rec in sorted(s.index.records(ids), key=lambda r: numbers[r["store_id"]]):
-        nid = numbers[rec["store_id"]]
-        shapes = {nid: _level0_shapes(rec, scale)}
-        features.append(
-            nucleus_feature(f"{s.name}/{nid}", nid, rec, s.type_info, shapes, names, scale)
-        )
+    writer = Level0Features(s.index.meta, s.type_info, s.name)
+    recs = sorted(s.index.records(ids), key=lambda r: numbers[r["store_id"]])
+    features = [writer.feature(numbers[rec["store_id"]], rec) for rec in recs]
     return {"type": "FeatureCollection", "features": features}
 
 
