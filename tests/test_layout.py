@@ -4,12 +4,14 @@ Layers (a module may import its own layer or lower ones, never a higher one):
 base modules (errors, config, progress, resources, device, nuclei) < metrics, io < data <
 model < infer < view < train < cli < demo, __main__. `hovernet/__init__.py` may re-export
 lazily. Imports inside functions count. No circle between files, no module over 560 lines,
-none in infer/ over 450.
+none in infer/ over 450. Only `hovernet/io/store.py` writes SQL against the nucleus store's
+tables.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,40 @@ def test_module_size(name):
     lines = len(MODULES[name].read_text(encoding="utf-8").splitlines())
     limit = 450 if _room(name) == "infer" else 560
     assert lines <= limit, f"{MODULES[name]} has {lines} lines (at most {limit}): split it"
+
+
+# SQL naming one of the nucleus store's tables (schema-qualified too: "s.nuclei", "{schema}.meta")
+STORE_SQL = re.compile(
+    r"\b(FROM|INTO|UPDATE|JOIN|TABLE)\s+(\S+\.)?(nuclei|regions|meta|nuclei_rtree)\b"
+)
+
+
+def test_only_the_store_module_queries_the_store_tables():
+    found = [
+        f"{MODULES[name]}:{k}: {line.strip()}"
+        for name in sorted(MODULES)
+        if name != "hovernet.io.store"
+        for k, line in enumerate(MODULES[name].read_text(encoding="utf-8").splitlines(), 1)
+        if STORE_SQL.search(line)
+    ]
+    assert not found, "SQL against the store outside hovernet/io/store.py:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'db.execute("SELECT COUNT(*) FROM nuclei")',
+        'f"SELECT idx FROM {schema}.regions ORDER BY idx"',
+        '"INSERT INTO nuclei_rtree SELECT id, cmin, cmax, rmin, rmax FROM s.nuclei"',
+        'sql = f"SELECT {cols} FROM idx.nuclei_rtree AS r CROSS JOIN nuclei AS n"',
+        '"SELECT key, value FROM meta"',
+    ],
+)
+def test_the_store_sql_check_sees_queries(line):
+    assert STORE_SQL.search(line)
+
+
+def test_the_store_sql_check_passes_prose():
+    assert not STORE_SQL.search("the nuclei from the regions of a slide; meta from its store")
+    # the one module allowed to is where the queries are
+    assert STORE_SQL.search(MODULES["hovernet.io.store"].read_text(encoding="utf-8"))
