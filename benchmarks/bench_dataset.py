@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # the test helper that builds real patch folders
 
-from patchdata import make_patch_folder  # noqa: E402
+from support.patchdata import make_patch_folder  # noqa: E402
 
 from hovernet.data.dataset import PatchDataset, load_patch  # noqa: E402
 from hovernet.data.targets import crop_center, hv_targets  # noqa: E402

@@ -3,12 +3,12 @@ server's peak memory.
 
 Built once in --work (default /tmp/hovernet_bench_view): a nucleus store of N disk nuclei on a
 jittered 16 px grid, stored region by region as slide mode stores them, R*Tree included
-(`tests/view_helpers.synthetic_store`); a tiled JPEG pyramid TIFF of real H&E texture of the same
-size (16000 x 16000 px at 0.25 um/px for 1M nuclei, `bench_wsi_read.write_slide`); and a summary
-naming it. The server runs as `python -m hovernet view` in its own process (waitress, 4 threads);
-one client sends the requests over a keep-alive connection, as a browser tab does for the
-overlay (tiles: one at a time here, a browser fetches ~6 at once). Peak RSS is the server's
-VmHWM at the end. Also times the sidecar index built for a copy of the store without R*Tree.
+(`tests/support/view_helpers.synthetic_store`); a tiled JPEG pyramid TIFF of real H&E texture of
+the same size (16000 x 16000 px at 0.25 um/px for 1M nuclei, `bench_wsi_read.write_slide`); and a
+summary naming it. The server runs as `python -m hovernet view` in its own process (waitress, 4
+threads); one client sends the requests over a keep-alive connection, as a browser tab does for the
+overlay (tiles: one at a time here, a browser fetches ~6 at once). Peak RSS is the server's VmHWM
+at the end. Also times the sidecar index built for a copy of the store without R*Tree.
 
     .venv/bin/python benchmarks/bench_view.py [--nuclei 1000000] [--requests 100]
 """
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the helper that builds synthetic stores
 
 from bench_wsi_read import write_slide  # noqa: E402
-from view_helpers import synthetic_store  # noqa: E402
+from support.view_helpers import synthetic_store  # noqa: E402
 
 from hovernet.view.index import unpack_nuclei  # noqa: E402
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from patchdata import mosaic_patch
+from support.patchdata import mosaic_patch
 
 from hovernet.data.augment import (
     AugmentConfig,

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import DATA, run_cli
-from slide_helpers import ArraySlide, dark_tissue
+from support.slide_helpers import ArraySlide, dark_tissue
 
 from hovernet.errors import HoverNetError
 from hovernet.infer.slide import run_slides

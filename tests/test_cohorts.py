@@ -237,7 +237,7 @@ def test_counter_in_a_real_store_hands_each_slide_once():
 
 
 def test_run_slides_pulls_slides_from_claims(tmp_path):
-    from slide_helpers import ArraySlide, dark_tissue, disk_image
+    from support.slide_helpers import ArraySlide, dark_tissue, disk_image
 
     from hovernet.infer.slide import run_slides
     from hovernet.infer.slide_setup import SlideConfig
@@ -354,7 +354,7 @@ def rank_main(slide_dir: str, out: str) -> None:
     """One rank: the fixed split, then the counter, then claim files, each timed."""
     import torch
     import torch.distributed as dist
-    from slide_helpers import ArraySlide, dark_tissue
+    from support.slide_helpers import ArraySlide, dark_tissue
 
     from hovernet.infer.ranks import (
         gather,

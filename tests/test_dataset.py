@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from patchdata import make_patch_folder, mosaic_patch, save_original_npy
+from support.patchdata import make_patch_folder, mosaic_patch, save_original_npy
 
 from hovernet.cli import main
 from hovernet.data.dataset import (

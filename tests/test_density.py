@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from slide_helpers import ArraySlide, dark_tissue, disk_image
-from view_helpers import CROP, slide_output
+from support.slide_helpers import ArraySlide, dark_tissue, disk_image
+from support.view_helpers import CROP, slide_output
 
 from hovernet.errors import HoverNetError
 from hovernet.infer.slide import run_slides

@@ -21,7 +21,7 @@ from scipy import ndimage
 from scipy.io import loadmat
 from skimage.color import rgb2hed
 from skimage.feature import graycomatrix, graycoprops
-from slide_helpers import ArraySlide, dark_tissue
+from support.slide_helpers import ArraySlide, dark_tissue
 
 from hovernet.errors import HoverNetError
 from hovernet.infer import features as F

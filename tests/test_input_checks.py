@@ -25,7 +25,7 @@ import pytest
 import tifffile
 from conftest import DATA, REPO, run_cli
 from PIL import Image
-from slide_helpers import ArraySlide
+from support.slide_helpers import ArraySlide
 from test_input_mpp import MONUSEG, blob_net
 
 from hovernet.errors import HoverNetError, HoverNetWarning

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from patchdata import make_patch_folder
 from PIL import Image
-from trainhelpers import TinyNet, register_tiny
+from support.patchdata import make_patch_folder
+from support.trainhelpers import TinyNet, register_tiny
 
 from hovernet.cli import main
 from hovernet.config import geometry_for

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import DATA
 from scipy.spatial import cKDTree
-from slide_helpers import ArraySlide, dark_tissue
+from support.slide_helpers import ArraySlide, dark_tissue
 
 import hovernet
 from hovernet.infer.postprocess import PostprocessParams, hv_ranges, postprocess

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import yaml
 from conftest import DATA, REPO
-from patchdata import make_patch_folder
-from trainhelpers import register_tiny
+from support.patchdata import make_patch_folder
+from support.trainhelpers import register_tiny
 
 from hovernet.errors import HoverNetError
 from hovernet.infer import resolution as res

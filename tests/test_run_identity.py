@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import run_cli
-from slide_helpers import ArraySlide, dark_tissue, disk_image
+from support.slide_helpers import ArraySlide, dark_tissue, disk_image
 
 from hovernet.cli.options import unknown_option_hint
 from hovernet.errors import HoverNetError

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import DATA
 from shapely.geometry import shape
-from slide_helpers import ArraySlide, dark_tissue, disk_image
+from support.slide_helpers import ArraySlide, dark_tissue, disk_image
 
 from hovernet.errors import HoverNetError
 from hovernet.infer.predict import segment_image
@@ -350,7 +350,7 @@ def test_failing_slide_is_reported_and_others_go_on(tmp_path):
 # separate processes: resume after SIGKILL, ranks sharing slides
 
 
-WORKER = Path(__file__).with_name("slide_worker.py")
+WORKER = Path(__file__).parent / "support" / "slide_rank_process.py"
 
 
 def worker(slide_dir, out, region_size=328, workers=1, env=None, **kw):
@@ -627,7 +627,7 @@ def test_windows_far_from_tissue_are_not_run_and_nuclei_do_not_change(tmp_path, 
 def test_post_processing_workers_do_not_import_torch():
     """Slide- and tile-mode workers start and run their modules without torch (1.5 s of CPU
     saved per worker on a small machine)."""
-    from slide_helpers import imports_torch
+    from support.slide_helpers import imports_torch
 
     from hovernet.infer.workers import make_pool, warm
 

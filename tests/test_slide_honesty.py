@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slide_helpers import ArraySlide, dark_tissue, disk_image
+from support.slide_helpers import ArraySlide, dark_tissue, disk_image
 
 from hovernet.errors import HoverNetError
 from hovernet.infer.slide import run_slide, run_slides

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from view_helpers import synthetic_store
+from support.view_helpers import synthetic_store
 
 from hovernet.io.slide_exports import Level0Features
 from hovernet.io.store import (

@@ -7,7 +7,7 @@ import json
 
 import cv2
 import pytest
-from slide_helpers import disk_image
+from support.slide_helpers import disk_image
 
 from hovernet.errors import HoverNetError
 from hovernet.infer.tile import RUN_RECORD, TileConfig, run_tile

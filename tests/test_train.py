@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from patchdata import make_patch_folder
-from trainhelpers import register_tiny
+from support.patchdata import make_patch_folder
+from support.trainhelpers import register_tiny
 
 from hovernet.cli import main
 from hovernet.errors import HoverNetError

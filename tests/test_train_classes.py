@@ -14,8 +14,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from patchdata import make_patch_folder
-from trainhelpers import TinyNet, _TinyArch, register_tiny
+from support.patchdata import make_patch_folder
+from support.trainhelpers import TinyNet, _TinyArch, register_tiny
 
 from hovernet.config import geometry_for
 from hovernet.errors import HoverNetWarning

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 import torch
-from patchdata import make_patch_folder
-from trainhelpers import ddp_worker, register_tiny
+from support.patchdata import make_patch_folder
+from support.trainhelpers import ddp_worker, register_tiny
 
 from hovernet.train.config import TrainConfig
 from hovernet.train.loop import train

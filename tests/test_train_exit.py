@@ -9,7 +9,7 @@ import sys
 import time
 
 from conftest import REPO
-from patchdata import make_patch_folder
+from support.patchdata import make_patch_folder
 
 
 def test_train_exits_promptly_after_a_time_limit_stop(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from patchdata import make_patch_folder
 from scipy import ndimage
+from support.patchdata import make_patch_folder
 
 from hovernet.data.dataset import PatchDataset
 from hovernet.train import losses

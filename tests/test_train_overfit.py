@@ -8,7 +8,7 @@ real tile inference and post-processing on those patches reach PQ > 0.5.
 from __future__ import annotations
 
 import pytest
-from patchdata import make_patch_folder
+from support.patchdata import make_patch_folder
 
 from hovernet.config import geometry_for
 from hovernet.model.checkpoints import load_model

@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from view_helpers import serving, slide_output, synthetic_store
+from support.view_helpers import serving, slide_output, synthetic_store
 
 from hovernet.demo import SAMPLE, SAMPLE_SLIDE
 from hovernet.errors import HoverNetError

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 import cv2
 import numpy as np
 import pytest
-from view_helpers import serving, slide_output
+from support.view_helpers import serving, slide_output
 
 from hovernet.view.catalog import load_slides
 from hovernet.view.server import create_app

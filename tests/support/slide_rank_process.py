@@ -1,6 +1,6 @@
 """A slide-mode run in its own process, for the resume and multi-process tests.
 
-    python slide_worker.py SLIDE_DIR OUT_DIR REGION_SIZE WORKERS
+    python tests/support/slide_rank_process.py SLIDE_DIR OUT_DIR REGION_SIZE WORKERS
 
 Each `SLIDE_DIR/<name>.npy` is an in-memory slide at 0.25 um/px; the network is BlobNet.
 Slides are shared by RANK/WORLD_SIZE (and a gloo process group when MASTER_ADDR is set), as
@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from slide_helpers import ArraySlide, dark_tissue
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for `support`
 from hovernet.infer.ranks import (
     gather,
     init_distributed,
@@ -26,6 +26,7 @@ from hovernet.infer.ranks import (
 from hovernet.infer.slide import run_slides
 from hovernet.infer.slide_setup import SlideConfig
 from hovernet.model.standin import BlobNet
+from support.slide_helpers import ArraySlide, dark_tissue  # noqa: E402
 
 
 def main() -> None:
