@@ -4,7 +4,7 @@ A benchmark keeps no copy of old code. It measures a baseline commit's package, 
 `git archive REF hovernet` into a folder, against this checkout's, each in a fresh process of the
 same virtualenv with the side's folder first on PYTHONPATH:
 
-- `extract(ref, into)`: the baseline's `hovernet` package under `into` (kept there: reused);
+- `extract(ref, into)`: the baseline's `hovernet` package under `into` (extracted afresh);
 - `sides(ref, work)`: {"baseline": extracted folder, "current": this checkout};
 - `run_side(code_root, script, args, out)`: `python script --side OUT ARGS` with code_root's
   `hovernet` importable; the script times its functions, writes what it made under OUT and its
@@ -29,8 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def extract(ref: str, into: Path) -> Path:
     """`git archive REF hovernet` unpacked under `into` (an import root for that commit)."""
-    if (into / "hovernet" / "__init__.py").exists():
-        return into
+    shutil.rmtree(into / "hovernet", ignore_errors=True)  # REF may name another commit now
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", ref, "hovernet"], check=True, capture_output=True
     ).stdout

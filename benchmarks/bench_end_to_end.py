@@ -7,10 +7,10 @@ default, in a fresh process per run (so imports, model loading and the ONNX expo
   4440 x 5934 px, written once as a tiled pyramidal TIFF (lossless) to the work folder;
 - `slide_a40x`: ../shared/data/seed_format/slide_a.tif (40x, 0.25 um/px), if it is there.
 
-The baseline is extracted with `git archive REF` (default 93b4c3d, main before this work) and
-run with the same virtualenv. Baseline and current runs alternate (`--repeat` rounds), and the
-table gives the median wall time, seconds per mm^2 of tissue, the nuclei, the network's share
-of the main process (summary `network_s`) and the speed-up.
+The baseline is extracted with `git archive REF` (benchmarks/baseline.py; default 93b4c3d, main
+before this work) and run with the same virtualenv. Baseline and current runs alternate
+(`--repeat` rounds), and the table gives the median wall time, seconds per mm^2 of tissue, the
+nuclei, the network's share of the main process (summary `network_s`) and the speed-up.
 
     .venv/bin/python benchmarks/bench_end_to_end.py [--baseline 93b4c3d] [--repeat 2]
 """
@@ -23,12 +23,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from baseline import extract
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HOVERNET_SHARED", ROOT.parent / "shared"))
@@ -60,19 +60,6 @@ def write_mosaic(path: Path) -> None:
                 level, (level.shape[1] // 2, level.shape[0] // 2), interpolation=cv2.INTER_AREA
             )
             k += 1
-
-
-def extract(ref: str, into: Path) -> Path:
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", ref, "hovernet"], check=True, capture_output=True
-    ).stdout
-    into.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile() as fh:
-        fh.write(archive)
-        fh.seek(0)
-        with tarfile.open(fileobj=fh) as tar:
-            tar.extractall(into, filter="data")
-    return into
 
 
 def run(code_root: Path, slide: Path, out: Path) -> dict:
