@@ -28,7 +28,7 @@ from skimage.color import rgb_from_hed
 
 # rows: the H, E and DAB optical-density vectors (unit length), as rgb2hed uses them
 STAIN_VECTORS = np.asarray(rgb_from_hed, dtype=np.float64)
-_TO_AMOUNTS = np.linalg.inv(STAIN_VECTORS)
+HED_FROM_RGB = np.linalg.inv(STAIN_VECTORS)
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ SHIFTS: dict[str, HedShift] = {
 def to_amounts(image: np.ndarray) -> np.ndarray:
     """H x W x 3 uint8 RGB -> H x W x 3 float64 (H, E, DAB) stain amounts (Beer-Lambert)."""
     od = -np.log(np.maximum(image.astype(np.float64), 1.0) / 255.0)
-    return od @ _TO_AMOUNTS
+    return od @ HED_FROM_RGB
 
 
 def from_amounts(amounts: np.ndarray) -> np.ndarray:

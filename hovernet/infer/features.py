@@ -32,6 +32,7 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
+from hovernet.data.stain import HED_FROM_RGB  # Ruifrok & Johnston's, as rgb2hed
 from hovernet.errors import HoverNetError
 from hovernet.nuclei import FEATURES
 
@@ -41,9 +42,6 @@ GLCM_LEVELS = 32
 GLCM_OD_MAX = 2.0
 GLCM_OFFSETS = ((0, 1), (1, 1), (1, 0), (1, -1))  # (row, column) steps: 0, 45, 90, 135 degrees
 
-# Ruifrok & Johnston (2001): rows are the RGB ODs of unit haematoxylin, eosin and DAB
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 _OD = -np.log10(np.maximum(np.arange(256) / 255.0, 1e-6))  # OD of each 8-bit value
 # each 8-bit value's share of the haematoxylin and eosin OD, per RGB channel: [stain][channel]
 _SHARE = [[_OD * HED_FROM_RGB[c, s] for c in range(3)] for s in range(2)]
