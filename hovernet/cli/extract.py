@@ -152,7 +152,7 @@ def _check_colours(sources, side: int = 1024) -> None:
     HoverNetError naming the image. Judged on a thumbnail at most `side` px across; an image
     that cannot be read here is left to the extraction, which says why in its own words."""
     from hovernet.errors import HoverNetError
-    from hovernet.io.input_checks import colour_problem
+    from hovernet.io.input_checks import refuse_colourless
     from hovernet.io.wsi import open_slide
 
     for source in sources:
@@ -163,9 +163,7 @@ def _check_colours(sources, side: int = 1024) -> None:
                 thumb, _ = slide.thumbnail(side)
         except HoverNetError:
             continue
-        problem = colour_problem(thumb)
-        if problem is not None:
-            raise HoverNetError(f"{source.image}: {problem}")
+        refuse_colourless(source.image, thumb)
 
 
 def _count_windows(sources, size: int, stride: int) -> int | None:

@@ -26,7 +26,7 @@ from hovernet.infer.postprocess import PostprocessParams, hv_ranges
 from hovernet.infer.predict import predict_phases_many
 from hovernet.infer.regions import NUCLEUS_MARGIN, RegionPlan, plan_regions
 from hovernet.infer.resample import check_phases, phase_offsets
-from hovernet.io.input_checks import colour_problem
+from hovernet.io.input_checks import refuse_colourless
 from hovernet.io.names import output_stem
 from hovernet.io.slides import IMAGE_SUFFIXES, read_mask_image
 from hovernet.io.type_info import TypeInfo
@@ -117,18 +117,11 @@ class TissueSource:
         return "automatic" if self.detect else "whole slide"
 
 
-def refuse_greyscale(path: Path, thumb: np.ndarray) -> None:
-    """A HoverNetError for a slide whose thumbnail has practically no colour (greyscale)."""
-    problem = colour_problem(thumb)
-    if problem is not None:
-        raise HoverNetError(f"{path}: {problem}")
-
-
 def tissue_of(slide, name: str, source: TissueSource):
     """(thumbnail, its mpp, tissue mask, the mask's mpp) from the slide or the user's mask.
     A slide whose thumbnail has practically no colour (greyscale) is a HoverNetError."""
     thumb, thumb_mpp = slide.thumbnail()
-    refuse_greyscale(slide.path, thumb)
+    refuse_colourless(slide.path, thumb)
     if source.mask_dir is not None:
         candidates = sorted(
             p for p in Path(source.mask_dir).glob(f"{name}.*") if p.suffix.lower() in IMAGE_SUFFIXES
@@ -269,7 +262,7 @@ def resolve_auto_mpp(model, path: Path, config: SlideConfig, opener, log):
                 "only where a file records none)")  # fmt: skip
             return replace(config, slide_mpp=None), None
     with (opener or default_opener)(path, replace(config, slide_mpp=1.0)) as probe:
-        refuse_greyscale(path, probe.thumbnail()[0])  # before the estimate finds no nuclei
+        refuse_colourless(path, probe.thumbnail()[0])  # before the estimate finds no nuclei
         estimate = estimate_slide_mpp(
             probe, model, name=name, batch_size=config.batch_size, precision=config.precision
         )

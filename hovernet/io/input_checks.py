@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hovernet.errors import HoverNetError
+
 WHITE_LEVEL = 220  # a pixel whose darkest channel is at least this is glass / background
 BLACK_LEVEL = 30  # a pixel whose brightest channel is at most this is a black border
 COLOUR_LEVELS = 6  # a pixel is coloured when its channels span this many grey levels or more
@@ -58,6 +60,14 @@ def colour_problem(rgb: np.ndarray) -> str | None:
     if coloured >= MIN_COLOURED:
         return None
     return f"greyscale image ({coloured:.1%} of its stained pixels show colour); {HE_HINT}"
+
+
+def refuse_colourless(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """A HoverNetError naming `path` when its pixels `rgb` (the image, or a thumbnail of it)
+    cannot be H&E (`colour_problem`)."""
+    problem = colour_problem(rgb)
+    if problem is not None:
+        raise HoverNetError(f"{path}: {problem}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,10 +25,10 @@ from hovernet.errors import HoverNetError, HoverNetWarning
 from hovernet.io import tiff_checks
 from hovernet.io.input_checks import (
     PLAIN,
-    colour_problem,
     format_mismatch,
     jpeg_intact,
     png_intact,
+    refuse_colourless,
     sniff_format,
 )
 
@@ -182,9 +182,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         rgb = _read_tiff(path)
     else:
         rgb = _read_openslide(path)
-    problem = colour_problem(rgb)
-    if problem is not None:
-        raise HoverNetError(f"{path}: {problem}")
+    refuse_colourless(path, rgb)
     return rgb
 
 
