@@ -404,10 +404,10 @@ def run_slides(
             cohort.ended(path, result.status)
             results.append(result)
             log(describe_result(cohort.number(path), len(cohort), result))
-            if fatal is None:  # cohort.csv: this slide's row (a finished one's if missing)
-                update_after_slide(config.output_dir, result.name, result.status, log)
             if fatal is not None:
                 break
+            # cohort.csv: this slide's row (a finished one's if missing)
+            update_after_slide(config.output_dir, result.name, result.status, log)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
