@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DATA
 from PIL import Image
 from support.patchdata import make_patch_folder
 from support.trainhelpers import TinyNet, register_tiny
@@ -31,7 +32,7 @@ from hovernet.io.points import (
 from hovernet.train.data import load_training_data
 from hovernet.train.losses import IGNORE, hovernet_losses
 
-CRCHISTO = Path(__file__).resolve().parents[2] / "shared" / "data" / "crchisto"
+CRCHISTO = DATA / "crchisto"
 INFO = MERGED_TYPE_INFO["consep"]  # other, inflammatory, epithelial, spindle-shaped
 CLASSES = "fibroblast=spindle-shaped,others=other"
 
@@ -206,7 +207,6 @@ def test_point_patches_train_the_type_branch_only(tmp_path):
     assert not torch.allclose(t_mixed["tp_bce"], t_alone["tp_bce"])
 
 
-@pytest.mark.skipif(not CRCHISTO.is_dir(), reason="needs shared/data/crchisto")
 @pytest.mark.filterwarnings("ignore:epoch 1:hovernet.errors.HoverNetWarning")
 def test_cli_extracts_crchisto_points_and_trains_beside_outlines(tmp_path, monkeypatch):
     register_tiny(monkeypatch)

@@ -12,16 +12,13 @@ import pytest
 from skimage.color import rgb2lab
 
 from hovernet.data import stain
-from tests.conftest import run_cli
+from tests.conftest import DATA, run_cli
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-CROP = SHARED / "consep_patches/images/test_1_000.png"
-REF = SHARED / "consep_train_patches/images/train_1_010.jpg"
+CROP = DATA / "consep_patches/images/test_1_000.png"
+REF = DATA / "consep_train_patches/images/train_1_010.jpg"
 
 
 def _rgb(path: Path) -> np.ndarray:
-    if not path.is_file():
-        pytest.skip(f"shared data not found: {path}")
     return np.ascontiguousarray(cv2.imread(str(path))[:, :, ::-1])
 
 
