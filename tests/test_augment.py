@@ -130,3 +130,42 @@ def test_colour_augmentation_changes_image_within_range(patch):
         assert out.shape == img.shape and out.dtype == np.uint8
         assert abs(out.astype(float).mean() - img.mean()) < 45  # brightness +-26 plus the rest
     assert len({o.tobytes() for o in outs}) == len(outs)
+
+
+def _stain_fit(before: np.ndarray, after: np.ndarray) -> list[tuple[float, float]]:
+    """Per stain channel, the (scale, offset) that best maps `before`'s amounts to `after`'s."""
+    from hovernet.data.stain import to_amounts
+
+    a, b = to_amounts(before).reshape(-1, 3), to_amounts(after).reshape(-1, 3)
+    keep = (before.reshape(-1, 3) > 0).all(1) & (before.reshape(-1, 3) < 250).any(1)
+    fits = []
+    for c in range(3):
+        scale, offset = np.polyfit(a[keep, c], b[keep, c], 1)
+        fits.append((scale, offset))
+    return fits
+
+
+def test_stain_jitter_scales_and_shifts_h_and_e_within_its_strength(patch):
+    from hovernet.data.augment import jitter_stain
+
+    img = patch[0]
+    scales = []
+    for seed in range(6):
+        out = jitter_stain(img, np.random.default_rng(seed), 0.3)
+        (h_scale, h_off), (e_scale, e_off), (d_scale, d_off) = _stain_fit(img, out)
+        assert 0.68 <= h_scale <= 1.32 and 0.68 <= e_scale <= 1.32  # 1 +- 0.3, with rounding
+        assert abs(h_off) <= 0.035 and abs(e_off) <= 0.035  # +- 0.3 / 10
+        assert d_scale == pytest.approx(1.0, abs=0.05) and d_off == pytest.approx(0.0, abs=0.01)
+        scales.append((h_scale, e_scale))
+    assert np.ptp(np.array(scales), axis=0).min() > 0.1  # the draws vary, H and E each
+
+
+def test_stain_jitter_off_leaves_the_seeded_colour_steps_as_they_were(patch):
+    img = patch[0]
+    plain = augment_colour(img, np.random.default_rng(3), AugmentConfig())
+    same = augment_colour(img, np.random.default_rng(3), AugmentConfig(stain_jitter=0.0))
+    on = augment_colour(img, np.random.default_rng(3), AugmentConfig(stain_jitter=0.2))
+    np.testing.assert_array_equal(plain, same)
+    assert not np.array_equal(plain, on)
+    with pytest.raises(ValueError, match="stain_jitter"):
+        AugmentConfig(stain_jitter=1.0)

@@ -172,6 +172,23 @@ def test_typed_and_untyped_folders_train_together(folders):
     assert load_training_data([folders[1]], geometry_for("fast")).nr_types is None
 
 
+def test_stain_jitter_recolours_training_samples_only(folders):
+    from hovernet.config import geometry_for
+
+    plain = load_training_data(folders, geometry_for("fast"), seed=0)
+    jittered = load_training_data(folders, geometry_for("fast"), seed=0, stain_jitter=0.3)
+    a = plain.train[0].sample_arrays(0, np.random.default_rng(5))
+    b = jittered.train[0].sample_arrays(0, np.random.default_rng(5))
+    assert not np.array_equal(a["img"], b["img"])  # the image is re-coloured ...
+    assert sorted(a) == sorted(b)
+    for key in set(a) - {"img"}:  # ... its targets are not
+        np.testing.assert_array_equal(a[key], b[key])
+    v1, v2 = plain.valid[0].sample_arrays(0, None), jittered.valid[0].sample_arrays(0, None)
+    np.testing.assert_array_equal(v1["img"], v2["img"])  # validation is never jittered
+    with pytest.raises(HoverNetError, match="stain_jitter must be in"):
+        config_from_dict({"stain_jitter": 1.5})
+
+
 def test_different_type_info_is_refused(folders, tmp_path):
     other = make_patch_folder(tmp_path / "other", train=[7], valid=[], size=300)
     (other / "type_info.json").write_text(

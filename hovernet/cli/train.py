@@ -84,6 +84,9 @@ def register(app: typer.Typer) -> None:
         balance_classes: bool = typer.Option(
             False, "--balance-classes", help="Class-balanced sampling of typed patches."
         ),
+        stain_jitter: float | None = typer.Option(
+            None, "--stain-jitter", help="HED colour jitter strength, e.g. 0.2 (default 0 = off)."
+        ),
         msge: str | None = typer.Option(
             None, "--msge", help="paper (dh/dx, dv/dy) or original (the original code's)."
         ),
@@ -126,6 +129,7 @@ def register(app: typer.Typer) -> None:
             augment=False if no_augment else None, resume=resume or None,
             overwrite=overwrite or None,
             balance_classes=balance_classes or None, class_weights=weights,
+            stain_jitter=stain_jitter,
             sync_bn=sync_bn or None, quiet=quiet or None,
         )  # fmt: skip
         yaml_path = config

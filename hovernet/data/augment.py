@@ -9,7 +9,11 @@ are copied, never blended; outside the patch is 0 (background, black image), as 
 
 Image-only part: one of Gaussian blur, median blur or Gaussian noise, then hue, saturation,
 brightness and contrast in random order, with the original's ranges. The original's contrast
-step returned its input unchanged; here it works.
+step returned its input unchanged; here it works. Optional, off by default (`stain_jitter`,
+`hovernet train --stain-jitter`): HED jitter before those steps, each of the haematoxylin and
+eosin amounts (data/stain.py's colour deconvolution) scaled by 1 + U(-s, s) and offset by
+U(-s, s) / 10, as stain varies between labs and scanners (Tellez et al. 2018's "HED" colour
+augmentation; the DAB channel is left alone).
 
 Differences from the original, on purpose: the image is warped with bilinear interpolation (the
 original used nearest for the image too) and 90-degree rotations are added (the issue asks for
@@ -27,6 +31,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from hovernet.data.stain import hed_shift
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,11 @@ class AugmentConfig:
     brightness: float = 26.0
     contrast: tuple[float, float] = (0.75, 1.25)
     image_interpolation: int = cv2.INTER_LINEAR
+    stain_jitter: float = 0.0  # HED jitter strength s (0 = off; 0.1-0.3 is light to strong)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.stain_jitter < 1.0:
+            raise ValueError(f"stain_jitter must be in [0, 1), got {self.stain_jitter}")
 
 
 def _translation(dx: float, dy: float) -> np.ndarray:
@@ -169,8 +180,18 @@ def _contrast(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> 
 COLOUR_STEPS = (_hue, _saturation, _brightness, _contrast)
 
 
+def jitter_stain(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """HED jitter: H and E amounts x (1 + U(-s, s)) + U(-s, s) / 10; DAB unchanged."""
+    draw = rng.uniform(-strength, strength, size=(2, 2))
+    scale = (1.0 + draw[0, 0], 1.0 + draw[0, 1], 1.0)
+    offset = (draw[1, 0] / 10, draw[1, 1] / 10, 0.0)
+    return hed_shift(img, scale, offset)
+
+
 def augment_colour(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
     """Image-only augmentation of an H x W x 3 uint8 RGB image."""
+    if cfg.stain_jitter > 0:  # drawn only when on: seeded samples without it stay as they were
+        img = jitter_stain(img, rng, cfg.stain_jitter)
     img = _blur_or_noise(img, rng, cfg)
     for step in rng.permutation(len(COLOUR_STEPS)):
         img = COLOUR_STEPS[int(step)](img, rng, cfg)

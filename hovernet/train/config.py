@@ -44,6 +44,7 @@ class TrainConfig:
     class_weights: list[float] | None = None  # per type id, for the type cross-entropy
     balance_classes: bool = False  # the class-balanced sampler (typed data)
     augment: bool = True  # False: centre crops, no augmentation (overfitting checks)
+    stain_jitter: float = 0.0  # HED colour jitter strength (data/augment.py), 0 = off
     steps_per_epoch: int | None = None  # None: one pass over the data; N: N steps, with replacement
     time_limit: float | None = None  # minutes; stop cleanly (resumable) when spent
     stop_after_steps: int | None = None  # stop (resumable) after this many steps of this call
@@ -119,6 +120,11 @@ def check_config(cfg: TrainConfig, source: str = "config") -> TrainConfig:
         raise HoverNetError(
             f"{source}: ema_decay must be in [0, 1) (0 = off; 0.99-0.9999 are usual), "
             f"got {cfg.ema_decay!r}"
+        )
+    if not (isinstance(cfg.stain_jitter, (int, float)) and 0.0 <= cfg.stain_jitter < 1.0):
+        raise HoverNetError(
+            f"{source}: stain_jitter must be in [0, 1) (0 = off; 0.1-0.3 are light to strong), "
+            f"got {cfg.stain_jitter!r}"
         )
     if cfg.msge_variant not in MSGE_VARIANTS:
         raise HoverNetError(

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from hovernet.config import ModelGeometry
+from hovernet.data.augment import AugmentConfig
 from hovernet.data.dataset import (
     PatchDataset,
     class_balanced_weights,
@@ -56,7 +57,11 @@ def _has_split(folder: Path, split: str) -> bool:
 
 
 def load_training_data(
-    folders: Sequence[Path], geometry: ModelGeometry, seed: int = 0, augment: bool = True
+    folders: Sequence[Path],
+    geometry: ModelGeometry,
+    seed: int = 0,
+    augment: bool = True,
+    stain_jitter: float = 0.0,
 ) -> TrainingData:
     if not folders:
         raise HoverNetError("no --data folder given: pass a folder written by extract-patches")
@@ -74,7 +79,8 @@ def load_training_data(
                 "with --valid-fraction below 1, or pass another folder"
             )
         kw = {"geometry": geometry, "seed": seed}
-        ds = PatchDataset.from_folder(folder, "train", augment=augment, **kw)
+        aug = AugmentConfig(stain_jitter=stain_jitter)
+        ds = PatchDataset.from_folder(folder, "train", augment=augment, aug_config=aug, **kw)
         train.append(ds)
         if _has_split(folder, "valid"):
             valid.append(

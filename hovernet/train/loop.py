@@ -181,7 +181,7 @@ def _setup(cfg: TrainConfig, dist: Dist) -> tuple[TrainParts, TrainingData, Path
 
     torch.manual_seed(cfg.seed)
     geometry = get_architecture(cfg.arch).geometry
-    data = load_training_data(cfg.data, geometry, cfg.seed, cfg.augment)
+    data = load_training_data(cfg.data, geometry, cfg.seed, cfg.augment, cfg.stain_jitter)
     net = build_model(cfg.arch, data.nr_types)
     if cfg.pretrained is not None and not cfg.resume:
         from hovernet.model.pretrained import load_encoder_weights

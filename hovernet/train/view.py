@@ -23,7 +23,7 @@ def write_view(cfg: TrainConfig) -> Path:
     if cfg.out is None:
         raise HoverNetError("--view needs --out RUN: the grid is written into the run folder")
     geometry = get_architecture(cfg.arch).geometry
-    data = load_training_data(cfg.data, geometry, cfg.seed)
+    data = load_training_data(cfg.data, geometry, cfg.seed, stain_jitter=cfg.stain_jitter)
     if cfg.view == "valid":
         if not data.valid:
             raise HoverNetError(
