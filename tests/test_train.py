@@ -20,6 +20,7 @@ from hovernet.train import loop
 from hovernet.train.config import TrainConfig, config_from_dict, resolve_config
 from hovernet.train.data import EpochSampler, load_training_data
 from hovernet.train.loop import train
+from hovernet.train.state import Dist
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +188,7 @@ def test_sampler_shards_global_batches_and_is_reproducible():
     one = EpochSampler(10, 4, seed=3)
     one.set_epoch(2)
     order = list(one)
-    two = [EpochSampler(10, 2, seed=3, rank=r, world=2) for r in range(2)]
+    two = [EpochSampler(10, 2, seed=3, dist=Dist(r, 2)) for r in range(2)]
     for s in two:
         s.set_epoch(2)
     parts = [list(s) for s in two]
