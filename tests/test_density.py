@@ -25,6 +25,7 @@ from hovernet.model.standin import BlobNet
 
 # a slide at 0.5 um/px: 100 um cells are 200 px; its mask at 2 um/px: 50 mask px per cell
 SLIDE_MPP, MASK_MPP = 0.5, 2.0
+GRID = DensityGrid((600, 200), SLIDE_MPP, 100)
 
 
 def _at(cell_col: int, n: int, row: int = 0) -> np.ndarray:
@@ -53,6 +54,15 @@ def test_hand_computed_densities_full_half_and_too_little_tissue():
     assert bands[0, 0, 0] == pytest.approx(200) and bands[1, 0, 0] == 0  # "unclassified" counts
     assert total[0] == pytest.approx(1300)  # the untyped one counts in the total only
     assert (geo["nuclei"], geo["nuclei_counted"], geo["cells_counted"]) == (30, 23, 2)
+
+
+def test_a_density_grid_needs_cells_and_a_resolution():
+    assert DensityGrid((600, 200), SLIDE_MPP, 100).cell_px == 200
+    for grid_um, slide_mpp in ((0, SLIDE_MPP), (100, 0), (-5, SLIDE_MPP)):
+        with pytest.raises(ValueError, match="both > 0"):
+            DensityGrid((600, 200), slide_mpp, grid_um)
+    with pytest.raises(ValueError, match="mask 0"):
+        density_maps(np.zeros((0, 2)), np.zeros(0), 1, np.ones((2, 2), bool), 0, GRID)
 
 
 def test_the_minimum_tissue_share_and_cells_cut_by_the_slide_edge():
