@@ -120,12 +120,11 @@ def save_patch(path: Path, compress: str, **arrays: np.ndarray) -> None:
 
 
 def _append_row(result: SourceResult, rel: str, window: tuple[int, int, int], src, inst_type):
-    """The manifest row of the patch `rel` cut at `window` (y, x, size) of the source; `src`:
-    the source ids of its renumbered nuclei, `inst_type`: the class of each source id."""
+    """Add (and return) the manifest row of the patch `rel` cut at `window` (y, x, size) of the
+    source; `src`: the source ids of its renumbered nuclei, `inst_type`: each source id's class."""
     y, x, size = window
-    row = {"split": result.split, "path": rel, "source": result.name, "y": y, "x": x}
-    row["size"] = size
-    row["n_nuclei"] = len(src) - 1
+    row = {"split": result.split, "path": rel, "source": result.name}
+    row.update(y=y, x=x, size=size, n_nuclei=len(src) - 1)
     if inst_type is not None:
         counts = np.bincount(inst_type[src[1:]], minlength=1)
         row["types"] = {int(k): int(v) for k, v in enumerate(counts) if k > 0 and v}
