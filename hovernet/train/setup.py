@@ -127,7 +127,7 @@ def _open_run(cfg: TrainConfig, dist: Dist) -> tuple[torch.device, Path | None, 
         backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend, rank=dist.rank, world_size=dist.world)
     device = pick_device(cfg, dist)
-    autocast_dtype(device, cfg.precision)  # an unknown precision is refused here
+    autocast_dtype(device, cfg.precision)  # refuses an unknown precision before the run folder
     init_path = _init_path(cfg)  # before the run folder exists: a bad path leaves nothing
     if cfg.pretrained is not None and not cfg.resume:
         from hovernet.model.pretrained import check_weights_file
