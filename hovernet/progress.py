@@ -70,8 +70,11 @@ class Progress:
     unit: the plural name of one unit ("images", "patches", "regions", "batches").
     quiet: mute the bar and the summaries (the commands' --quiet).
     stream: where to write (default sys.stderr); `terminal` overrides the isatty() check.
-    summary_every: seconds between plain summary lines when not on a terminal.
+    summary_every: seconds between plain summary lines when not on a terminal (an attribute;
+    set it on the instance before use to change it).
     """
+
+    summary_every: float = 30.0
 
     def __init__(
         self,
@@ -82,7 +85,6 @@ class Progress:
         *,
         stream: IO[str] | None = None,
         terminal: bool | None = None,
-        summary_every: float = 30.0,
     ) -> None:
         self.total = total if total else None
         self.desc = desc
@@ -93,7 +95,6 @@ class Progress:
             isatty = getattr(self.stream, "isatty", None)
             terminal = bool(isatty and isatty())
         self.terminal = terminal
-        self.summary_every = summary_every
         self.done = 0
         self.earlier = 0  # units an earlier run did (a resume): shown, and left out of the rate
         self.fields: dict[str, Any] = {}

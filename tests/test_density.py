@@ -20,11 +20,12 @@ from hovernet.infer.slide_setup import SlideConfig, calibration_windows
 from hovernet.infer.tissue import tissue_area_mm2
 from hovernet.io.density_files import read_density_tiff, write_density_tiff
 from hovernet.io.slide_exports import output_paths
-from hovernet.metrics.density import cell_tissue_mm2, density_maps
+from hovernet.metrics.density import DensityGrid, cell_tissue_mm2, density_maps
 from hovernet.model.standin import BlobNet
 
 # a slide at 0.5 um/px: 100 um cells are 200 px; its mask at 2 um/px: 50 mask px per cell
 SLIDE_MPP, MASK_MPP = 0.5, 2.0
+GRID = DensityGrid((600, 200), SLIDE_MPP, 100)
 
 
 def _at(cell_col: int, n: int, row: int = 0) -> np.ndarray:
@@ -40,7 +41,8 @@ def test_hand_computed_densities_full_half_and_too_little_tissue():
     mask[:2, 100:] = True  # cell 2: 4 % tissue, under the 10 % minimum
     xy = np.concatenate([_at(0, 10), _at(1, 10), _at(2, 7), _at(0, 3)])
     types = np.array([2] * 27 + [0, 0, -1])  # two unclassified, one untyped, in cell 0
-    bands, geo = density_maps(xy, types, 4, mask, MASK_MPP, SLIDE_MPP, (600, 200), 100)
+    grid = DensityGrid((600, 200), SLIDE_MPP, 100)
+    bands, geo = density_maps(xy, types, 4, mask, MASK_MPP, grid)
     assert bands.dtype == np.float32 and bands.shape == (6, 1, 3)
     assert geo["bands"] == ["type 0", "type 1", "type 2", "type 3", "total", "tissue_mm2"]
     assert geo["cell_px"] == 200 and geo["grid_shape"] == [1, 3] and geo["origin_px"] == [0, 0]
@@ -54,14 +56,27 @@ def test_hand_computed_densities_full_half_and_too_little_tissue():
     assert (geo["nuclei"], geo["nuclei_counted"], geo["cells_counted"]) == (30, 23, 2)
 
 
+def test_a_density_grid_needs_cells_and_a_resolution():
+    assert DensityGrid((600, 200), SLIDE_MPP, 100).cell_px == 200
+    for grid_um, slide_mpp in ((0, SLIDE_MPP), (100, 0), (-5, SLIDE_MPP)):
+        with pytest.raises(ValueError, match="both > 0"):
+            DensityGrid((600, 200), slide_mpp, grid_um)
+    with pytest.raises(ValueError, match="mask 0"):
+        density_maps(np.zeros((0, 2)), np.zeros(0), 1, np.ones((2, 2), bool), 0, GRID)
+
+
 def test_the_minimum_tissue_share_and_cells_cut_by_the_slide_edge():
     mask = np.ones((50, 75), bool)  # 150 x 100 um: a whole cell and a half cell at the edge
     xy = np.concatenate([_at(0, 4), np.array([[250.0, 20.0], [299.9, 199.9]])])
-    bands, geo = density_maps(xy, np.full(6, 1), 2, mask, MASK_MPP, SLIDE_MPP, (300, 200), 100)
+    bands, geo = density_maps(
+        xy, np.full(6, 1), 2, mask, MASK_MPP, DensityGrid((300, 200), SLIDE_MPP, 100)
+    )
     assert geo["grid_shape"] == [1, 2]
     assert bands[2, 0] == pytest.approx([400, 400])  # 2 nuclei in the half cell's 0.005 mm^2
     # a stricter minimum (share of a whole cell) drops the half cell
-    bands, _ = density_maps(xy, np.full(6, 1), 2, mask, MASK_MPP, SLIDE_MPP, (300, 200), 100, 0.6)
+    bands, _ = density_maps(
+        xy, np.full(6, 1), 2, mask, MASK_MPP, DensityGrid((300, 200), SLIDE_MPP, 100, 0.6)
+    )
     assert bands[2, 0, 0] == pytest.approx(400) and np.isnan(bands[2, 0, 1])
 
 
@@ -80,7 +95,9 @@ def test_tissue_of_mask_pixels_cut_by_cell_edges_is_their_share_inside():
 def test_the_file_keeps_bands_and_geometry(tmp_path, caplog):
     mask = np.ones((50, 100), bool)
     mask[:, 60:] = False
-    bands, geo = density_maps(_at(0, 5), np.full(5, 1), 3, mask, MASK_MPP, 0.5, (400, 200), 100)
+    bands, geo = density_maps(
+        _at(0, 5), np.full(5, 1), 3, mask, MASK_MPP, DensityGrid((400, 200), 0.5, 100)
+    )
     geo = {**geo, "bands": ["unclassified", "a", "b", "total", "tissue_mm2"], "slide": "s.svs"}
     path = tmp_path / "s.density.tif"
     write_density_tiff(path, bands, geo)

@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 import pytest
+from support.windows import extract_windows
 
 from hovernet.data.patches import (
     WindowSpec,
-    extract_windows,
     mirror_copy,
     reflect_index,
     relabel_window,

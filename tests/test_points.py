@@ -19,7 +19,8 @@ from support.trainhelpers import TinyNet, register_tiny
 from hovernet.cli import main
 from hovernet.config import geometry_for
 from hovernet.data.dataset import POINT_IGNORE, PatchDataset
-from hovernet.data.extraction import ExtractConfig, find_sources, run_extraction
+from hovernet.data.extraction import ExtractConfig, run_extraction
+from hovernet.data.sources import find_sources
 from hovernet.errors import HoverNetError, HoverNetWarning
 from hovernet.io.annotations import MERGED_TYPE_INFO, detect_format
 from hovernet.io.points import (
@@ -246,20 +247,20 @@ def _run(args: list[str]) -> None:
 
 
 def test_validation_scores_nuclei_on_outlined_patches_only(tmp_path):
-    from hovernet.train.validate import patch_metrics
+    from hovernet.train.validate import PatchOptions, patch_metrics
 
     _patch(tmp_path / "p.npz", points=True)
     _patch(tmp_path / "o.npz", points=False)
     outlined = PatchDataset([tmp_path / "o.npz"], "fast", augment=False)
     torch.manual_seed(0)
     net = TinyNet(5)
-    alone = patch_metrics(net, [outlined], torch.device("cpu"), batch=2)
+    alone = patch_metrics(net, [outlined], torch.device("cpu"), PatchOptions(batch=2))
     point = PatchDataset([tmp_path / "p.npz"], "fast", augment=False)
     outlined.inst_flag = point.inst_flag = True
-    both = patch_metrics(net, [outlined, point], torch.device("cpu"), batch=2)
+    both = patch_metrics(net, [outlined, point], torch.device("cpu"), PatchOptions(batch=2))
     for key in ("valid_np_dice", "valid_np_acc", "valid_hv_mse", "valid_np_bce"):
         assert both[key] == pytest.approx(alone[key]), key
-    apart = patch_metrics(net, [outlined, point], torch.device("cpu"), batch=1)
+    apart = patch_metrics(net, [outlined, point], torch.device("cpu"), PatchOptions(batch=1))
     for key in ("valid_np_bce", "valid_np_dice", "valid_hv_mse", "valid_hv_msge"):
         assert apart[key] == pytest.approx(alone[key]), key  # the point-only batch: no term
     assert both["valid_tp_bce"] != pytest.approx(alone["valid_tp_bce"])  # the disks count

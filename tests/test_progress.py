@@ -22,7 +22,9 @@ def test_plain_stream_gets_one_line_per_log_and_a_final_summary():
 
 def test_plain_stream_prints_periodic_summaries():
     out = io.StringIO()
-    with Progress(10, "train", unit="batches", stream=out, summary_every=0.0) as bar:
+    bar = Progress(10, "train", unit="batches", stream=out)
+    bar.summary_every = 0.0
+    with bar:
         bar.advance(2, loss=0.51234)
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("train: 2/10 batches") and "loss=0.5123" in lines[0]

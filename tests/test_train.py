@@ -20,6 +20,8 @@ from hovernet.train import loop
 from hovernet.train.config import TrainConfig, config_from_dict, resolve_config
 from hovernet.train.data import EpochSampler, load_training_data
 from hovernet.train.loop import train
+from hovernet.train.setup import prepare_training
+from hovernet.train.state import Dist, TrainState
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +75,22 @@ def test_resume_mid_epoch_is_exact(folders, tmp_path):
     obj = torch.load(tmp_path / "a" / "last.pth", weights_only=True)
     assert obj["mode"] == "tiny" and obj["nr_types"] == 5 and obj["mpp"] == 0.5
     assert obj["type_info"]["2"][0] == "inflammatory"
+
+
+def test_prepare_training_decides_everything_before_the_first_step(folders, tmp_path):
+    cfg = _cfg(folders, tmp_path / "run", freeze_encoder=True)
+    setup, state = prepare_training(cfg, Dist())
+    assert sorted(p.name for p in setup.run.iterdir()) == ["config.yaml"]  # no checkpoint yet
+    assert state == TrainState()
+    assert (setup.phases, setup.total_epochs, setup.sampler.steps) == (2, 2, 4)
+    assert len(setup.loader.dataset) == 5 and setup.workers == 0 and setup.writer is None
+    batch = next(iter(setup.loader))
+    assert batch["img"].shape[0] == 2 and batch["tp_map"].shape[0] == 2  # untyped ones too
+    assert setup.parts.net.nr_types == 5 and setup.parts.type_info[2][0] == "inflammatory"
+    # resuming: the state of the stopped run, step for step
+    train(_cfg(folders, tmp_path / "b", stop_after_steps=3))
+    _, resumed = prepare_training(_cfg(folders, tmp_path / "b", resume=True), Dist())
+    assert (resumed.epoch, resumed.step_in_epoch, resumed.global_step) == (0, 3, 3)
 
 
 def test_ema_is_the_checkpoint_model_and_resumes_exactly(folders, tmp_path):
@@ -204,7 +222,7 @@ def test_sampler_shards_global_batches_and_is_reproducible():
     one = EpochSampler(10, 4, seed=3)
     one.set_epoch(2)
     order = list(one)
-    two = [EpochSampler(10, 2, seed=3, rank=r, world=2) for r in range(2)]
+    two = [EpochSampler(10, 2, seed=3, dist=Dist(r, 2)) for r in range(2)]
     for s in two:
         s.set_epoch(2)
     parts = [list(s) for s in two]

@@ -24,7 +24,12 @@ from hovernet.train.config import TrainConfig
 from hovernet.train.data import load_training_data
 from hovernet.train.loop import train
 from hovernet.train.losses import IGNORE
-from hovernet.train.validate import never_predicted, never_predicted_warning, patch_metrics
+from hovernet.train.validate import (
+    PatchOptions,
+    never_predicted,
+    never_predicted_warning,
+    patch_metrics,
+)
 
 INFO = {0: ("background", (0, 0, 0)), 1: ("other", (1, 1, 1)), 2: ("inflammatory", (2, 2, 2))}
 
@@ -91,10 +96,10 @@ def test_patch_metrics_counts_pixels_per_class(folder):
     present = target_classes(data.valid)
     assert len(present) >= 3  # real CoNSeP mosaics: several classes
     model = PinnedTypes(data.nr_types, {1: 1e4})  # class 1 predicted on every pixel
-    result = patch_metrics(model, data.valid, torch.device("cpu"), batch=2)
+    result = patch_metrics(model, data.valid, torch.device("cpu"), PatchOptions(batch=2))
     assert result["valid_never_predicted_px"] == sorted(present - {1})
     model = PinnedTypes(data.nr_types, {0: 1e4})  # background everywhere: every class missed
-    result = patch_metrics(model, data.valid, torch.device("cpu"), batch=2)
+    result = patch_metrics(model, data.valid, torch.device("cpu"), PatchOptions(batch=2))
     assert result["valid_never_predicted_px"] == sorted(present)
     untyped = TinyNet(None)
     assert "valid_never_predicted_px" not in patch_metrics(untyped, data.valid, torch.device("cpu"))

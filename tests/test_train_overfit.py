@@ -15,7 +15,7 @@ from hovernet.model.checkpoints import load_model
 from hovernet.train.config import TrainConfig
 from hovernet.train.data import load_training_data
 from hovernet.train.loop import train
-from hovernet.train.validate import instance_metrics
+from hovernet.train.validate import CropOptions, instance_metrics
 
 
 @pytest.mark.slow
@@ -32,6 +32,6 @@ def test_lite_overfits_four_real_patches(tmp_path):
     assert at_50 <= 0.4 * losses[0], f"total loss {losses[0]:.3f} -> {at_50:.3f} at step 50"
     model = load_model(tmp_path / "run" / "last.pth")
     data = load_training_data([root], geometry_for("lite"), augment=False)
-    scores = instance_metrics(model, data.train, n=4, crop=256, batch=4)
+    scores = instance_metrics(model, data.train, CropOptions(n=4, crop=256, batch=4))
     print(f"loss {losses[0]:.3f} -> {at_50:.3f} (step 50) -> {losses[-1]:.3f}; {scores}")
     assert scores["valid_pq"] > 0.5, scores

@@ -100,10 +100,10 @@ def register(app: typer.Typer) -> None:
         from hovernet.data.extraction import (
             PRESETS,
             ExtractConfig,
-            find_sources,
             remove_dataset,
             run_extraction,
         )
+        from hovernet.data.sources import find_sources
         from hovernet.errors import HoverNetError
         from hovernet.io.atomic import check_writable_dir
         from hovernet.io.type_info import load_type_info

@@ -139,7 +139,6 @@ class PatchDataset(Dataset):
         seed: int | None = None,
         aug_config: AugmentConfig | None = None,
         manifest_rows: Sequence[dict[str, str]] | None = None,
-        untyped_fill: int | None = None,
     ) -> None:
         self.files = [Path(f) for f in files]
         if not self.files:
@@ -150,7 +149,7 @@ class PatchDataset(Dataset):
         self.aug_config = aug_config or AugmentConfig()
         self.manifest_rows = list(manifest_rows) if manifest_rows else None
         self.with_type = load_patch(self.files[0])[1].shape[-1] > 1
-        self.untyped_fill = untyped_fill
+        self.untyped_fill: int | None = None  # set by the trainer beside typed folders
         rows = self.manifest_rows
         self.inst_flag = bool(rows) and "points" in rows[0]  # see the module docstring
         self._rng: np.random.Generator | None = None

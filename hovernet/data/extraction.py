@@ -8,6 +8,8 @@ Layout (the contract with hovernet.data.dataset):
     <out>/.done/<source>.json one per finished source: its split, manifest rows and counts
     <out>/extract_config.json the settings; a rerun with other settings is refused
 
+Which image goes with which annotation, and the split of each source: `hovernet.data.sources`.
+
 Memory: the image and the labels are read one band of window rows at a time (colour masks are
 labelled strip-wise, see colour_masks.py), so a 10,000 x 14,000 pair stays well under 2 GB.
 """
@@ -18,7 +20,6 @@ import contextlib
 import csv
 import io
 import json
-import random
 import shutil
 import zipfile
 from collections.abc import Callable
@@ -34,16 +35,16 @@ from hovernet.data.patches import (
     relabel_window,
     window_grid,
 )
+from hovernet.data.sources import Source, assign_splits
 from hovernet.errors import HoverNetError
 from hovernet.io.annotations import (
     MERGED_TYPE_INFO,
-    detect_format,
     open_labels,
     read_original_patch,
 )
 from hovernet.io.atomic import atomic_path, write_text_atomic
 from hovernet.io.points import POINT_RADIUS, parse_point_classes
-from hovernet.io.slides import IMAGE_SUFFIXES, open_image
+from hovernet.io.slides import open_image
 from hovernet.io.type_info import TypeInfo, type_info_json
 
 # Window presets (size, step). Both cut 540 x 540 windows, twice the network input, so that the
@@ -53,7 +54,6 @@ from hovernet.io.type_info import TypeInfo, type_info_json
 # "fast": step 164 = the fast model's output size; also what the released extract_patches.py
 #   uses for both models, and this command's default.
 PRESETS = {"original": (540, 80), "fast": (540, 164)}
-ANN_TOKENS = ("", "_mask", "_inst", "_ann", "_annotation", "_annotations", "_label", "_labels")
 SPLITS = ("train", "valid")
 COMPRESS = ("labels", "all", "none")
 POINT_DEFAULTS = {"point_classes": None, "point_base": 0, "point_radius": POINT_RADIUS}
@@ -91,14 +91,6 @@ class ExtractConfig:
         return d
 
 
-@dataclass(frozen=True)
-class Source:
-    name: str
-    image: Path | None  # None for the original's patch .npy (image inside)
-    annotation: Path
-    fmt: str
-
-
 @dataclass
 class SourceResult:
     name: str
@@ -106,94 +98,6 @@ class SourceResult:
     rows: list[dict]
     instances: dict[int, int] = field(default_factory=dict)  # class id -> nuclei in the source
     pixels: dict[int, int] = field(default_factory=dict)  # class id -> nucleus pixels
-
-
-# ------------------------------------------------------------------ pairing and splitting
-def find_sources(images: Path | None, annotations: Path, fmt: str, typed: bool) -> list[Source]:
-    """Pair images with annotations by name: image `S.*` <-> annotation `S<token>.*` or folder
-    `S/` (or `S/masks/`), token one of ANN_TOKENS. `fmt` "patch" needs no images."""
-
-    if fmt == "patch":
-        files = [annotations] if annotations.is_file() else sorted(annotations.glob("*.npy"))
-        if not files:
-            raise HoverNetError(f"{annotations}: no .npy patches found")
-        return [Source(f.stem, None, f, "patch") for f in files]
-    if images is None:
-        raise HoverNetError("--images is required (the folder or file of the images)")
-    if not images.exists():
-        raise HoverNetError(f"{images}: no such file or folder")
-    if not annotations.exists():
-        raise HoverNetError(f"{annotations}: no such file or folder")
-    if images.is_file():
-        if not annotations.is_file() and fmt != "masks" and annotations.is_dir():
-            ann = _find_annotation(images.stem, annotations, images)
-        else:
-            ann = annotations
-        pairs = [(images, ann)]
-    else:
-        candidates = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        stems = {p.stem for p in candidates}
-        pairs = []
-        for img in candidates:
-            if any(img.stem == s + t for s in stems for t in ANN_TOKENS[1:] + ("_type",)):
-                continue  # an annotation that lives beside its image
-            pairs.append((img, _find_annotation(img.stem, annotations, img)))
-        if not pairs:
-            raise HoverNetError(f"{images}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    sources = []
-    for img, ann in pairs:
-        kind = detect_format(ann, typed) if fmt == "auto" else fmt
-        sources.append(Source(img.stem, img, ann, kind))
-    return sources
-
-
-def _find_annotation(stem: str, folder: Path, image: Path) -> Path:
-    if folder.is_file():
-        return folder
-    for token in ANN_TOKENS:
-        sub = folder / (stem + token)
-        if sub.is_dir():
-            return sub / "masks" if (sub / "masks").is_dir() else sub
-        for path in sorted(folder.glob(f"{stem}{token}.*")):
-            if path != image and not path.name.startswith("."):
-                return path
-    raise HoverNetError(
-        f"{image}: no annotation in {folder} (looked for {stem}.*, "
-        + ", ".join(f"{stem}{t}.*" for t in ANN_TOKENS[1:])
-        + f" and folder {stem}/); name the annotation after its image"
-    )
-
-
-def assign_splits(
-    names: list[str], valid_fraction: float, seed: int, split_file: Path | None
-) -> dict[str, str]:
-    """Split by source image. A split file {"train": [...], "valid": [...]} ("test" counts as
-    valid) wins over `valid_fraction`, which draws round(f * n) sources with `seed`."""
-    if split_file is not None:
-        try:
-            table = json.loads(Path(split_file).read_text())
-        except (OSError, ValueError) as exc:
-            raise HoverNetError(f"{split_file}: cannot read the split file ({exc})") from exc
-        where = {}
-        for key, split in (("train", "train"), ("valid", "valid"), ("test", "valid")):
-            for name in table.get(key, []):
-                where[Path(str(name)).stem] = split
-        missing = [n for n in names if n not in where]
-        if missing:
-            raise HoverNetError(
-                f"{split_file}: sources missing from the split file: {', '.join(missing[:10])}"
-                f"{' ...' if len(missing) > 10 else ''}; list each under train or valid"
-            )
-        return {n: where[n] for n in names}
-    if not 0 <= valid_fraction < 1:
-        raise HoverNetError(f"--valid-fraction {valid_fraction} must be in [0, 1)")
-    order = sorted(names)
-    random.Random(seed).shuffle(order)
-    n_valid = round(valid_fraction * len(order))
-    if valid_fraction > 0 and n_valid == 0 and len(order) > 1:
-        n_valid = 1
-    valid = set(order[:n_valid])
-    return {n: "valid" if n in valid else "train" for n in names}
 
 
 # ------------------------------------------------------------------ one source
@@ -215,12 +119,16 @@ def save_patch(path: Path, compress: str, **arrays: np.ndarray) -> None:
             zf.writestr(f"{name}.npy", buf.getvalue(), compress_type=kind, compresslevel=1)
 
 
-def _patch_row(split, rel, source, y, x, size, src, inst_type) -> dict:
-    row = {"split": split, "path": rel, "source": source, "y": y, "x": x, "size": size}
-    row["n_nuclei"] = len(src) - 1
+def _append_row(result: SourceResult, rel: str, window: tuple[int, int, int], src, inst_type):
+    """Add (and return) the manifest row of the patch `rel` cut at `window` (y, x, size) of the
+    source; `src`: the source ids of its renumbered nuclei, `inst_type`: each source id's class."""
+    y, x, size = window
+    row = {"split": result.split, "path": rel, "source": result.name}
+    row.update(y=y, x=x, size=size, n_nuclei=len(src) - 1)
     if inst_type is not None:
         counts = np.bincount(inst_type[src[1:]], minlength=1)
         row["types"] = {int(k): int(v) for k, v in enumerate(counts) if k > 0 and v}
+    result.rows.append(row)
     return row
 
 
@@ -229,7 +137,6 @@ def extract_source(source: Source, split: str, config: ExtractConfig, progress=N
     out = config.out_dir
     if source.fmt == "patch":
         return _convert_original_patch(source, split, config)
-    spec = WindowSpec(config.window, config.step)
     out.mkdir(parents=True, exist_ok=True)
     reader = open_image(source.image)
     try:
@@ -242,7 +149,7 @@ def extract_source(source: Source, split: str, config: ExtractConfig, progress=N
         try:
             result = SourceResult(source.name, split, [])
             _source_counts(labels, result)
-            _cut_windows(reader, labels, spec, source.name, split, config, result, progress)
+            _cut_windows(reader, labels, config, result, progress)
         finally:
             labels.close()
     finally:
@@ -269,7 +176,9 @@ def _source_counts(labels, result: SourceResult, rows: int = 1024) -> None:
     result.pixels = {k: int(px[k]) for k in range(1, len(px)) if px[k]}
 
 
-def _cut_windows(reader, labels, spec, name, split, config, result, progress) -> None:
+def _cut_windows(reader, labels, config: ExtractConfig, result: SourceResult, progress) -> None:
+    """Every window of the source (mirror-padded at its borders) as a patch of `result`."""
+    spec = WindowSpec(config.window, config.step)
     height, width = reader.height, reader.width
     offsets = np.arange(spec.size)
     grid = window_grid(height, width, spec)
@@ -297,11 +206,11 @@ def _cut_windows(reader, labels, spec, name, split, config, result, progress) ->
             arrays["type"] = inst_type[src][inst]
         if points:  # disks around labelled points: type targets only (see dataset.py)
             arrays["points"] = np.ones((), np.uint8)
-        rel = f"{split}/{name}_{index:05d}.npz"
+        rel = f"{result.split}/{result.name}_{index:05d}.npz"
         save_patch(config.out_dir / rel, config.compress, **arrays)
-        result.rows.append(_patch_row(split, rel, name, y, x, spec.size, src, inst_type))
+        row = _append_row(result, rel, (y, x, spec.size), src, inst_type)
         if points:
-            result.rows[-1]["points"] = 1
+            row["points"] = 1
         if progress is not None:
             progress()
 
@@ -317,9 +226,7 @@ def _convert_original_patch(source: Source, split: str, config: ExtractConfig) -
         arrays["type"] = labels.inst_type[src][inst]
     rel = f"{split}/{source.name}.npz"
     save_patch(config.out_dir / rel, config.compress, **arrays)
-    result.rows.append(
-        _patch_row(split, rel, source.name, 0, 0, image.shape[0], src, labels.inst_type)
-    )
+    _append_row(result, rel, (0, 0, image.shape[0]), src, labels.inst_type)
     return result
 
 

@@ -113,17 +113,3 @@ def relabel_window(
     source = keys // n_copies
     local = local.reshape(inst.shape).astype(smallest_uint(len(keys) - 1))
     return local, source
-
-
-def extract_windows(image: np.ndarray, spec: WindowSpec):
-    """Yield (y, x, window) for an in-memory array (H x W or H x W x C), mirror-padded.
-
-    Equals cutting the windows of `window_grid` out of
-    `np.pad(image, ((pad_before, pad_after), (pad_before, pad_after), ...), mode="reflect")`.
-    """
-    height, width = image.shape[:2]
-    offsets = np.arange(spec.size)
-    for y, x in window_grid(height, width, spec):
-        rows = reflect_index(y + offsets, height)
-        cols = reflect_index(x + offsets, width)
-        yield y, x, image[rows[:, None], cols[None, :]]

@@ -74,6 +74,20 @@ def _normalised_offset(offset: np.ndarray, neg: np.ndarray, pos: np.ndarray) -> 
     return out
 
 
+def _boxes(pieces: np.ndarray, ids: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+    """(rmin, rmax, cmin, cmax) of the bounding box of each id in `ids` (ascending), indexed by
+    id in arrays of `size` (0 for the others); maxima inclusive."""
+    boxes = ndimage.find_objects(pieces, max_label=int(ids[-1]))
+    rmin = np.zeros(size, np.int64)
+    cmin = np.zeros(size, np.int64)
+    rmax = np.zeros(size, np.int64)
+    cmax = np.zeros(size, np.int64)
+    for i in ids:  # O(number of instances), no pixel work
+        rs, cs = boxes[i - 1]
+        rmin[i], rmax[i], cmin[i], cmax[i] = rs.start, rs.stop - 1, cs.start, cs.stop - 1
+    return rmin, rmax, cmin, cmax
+
+
 def hv_targets(
     inst_map: np.ndarray,
     out_shape: tuple[int, int],
@@ -115,14 +129,7 @@ def hv_targets(
     ids = np.flatnonzero(keep)
     if ids.size == 0:
         return hv, np_map
-    boxes = ndimage.find_objects(pieces, max_label=int(ids[-1]))
-    rmin = np.zeros(keep.size, np.int64)
-    cmin = np.zeros(keep.size, np.int64)
-    rmax = np.zeros(keep.size, np.int64)
-    cmax = np.zeros(keep.size, np.int64)
-    for i in ids:  # O(number of instances), no pixel work
-        rs, cs = boxes[i - 1]
-        rmin[i], rmax[i], cmin[i], cmax[i] = rs.start, rs.stop - 1, cs.start, cs.stop - 1
+    rmin, rmax, cmin, cmax = _boxes(pieces, ids, keep.size)
     if legacy_edge:
         keep[(rmin < BOX_PAD) | (cmin < BOX_PAD)] = False
         keep[0] = False

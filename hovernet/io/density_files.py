@@ -29,7 +29,7 @@ from hovernet.errors import HoverNetError
 from hovernet.io.atomic import atomic_path
 from hovernet.io.type_info import TypeInfo
 from hovernet.io.writers import class_of, prob_names
-from hovernet.metrics.density import TISSUE, TOTAL, density_maps
+from hovernet.metrics.density import TISSUE, TOTAL, DensityGrid, density_maps
 
 PathLike = str | os.PathLike
 FORMAT = "hovernet density map"
@@ -198,10 +198,9 @@ def _density_sink(paths: Mapping[str, Path], spec: Any, n_types: int) -> Iterato
     yield add
     xy = np.stack([np.frombuffer(xs), np.frombuffer(ys)], axis=1) if xs else np.zeros((0, 2))
     mask = spec.mask if spec.density_mask is None else spec.density_mask
-    bands, geometry = density_maps(
-        xy, np.frombuffer(ts, np.int64) if ts else np.zeros(0, np.int64), n_types, mask,
-        spec.mask_mpp, spec.slide_mpp, spec.dimensions, spec.density_grid_um,
-    )  # fmt: skip
+    types = np.frombuffer(ts, np.int64) if ts else np.zeros(0, np.int64)
+    grid = DensityGrid(spec.dimensions, spec.slide_mpp, spec.density_grid_um)
+    bands, geometry = density_maps(xy, types, n_types, mask, spec.mask_mpp, grid)
     names, colours = band_names(n_types, spec.type_info)
     name = Path(spec.slide_path).name
     geometry = {"slide": name, **geometry, "bands": names}

@@ -1,6 +1,7 @@
 """Nuclei per mm^2 of tissue, per class, on a square grid in microns (slide mode's density maps).
 
-`density_maps(xy, types, n_types, mask, mask_mpp, slide_mpp, dimensions, grid_um)` is pure:
+`density_maps(xy, types, n_types, mask, mask_mpp, DensityGrid(dimensions, slide_mpp, grid_um))`
+is pure:
 
 - The grid starts at the slide's level-0 origin (0, 0); its cells are `grid_um` microns square,
   `grid_um / slide_mpp` level-0 pixels; the last row and column stop at the slide's edge.
@@ -20,6 +21,7 @@ cell's tissue area, also where the densities are NaN). So density x tissue_mm2 g
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -84,23 +86,43 @@ def cell_tissue_mm2(
     return np.maximum(pixels, 0) * (mask_mpp * 1e-3) ** 2
 
 
+@dataclass(frozen=True)
+class DensityGrid:
+    """The cells of a density map: a slide of level-0 `dimensions` (width, height) at
+    `slide_mpp`, cut into cells `grid_um` microns square from its origin; a cell's density is
+    counted where its tissue covers at least `min_fraction` of a whole cell (see the module)."""
+
+    dimensions: tuple[int, int]
+    slide_mpp: float
+    grid_um: float
+    min_fraction: float = MIN_TISSUE_FRACTION
+
+    def __post_init__(self) -> None:
+        if not self.grid_um > 0 or not self.slide_mpp > 0:
+            raise ValueError(f"grid {self.grid_um} um and slide {self.slide_mpp} um/px: both > 0")
+
+    @property
+    def cell_px(self) -> float:
+        """A cell's side in level-0 pixels."""
+        return self.grid_um / self.slide_mpp
+
+
 def density_maps(
     xy: np.ndarray,
     types: np.ndarray,
     n_types: int,
     mask: np.ndarray,
     mask_mpp: float,
-    slide_mpp: float,
-    dimensions: tuple[int, int],
-    grid_um: float,
-    min_fraction: float = MIN_TISSUE_FRACTION,
+    grid: DensityGrid,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """(bands float32 (n_types + 2, rows, cols), geometry) of the nuclei at level-0 centroids
-    `xy` (N x 2, x first) with `types` (N; -1 for untyped) on a slide of level-0 `dimensions`
-    (width, height) at `slide_mpp`, with its tissue `mask` at `mask_mpp` (see the module)."""
-    if not grid_um > 0 or not slide_mpp > 0 or not mask_mpp > 0:
-        raise ValueError(f"grid {grid_um} um, slide {slide_mpp} and mask {mask_mpp} um/px: all > 0")
-    cell_px = grid_um / slide_mpp
+    `xy` (N x 2, x first) with `types` (N; -1 for untyped) on the cells of `grid`, with the
+    slide's tissue `mask` at `mask_mpp` (see the module)."""
+    if not mask_mpp > 0:
+        raise ValueError(f"mask {mask_mpp} um/px: must be > 0")
+    grid_um, slide_mpp, dimensions = grid.grid_um, grid.slide_mpp, grid.dimensions
+    min_fraction = grid.min_fraction
+    cell_px = grid.cell_px
     shape = grid_shape(dimensions, cell_px)
     counts = cell_counts(xy, types, n_types, cell_px, shape)
     tissue = cell_tissue_mm2(mask, mask_mpp, slide_mpp, cell_px, shape)

@@ -106,16 +106,21 @@ class TypeStats:
         }
 
 
-def _type_f1(
-    paired_true: np.ndarray,
-    paired_pred: np.ndarray,
-    unpaired_true: np.ndarray,
-    unpaired_pred: np.ndarray,
-    type_id: int,
-    weights: Sequence[float],
-    exhaustive: bool,
-) -> float:
+@dataclass(frozen=True)
+class _Pooled:
+    """The types of the nuclei of every image after pairing: both sides of the pairs, and the
+    unpaired nuclei of the truth and of the prediction."""
+
+    paired_true: np.ndarray
+    paired_pred: np.ndarray
+    unpaired_true: np.ndarray
+    unpaired_pred: np.ndarray
+
+
+def _type_f1(pooled: _Pooled, type_id: int, weights: Sequence[float], exhaustive: bool) -> float:
     """F1 of one type: paired nuclei where either side has the type, plus unpaired of the type."""
+    paired_true, paired_pred = pooled.paired_true, pooled.paired_pred
+    unpaired_true, unpaired_pred = pooled.unpaired_true, pooled.unpaired_pred
     t_is = paired_true == type_id
     p_is = paired_pred == type_id
     sel = t_is | p_is  # the original keeps only these pairs, so its tn_dt is always 0
@@ -183,12 +188,8 @@ def type_stats(
         wrong -= int((paired_true == -1).sum())
     if type_ids is None:
         type_ids = np.unique(cat(tt_all)).tolist()
-    f1_type = {
-        int(t): _type_f1(
-            paired_true, paired_pred, unpaired_true, unpaired_pred, int(t), weights, exhaustive
-        )
-        for t in type_ids
-    }
+    pooled = _Pooled(paired_true, paired_pred, unpaired_true, unpaired_pred)
+    f1_type = {int(t): _type_f1(pooled, int(t), weights, exhaustive) for t in type_ids}
     return TypeStats(
         f1_d=_ratio(2 * tp_d, 2 * tp_d + fp_d + fn_d, both_empty),
         precision_d=_ratio(tp_d, tp_d + fp_d, both_empty),

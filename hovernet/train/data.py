@@ -38,6 +38,7 @@ from hovernet.data.dataset import (
 from hovernet.errors import HoverNetError, HoverNetWarning
 from hovernet.io.type_info import TypeInfo
 from hovernet.train.losses import IGNORE
+from hovernet.train.state import Dist
 
 
 @dataclass
@@ -233,9 +234,10 @@ def balanced_weights(datasets: Sequence[PatchDataset]) -> np.ndarray:
 class EpochSampler(Sampler):
     """Yields (index, augmentation seed) for this process's part of each global batch.
 
-    An epoch is `steps` global batches of `batch * world` draws: a permutation of the patches
-    (the last incomplete batch dropped), or with `steps_per_epoch` / `weights` draws with
-    replacement. Process `rank` takes positions rank * batch .. (rank + 1) * batch - 1 of each.
+    An epoch is `steps` global batches of `batch * world` draws (`dist.world` processes): a
+    permutation of the patches (the last incomplete batch dropped), or with `steps_per_epoch` /
+    `weights` draws with replacement. Process `dist.rank` takes positions rank * batch ..
+    (rank + 1) * batch - 1 of each.
     """
 
     def __init__(
@@ -243,13 +245,13 @@ class EpochSampler(Sampler):
         n: int,
         batch: int,
         seed: int = 0,
-        rank: int = 0,
-        world: int = 1,
+        dist: Dist = Dist(),
         steps_per_epoch: int | None = None,
         weights: np.ndarray | None = None,
     ) -> None:
         self.n, self.batch, self.seed = n, batch, seed
-        self.rank, self.world = rank, world
+        self.rank, self.world = dist.rank, dist.world
+        world = dist.world
         self.weights = weights
         global_batch = batch * world
         self.steps = steps_per_epoch or max(1, n // global_batch)

@@ -1,4 +1,7 @@
-"""The training loop: `train(cfg)` runs (or resumes) one run in `cfg.out`.
+"""The training loop: `train(cfg)` runs (or resumes) one run in `cfg.out`, in three steps:
+`hovernet.train.setup.prepare_training` (everything decided before the first step: device, run
+folder, data, model, optimiser, loader), the epochs (`_run_epochs`: each one's steps, then its
+record, validation and checkpoints), and closing the loader's workers and the writer.
 
 Run folder:
 
@@ -34,32 +37,18 @@ from pathlib import Path
 
 import torch
 
-from hovernet.device import autocast_dtype, resolve_device
 from hovernet.errors import HoverNetError
-from hovernet.io.atomic import write_text_atomic
-from hovernet.model.registry import build_model, get_architecture
 from hovernet.progress import Progress
-from hovernet.resources import spare_cpus
-from hovernet.train.config import CONFIG_NAME, TrainConfig, config_yaml
-from hovernet.train.data import (
-    EpochSampler,
-    SeededConcat,
-    TrainingData,
-    balanced_weights,
-    load_training_data,
-)
+from hovernet.train.config import TrainConfig
 from hovernet.train.losses import hovernet_losses
+from hovernet.train.setup import TrainSetup, log, make_optimizer, prepare_training
 from hovernet.train.state import (
     Dist,
     TrainParts,
     TrainState,
     append_line,
     dist_from_env,
-    load_run_checkpoint,
-    make_ema,
-    prepare_run_folder,
     save_run_checkpoint,
-    truncate_metrics,
 )
 from hovernet.train.validate import validate_run
 
@@ -86,30 +75,15 @@ class _Budget:
     started: float
     limit_s: float | None
     stop_after_steps: int | None
+    seconds_before: float = 0.0  # training time of the calls before this one (a resume)
     steps: int = 0  # steps taken by this call
     step_losses: list[float] = field(default_factory=list)
-
-
-def pick_device(cfg: TrainConfig, dist: Dist) -> torch.device:
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and dist.world > 1:
-        device = torch.device("cuda", dist.local_rank)
-    if device.type == "cuda":
-        if device.index is None:  # "cuda" alone: the current device, with its index
-            device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(device)
-    return device
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
     """The learning rate of a (0-based) epoch: drops once per phase, at `lr_drop_epoch`."""
     in_phase = epoch % cfg.epochs
     return cfg.lr * (cfg.lr_drop_factor if in_phase >= cfg.lr_drop_epoch else 1.0)
-
-
-def n_phases(cfg: TrainConfig) -> int:
-    freeze = cfg.freeze_encoder if cfg.freeze_encoder is not None else cfg.pretrained is not None
-    return 2 if freeze else 1
 
 
 def set_encoder_frozen(model: torch.nn.Module, frozen: bool) -> None:
@@ -124,10 +98,6 @@ def set_encoder_frozen(model: torch.nn.Module, frozen: bool) -> None:
         param.requires_grad_(not (frozen and name.startswith(tuple(prefixes))))
 
 
-def _make_optimizer(cfg: TrainConfig, net: torch.nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
 def _wrap(net: torch.nn.Module, dist: Dist, device: torch.device) -> torch.nn.Module:
     if dist.world == 1:
         return net
@@ -137,192 +107,90 @@ def _wrap(net: torch.nn.Module, dist: Dist, device: torch.device) -> torch.nn.Mo
     return DistributedDataParallel(net, device_ids=ids, broadcast_buffers=True)
 
 
-def _log(cfg: TrainConfig, dist: Dist, line: str) -> None:
-    if dist.main and not cfg.quiet:
-        print(line, flush=True)
-
-
-def _init_path(cfg: TrainConfig) -> Path | None:
-    """The checkpoint `cfg.init` names ("bundled": the package's), checked to exist."""
-    if cfg.init is None or cfg.resume:
-        return None
-    if str(cfg.init) == "bundled":
-        from hovernet.model.bundled import bundled_model_path
-
-        return bundled_model_path()
-    if not Path(cfg.init).is_file():
-        raise HoverNetError(f"--init {cfg.init}: no such file; pass a checkpoint or 'bundled'")
-    from hovernet.model.checkpoints import checkpoint_architecture
-
-    mode, _ = checkpoint_architecture(cfg.init)  # a broken file is refused before the run folder
-    if mode != get_architecture(cfg.arch).name:
-        raise HoverNetError(
-            f"--init {cfg.init} holds a {mode} network but this run trains {cfg.arch}: pass "
-            f"--arch {mode} or another checkpoint"
-        )
-    return Path(cfg.init)
-
-
-def _setup(cfg: TrainConfig, dist: Dist) -> tuple[TrainParts, TrainingData, Path, TrainState]:
-    """Process group, device, run folder, data, model, optimiser; the resumed state."""
-    if dist.world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend, rank=dist.rank, world_size=dist.world)
-    device = pick_device(cfg, dist)
-    amp_dtype = autocast_dtype(device, cfg.precision)
-    init_path = _init_path(cfg)  # before the run folder exists: a bad path leaves nothing
-    if cfg.pretrained is not None and not cfg.resume:
-        from hovernet.model.pretrained import check_weights_file
-
-        check_weights_file(cfg.pretrained)
-    run = prepare_run_folder(cfg) if dist.main else cfg.out
-    if dist.world > 1:
-        torch.distributed.barrier()
-
-    torch.manual_seed(cfg.seed)
-    geometry = get_architecture(cfg.arch).geometry
-    data = load_training_data(cfg.data, geometry, cfg.seed, cfg.augment, cfg.stain_jitter)
-    net = build_model(cfg.arch, data.nr_types)
-    if cfg.pretrained is not None and not cfg.resume:
-        from hovernet.model.pretrained import load_encoder_weights
-
-        _log(cfg, dist, f"encoder: {load_encoder_weights(net, cfg.pretrained).summary()}")
-    if init_path is not None:
-        from hovernet.model.checkpoints import init_from_checkpoint
-
-        _log(cfg, dist, f"starting from {init_from_checkpoint(net, init_path, cfg.mpp)}")
-    if cfg.sync_bn and dist.world > 1:
-        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    net.to(device)
-    channels_last = cfg.channels_last and device.type == "cuda"
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    parts = TrainParts(
-        cfg=cfg,
-        dist=dist,
-        device=device,
-        net=net,
-        optimizer=_make_optimizer(cfg, net),
-        amp_dtype=amp_dtype,
-        channels_last=channels_last,
-        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
-        ema=make_ema(net, cfg.ema_decay),
-        class_weights=_class_weights(cfg, data.nr_types),
-        type_info=data.type_info,
-    )
-    state = TrainState()
-    if cfg.resume:
-        state = load_run_checkpoint(run / "last.pth", parts)
-        if dist.main:
-            truncate_metrics(run / "metrics.jsonl", state.epoch)
-    if dist.main:
-        write_text_atomic(run / CONFIG_NAME, config_yaml(cfg))
-    return parts, data, run, state
-
-
-def _class_weights(cfg: TrainConfig, nr_types: int | None) -> torch.Tensor | None:
-    if not cfg.class_weights:
-        return None
-    if nr_types is None or len(cfg.class_weights) != nr_types:
-        raise HoverNetError(
-            f"class_weights has {len(cfg.class_weights)} values but the model has "
-            f"{nr_types or 0} types (background included): give one per type id"
-        )
-    return torch.tensor(cfg.class_weights, dtype=torch.float32)
-
-
 def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
     """Train (or resume with `cfg.resume`) the run in `cfg.out`; see the module docstring."""
     dist = dist or dist_from_env()
-    parts, data, run, state = _setup(cfg, dist)
-    device = parts.device
-    train_set = SeededConcat(data.train)
-    weights = balanced_weights(data.train) if cfg.balance_classes else None
-    sampler = EpochSampler(
-        len(train_set), cfg.batch, cfg.seed, dist.rank, dist.world, cfg.steps_per_epoch, weights
-    )
-    workers = spare_cpus(8, at_least=0) if cfg.workers is None else cfg.workers
-    loader = torch.utils.data.DataLoader(
-        train_set,
-        batch_size=cfg.batch,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        drop_last=False,
-    )
-    phases = n_phases(cfg)
-    total_epochs = cfg.epochs * phases
-    writer = _tensorboard(cfg, run) if dist.main else None
+    setup, state = prepare_training(cfg, dist)
     limit_s = None if cfg.time_limit is None else cfg.time_limit * 60.0
-    budget = _Budget(time.monotonic(), limit_s, cfg.stop_after_steps)
-    seconds_before = state.train_seconds
-    stopped = "done"
-    record: dict = {}
-    amp = parts.amp_dtype
-    _log(
-        cfg,
-        dist,
-        f"training {cfg.arch} (nr_types={data.nr_types}) on {len(train_set)} patches from "
-        f"{len(cfg.data)} folder(s), {sampler.steps} steps/epoch x {total_epochs} epochs, "
-        f"batch {cfg.batch} x {dist.world} process(es), {device}, "
-        f"{'fp32' if amp is None else str(amp).split('.')[-1]}, {workers} workers",
-    )
-
+    budget = _Budget(time.monotonic(), limit_s, cfg.stop_after_steps, state.train_seconds)
     try:
-        frozen_now = None
-        model = parts.net
-        while state.epoch < total_epochs and stopped == "done":
-            epoch = state.epoch
-            frozen = phases == 2 and epoch < cfg.epochs
-            if phases == 2 and epoch == cfg.epochs and state.step_in_epoch == 0:
-                parts.optimizer = _make_optimizer(cfg, parts.net)  # phase 2 starts afresh
-            if frozen != frozen_now:
-                set_encoder_frozen(parts.net, frozen)
-                model = _wrap(parts.net, dist, device)
-                frozen_now = frozen
-            lr = lr_at(cfg, epoch)
-            for group in parts.optimizer.param_groups:
-                group["lr"] = lr
-            parts.net.train()
-            sampler.set_epoch(epoch, state.step_in_epoch)
-            stopped = _run_steps(parts, model, loader, sampler.steps, state, budget, writer)
-            state.train_seconds = seconds_before + time.monotonic() - budget.started
-            if stopped != "done" and state.step_in_epoch < sampler.steps:
-                if dist.main:
-                    save_run_checkpoint(run / "last.pth", parts, state)
-                why = "time limit reached" if stopped == "time" else "step limit reached"
-                _log(cfg, dist, f"{why} at step {state.global_step}: saved last.pth (--resume)")
-                break
-            record = _end_epoch(state, lr, epoch)
-            if dist.main and cfg.valid_every and (epoch + 1) % cfg.valid_every == 0:
-                record.update(validate_run(parts, data, workers, epoch + 1))
-            state.epoch += 1
-            state.step_in_epoch = 0
-            state.sums = {}
-            if dist.main:
-                _finish_epoch(parts, run, state, record, writer)
-                _log(cfg, dist, _summary(record))
-            if dist.world > 1:
-                torch.distributed.barrier()
+        stopped, record = _run_epochs(setup, state, budget)
     finally:  # workers, the pin-memory thread and the writer must not outlive the run
-        _shutdown_loader(loader)
-        if writer is not None:
-            writer.close()
+        _shutdown_loader(setup.loader)
+        if setup.writer is not None:
+            setup.writer.close()
     if dist.world > 1:
         torch.distributed.barrier()
-    return TrainResult(run, state, stopped, record, budget.step_losses)
+    return TrainResult(setup.run, state, stopped, record, budget.step_losses)
 
 
-def _run_steps(parts, model, loader, n_steps: int, state: TrainState, budget: _Budget, writer):
+def _run_epochs(setup: TrainSetup, state: TrainState, budget: _Budget) -> tuple[str, dict]:
+    """The epochs from `state` on, until the run is done or this call's budget runs out:
+    ("done" / "time" / "steps", the last epoch's record)."""
+    parts, cfg = setup.parts, setup.parts.cfg
+    stopped, record = "done", {}
+    frozen_now, model = None, parts.net
+    while state.epoch < setup.total_epochs and stopped == "done":
+        epoch = state.epoch
+        frozen = setup.phases == 2 and epoch < cfg.epochs
+        if setup.phases == 2 and epoch == cfg.epochs and state.step_in_epoch == 0:
+            parts.optimizer = make_optimizer(cfg, parts.net)  # phase 2 starts afresh
+        if frozen != frozen_now:
+            set_encoder_frozen(parts.net, frozen)
+            model = _wrap(parts.net, parts.dist, parts.device)
+            frozen_now = frozen
+        lr = lr_at(cfg, epoch)
+        for group in parts.optimizer.param_groups:
+            group["lr"] = lr
+        parts.net.train()
+        setup.sampler.set_epoch(epoch, state.step_in_epoch)
+        stopped = _run_steps(setup, model, state, budget)
+        state.train_seconds = budget.seconds_before + time.monotonic() - budget.started
+        if stopped != "done" and state.step_in_epoch < setup.sampler.steps:
+            _save_stopped(setup, state, stopped)
+            break
+        record = _close_epoch(setup, state, lr)
+    return stopped, record
+
+
+def _save_stopped(setup: TrainSetup, state: TrainState, stopped: str) -> None:
+    """A call that stops inside an epoch: last.pth holds the step, for --resume."""
+    parts = setup.parts
+    if parts.dist.main:
+        save_run_checkpoint(setup.run / "last.pth", parts, state)
+    why = "time limit reached" if stopped == "time" else "step limit reached"
+    log(parts.cfg, parts.dist, f"{why} at step {state.global_step}: saved last.pth (--resume)")
+
+
+def _close_epoch(setup: TrainSetup, state: TrainState, lr: float) -> dict:
+    """The record of the epoch just trained (validated every `valid_every` epochs); rank 0
+    writes it, the checkpoints and the plots. The state moves on to the next epoch."""
+    parts, cfg, dist = setup.parts, setup.parts.cfg, setup.parts.dist
+    epoch = state.epoch
+    record = _end_epoch(state, lr, epoch)
+    if dist.main and cfg.valid_every and (epoch + 1) % cfg.valid_every == 0:
+        record.update(validate_run(parts, setup.data, setup.workers, epoch + 1))
+    state.epoch += 1
+    state.step_in_epoch = 0
+    state.sums = {}
+    if dist.main:
+        _finish_epoch(parts, setup.run, state, record, setup.writer)
+        log(cfg, dist, _summary(record))
+    if dist.world > 1:
+        torch.distributed.barrier()
+    return record
+
+
+def _run_steps(setup: TrainSetup, model, state: TrainState, budget: _Budget) -> str:
     """One epoch's steps (from `state.step_in_epoch` on): "done", or "time" / "steps" when
     this call's budget ran out first."""
+    parts, writer = setup.parts, setup.writer
     cfg, dist = parts.cfg, parts.dist
-    desc = f"epoch {state.epoch + 1}/{cfg.epochs * n_phases(cfg)}"
-    with Progress(n_steps, desc, "steps", cfg.quiet or not dist.main) as bar:
+    desc = f"epoch {state.epoch + 1}/{setup.total_epochs}"
+    with Progress(setup.sampler.steps, desc, "steps", cfg.quiet or not dist.main) as bar:
         if state.step_in_epoch:
             bar.advance(state.step_in_epoch)
-        for batch in loader:
+        for batch in setup.loader:
             values = train_step(parts, model, batch, state)
             if parts.ema is not None:
                 parts.ema.update_parameters(parts.net)
@@ -435,13 +303,3 @@ def _summary(record: dict) -> str:
     keys = ("train_loss", "valid_loss", "valid_np_dice", "valid_pq", "valid_aji", "lr")
     parts = [f"{k}={record[k]:.4g}" for k in keys if k in record]
     return f"epoch {record.get('epoch')}: " + " ".join(parts)
-
-
-def _tensorboard(cfg: TrainConfig, run: Path):
-    if not cfg.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard not installed: logs are optional
-        return None
-    return SummaryWriter(str(run / "tensorboard"))

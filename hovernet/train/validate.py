@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,19 +43,47 @@ def _loader(datasets: Sequence[PatchDataset], batch: int, limit: int | None, wor
     return DataLoader(data, batch_size=batch, num_workers=workers, shuffle=False)
 
 
+@dataclass(frozen=True)
+class PatchOptions:
+    """How `patch_metrics` runs: batch size, the loss (weights, MSGE variant), the autocast
+    dtype (None: float32), the first `limit` patches (None: all), DataLoader workers."""
+
+    batch: int = 8
+    weights: LossWeights = LossWeights()
+    msge_variant: str = "paper"
+    amp_dtype: torch.dtype | None = None
+    limit: int | None = None
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise ValueError(f"batch must be 1 or more, not {self.batch}")
+
+
+@dataclass(frozen=True)
+class CropOptions:
+    """How `instance_metrics` runs: the first `n` patches, centre crops of `crop` pixels,
+    inference batch and precision, and `mpp` (the patches' resolution; None: the model's)."""
+
+    n: int = 32
+    crop: int = 256
+    batch: int = 8
+    precision: str = "auto"
+    mpp: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise ValueError(f"batch must be 1 or more, not {self.batch}")
+
+
 @torch.no_grad()
 def patch_metrics(
     model: torch.nn.Module,
     datasets: Sequence[PatchDataset],
     device: torch.device,
-    batch: int = 8,
-    weights: LossWeights = LossWeights(),
-    msge_variant: str = "paper",
-    amp_dtype: torch.dtype | None = None,
-    limit: int | None = None,
-    workers: int = 0,
+    options: PatchOptions = PatchOptions(),
 ) -> dict[str, Any]:
-    """The validation figures over the first `limit` (None: all) validation patches; typed:
+    """The validation figures over the first `options.limit` validation patches; typed:
     `valid_never_predicted_px`, the `never_predicted` type ids by pixel."""
     was_training = model.training
     model.eval()
@@ -67,12 +96,13 @@ def patch_metrics(
     tp_pred = np.zeros(nr_types or 0, np.int64)  # pixels of arg-max type c, and of target c
     tp_true = np.zeros(nr_types or 0, np.int64)
     typed = False
-    for b in _loader(datasets, batch, limit, workers):
+    amp_dtype = options.amp_dtype
+    for b in _loader(datasets, options.batch, options.limit, options.workers):
         img = b["img"].to(device).float()
         tgt = {k: v.to(device) for k, v in b.items() if k != "img"}
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)):
             out = model(img)
-        total, terms = hovernet_losses(out, tgt, weights, msge_variant)
+        total, terms = hovernet_losses(out, tgt, options.weights, options.msge_variant)
         for k, v in {"loss": total, **terms}.items():
             if k[:3] in ("np_", "hv_") and "inst_valid" in tgt and not tgt["inst_valid"].any():
                 continue
@@ -160,34 +190,34 @@ def _relabel(inst: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def instance_metrics(
-    model: torch.nn.Module,
-    datasets: Sequence[PatchDataset],
-    n: int = 32,
-    crop: int = 256,
-    batch: int = 8,
-    precision: str = "auto",
-    mpp: float | None = None,
+    model: torch.nn.Module, datasets: Sequence[PatchDataset], options: CropOptions = CropOptions()
 ) -> dict[str, Any]:
     """PQ, DQ, SQ, AJI, Dice (and type F1) of the model's nuclei on validation crops; typed:
     `valid_never_predicted_nuclei`, the `never_predicted` type ids by nucleus.
 
-    `mpp` (the patches' resolution) scales the post-processing's pixel constants, as inference
-    does with the checkpoint's mpp."""
+    `options.mpp` (the patches' resolution) scales the post-processing's pixel constants, as
+    inference does with the checkpoint's mpp."""
     was_training = model.training
     model.eval()
-    files = [(f, ds.with_type) for ds in datasets for f in _outline_files(ds)][: max(n, 0)]
+    files = [(f, ds.with_type) for ds in datasets for f in _outline_files(ds)]
+    files = files[: max(options.n, 0)]
     stats = []
     txy, ttype, pxy, ptype = [], [], [], []
     typed_model = getattr(model, "nr_types", None) is not None
     try:
         for path, typed in files:
             img, labels = load_patch(path)
-            size = min(crop, img.shape[0], img.shape[1])
+            size = min(options.crop, img.shape[0], img.shape[1])
             img = np.ascontiguousarray(crop_center(img, (size, size)))
             labels = crop_center(labels, (size, size))
             true = _relabel(labels[..., 0])
             pred, nuclei, _ = segment_image(
-                model, img, batch_size=batch, precision=precision, input_mpp=mpp, proc_mpp=mpp
+                model,
+                img,
+                batch_size=options.batch,
+                precision=options.precision,
+                input_mpp=options.mpp,
+                proc_mpp=options.mpp,
             )
             stats.append(instance_stats(true, pred))
             if typed and typed_model:
@@ -230,17 +260,13 @@ def validate_run(parts: TrainParts, data: TrainingData, workers: int, epoch: int
     if not data.valid:
         return {}
     scored = parts.net if parts.ema is None else parts.ema.module
-    record = patch_metrics(
-        scored, data.valid, parts.device, cfg.batch, cfg.weights, cfg.msge_variant,
-        parts.amp_dtype, cfg.valid_patches, workers,
-    )  # fmt: skip
+    patches = PatchOptions(
+        cfg.batch, cfg.weights, cfg.msge_variant, parts.amp_dtype, cfg.valid_patches, workers
+    )
+    record = patch_metrics(scored, data.valid, parts.device, patches)
     if cfg.valid_images > 0:
-        record.update(
-            instance_metrics(
-                scored, data.valid, cfg.valid_images, cfg.valid_crop, cfg.batch, cfg.precision,
-                mpp=cfg.mpp,
-            )
-        )  # fmt: skip
+        crops = CropOptions(cfg.valid_images, cfg.valid_crop, cfg.batch, cfg.precision, cfg.mpp)
+        record.update(instance_metrics(scored, data.valid, crops))
     line = never_predicted_warning(record, parts.type_info)
     if line:
         warnings.warn(HoverNetWarning(f"epoch {epoch}: {line}"), stacklevel=2)

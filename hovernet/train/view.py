@@ -10,6 +10,7 @@ from hovernet.data.preview import render_grid
 from hovernet.errors import HoverNetError
 from hovernet.train.config import TrainConfig
 from hovernet.train.data import EpochSampler, SeededConcat, load_training_data
+from hovernet.train.state import Dist
 
 
 def write_view(cfg: TrainConfig) -> Path:
@@ -33,7 +34,7 @@ def write_view(cfg: TrainConfig) -> Path:
         pairs = [(ds, i, None) for ds in data.valid for i in range(len(ds))][: cfg.view_n]
     else:
         concat = SeededConcat(data.train)
-        sampler = EpochSampler(len(concat), cfg.batch, cfg.seed, 0, 1, cfg.steps_per_epoch)
+        sampler = EpochSampler(len(concat), cfg.batch, cfg.seed, Dist(), cfg.steps_per_epoch)
         index, seeds = sampler.draws(0)
         pairs = []
         for i, seed in zip(index[: cfg.view_n], seeds[: cfg.view_n], strict=True):
