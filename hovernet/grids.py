@@ -23,7 +23,8 @@ resolutions' ratio: the processing and mask grids of a slide are related by thei
 rule per question, none other anywhere:
 
 - a box to the pixels it touches (`Grid.box_to`): boxes grow outward, floor of the start and
-  ceil of the end, floor(x0 / s) .. ceil(x1 / s);
+  ceil of the end, floor(x0 / s) .. ceil(x1 / s); to level 0 (`Grid.box_to_level0`) the same
+  with the level-0 factor, floor(x0 * level0) .. ceil(x1 * level0);
 - a box to the pixels it holds, for areas (`Grid.centres_to`): the pixels whose centre lies in
   it, ceil(x0 / s - 0.5) .. ceil(x1 / s - 0.5), so that boxes that tile one grid share the other
   grid's pixels without overlap;
@@ -91,10 +92,21 @@ class Grid:
 
     def to_level0(self, point: Point) -> Point:
         """`point` (in this grid) in level-0 pixel indices: pixel centres to pixel centres."""
+        x, y = point[0] + self.origin[0], point[1] + self.origin[1]
+        f = self._level0_factor()
+        return (x + 0.5) * f - 0.5, (y + 0.5) * f - 0.5
+
+    def box_to_level0(self, box: Box) -> PixelBox:
+        """The level-0 pixels `box` (in this grid) touches: floor / ceil, outward, of the box
+        times the level-0 factor."""
+        x0, y0, x1, y1 = self._whole(box)
+        f = self._level0_factor()
+        return math.floor(x0 * f), math.floor(y0 * f), math.ceil(x1 * f), math.ceil(y1 * f)
+
+    def _level0_factor(self) -> float:
         if self.level0 is None:
             raise HoverNetError("this pixel grid does not know its level-0 factor")
-        x, y = point[0] + self.origin[0], point[1] + self.origin[1]
-        return (x + 0.5) * self.level0 - 0.5, (y + 0.5) * self.level0 - 0.5
+        return self.level0
 
     def _whole(self, box: Box) -> Box:
         """`box` in the whole-slide grid at this resolution."""

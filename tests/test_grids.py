@@ -118,6 +118,19 @@ def test_points_to_level0_as_the_stored_xy():
         assert list(Grid(0.5, down).to_level0((cx, cy))) == old
 
 
+def test_boxes_to_level0_as_the_exports_bound_them():
+    """slide_exports' level-0 bbox: floor(rmin * scale) .. ceil(rmax * scale)."""
+    rng = np.random.default_rng(5)
+    for _ in range(N):
+        down = float(rng.uniform(0.5, 8)) if rng.random() < 0.8 else float(rng.integers(1, 5))
+        x0, y0 = (int(v) for v in rng.integers(0, 10**5, 2))
+        box = (x0, y0, x0 + int(rng.integers(1, 200)), y0 + int(rng.integers(1, 200)))
+        old = tuple(math.floor(v * down) for v in box[:2]) + tuple(
+            math.ceil(v * down) for v in box[2:]
+        )
+        assert Grid(0.5, down).box_to_level0(box) == old
+
+
 def test_rules_on_a_small_example():
     frame, mask = Grid(0.5), Grid(8.0)  # 16 frame pixels per mask pixel
     # outward: a box of frame pixels 16..40 touches mask pixels 1..3 (1 and 2)
@@ -135,6 +148,7 @@ def test_origins_make_windows_of_a_grid():
     assert region.window(1, 2).origin == (101, 42)
     # a point of the region's own pixels is the whole frame's point plus the origin
     assert region.to_level0((0, 0)) == frame.to_level0((100, 40)) == (401.5, 161.5)
+    assert region.box_to_level0((0, 0, 2, 2)) == (400, 160, 408, 168)
     assert region.point_to((12, 0), mask) == frame.point_to((112, 40), mask) == (7, 2)
     # a box into a window of the mask comes out in the window's own pixels
     assert frame.box_to((112, 40, 140, 50), mask.window(5, 1)) == (2, 1, 4, 3)
@@ -146,6 +160,8 @@ def test_a_grid_needs_a_positive_resolution():
             Grid(mpp, level0)
     with pytest.raises(HoverNetError, match="level-0 factor"):
         Grid(8.0).to_level0((1.0, 1.0))
+    with pytest.raises(HoverNetError, match="level-0 factor"):
+        Grid(8.0).box_to_level0((0, 0, 1, 1))
 
 
 def test_region_of_a_slide_touching_tissue_of_a_coarse_mask():
