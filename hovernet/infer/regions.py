@@ -1,6 +1,6 @@
 """Region planning and nucleus ownership for whole-slide inference (pure, no I/O).
 
-A slide, at the processing resolution, is cut into square *cores* that tile it exactly once.
+A slide, in its outline grid (docs/glossary.md), is cut into square *cores* that tile it once.
 Each region reads its core plus a *margin* on every side (clipped to the slide), runs the
 network and post-processing on that, and keeps exactly the nuclei whose centroid lies in its
 core. A nucleus that straddles two cores is found whole by both regions (the margin is wider
@@ -31,7 +31,7 @@ NUCLEUS_MARGIN = 96
 
 @dataclass(frozen=True)
 class Region:
-    """One region: `core` and `read` boxes (x0, y0, x1, y1), processing-resolution pixels."""
+    """One region: `core` and `read` boxes (x0, y0, x1, y1), outline-grid pixels."""
 
     index: int
     core: tuple[int, int, int, int]
@@ -40,7 +40,7 @@ class Region:
 
 @dataclass(frozen=True)
 class RegionPlan:
-    """The region grid of a `width` x `height` image (processing resolution)."""
+    """The region grid of a `width` x `height` image (the slide in its outline grid)."""
 
     width: int
     height: int
