@@ -6,8 +6,9 @@ synthetic slide, held in memory, through
 
 - *before*: the engine as it was (unchanged building blocks, run here in the same order):
   windows cut and stacked on the host, per batch one upload, the network and one copy back,
-  each window placed by `tiling.Stitcher`, type ids by numpy (`maps.to_pred_maps`), the job
-  pickled whole for the worker pool (what `ProcessPoolExecutor` does before the pipe);
+  each window placed by `Stitcher` (tests/support/stitcher.py), type ids by numpy
+  (`maps.to_pred_maps`), the job pickled whole for the worker pool (what
+  `ProcessPoolExecutor` does before the pipe);
 - *after*: `predict_stream` as it is (image up once, windows cut, stitched and finished on the
   device, one copy per region into shared memory) and the job pickled by `SharedArrays.dumps`;
 
@@ -45,8 +46,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.stitcher
 
 from bench_slide import SyntheticSlide, timed_slide_run  # noqa: E402
+from support.stitcher import Stitcher  # noqa: E402
 
 from hovernet.device import autocast_dtype, model_device  # noqa: E402
 from hovernet.infer.maps import to_pred_maps  # noqa: E402
@@ -59,7 +62,7 @@ from hovernet.infer.predict import (  # noqa: E402
     probe_batch_size,
 )
 from hovernet.infer.sharedmem import SharedArrays  # noqa: E402
-from hovernet.infer.tiling import Stitcher, TileGrid  # noqa: E402
+from hovernet.infer.tiling import TileGrid  # noqa: E402
 
 MPP = 0.25
 STAGES = ["pad", "cut", "upload", "network", "download", "stitch", "finish", "ship"]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import DATA
+from support.stitcher import Stitcher
 
 from hovernet.config import ModelGeometry
 from hovernet.device import autocast_dtype
@@ -29,7 +30,7 @@ from hovernet.infer.predict import (
     run_batch,
 )
 from hovernet.infer.sharedmem import SHM_DIR, SharedArrays, run_shipped, sweep_stale
-from hovernet.infer.tiling import Stitcher, TileGrid
+from hovernet.infer.tiling import TileGrid
 from hovernet.infer.workers import make_pool
 from hovernet.model.standin import BlobNet
 

@@ -1,7 +1,7 @@
 """The package's import structure, read from the source (ast): data flows one way.
 
 Layers (a module may import its own layer or lower ones, never a higher one):
-base modules (errors, config, progress, resources, device, nuclei) < metrics, io < data <
+base modules (errors, config, progress, resources, device, nuclei, grids) < metrics, io < data <
 model < infer < view < train < cli < demo, __main__. `hovernet/__init__.py` may re-export
 lazily. Imports inside functions count. No circle between files, no module over 560 lines,
 none in infer/ over 450. Only `hovernet/io/store.py` writes SQL against the nucleus store's
@@ -19,7 +19,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hovernet"
 
-BASE = ("errors", "config", "progress", "resources", "device", "nuclei")
+BASE = ("errors", "config", "progress", "resources", "device", "nuclei", "grids")
 LAYERS = {
     **dict.fromkeys(BASE, 0),
     "metrics": 1,

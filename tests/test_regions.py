@@ -7,7 +7,14 @@ import pytest
 
 from hovernet.config import GEOMETRY, ModelGeometry
 from hovernet.errors import HoverNetError
-from hovernet.infer.regions import NUCLEUS_MARGIN, Region, owned_nuclei, plan_regions
+from hovernet.grids import Grid
+from hovernet.infer.regions import (
+    NUCLEUS_MARGIN,
+    Region,
+    TissueBoxes,
+    owned_nuclei,
+    plan_regions,
+)
 
 FAST = GEOMETRY["fast"]
 
@@ -100,7 +107,12 @@ def test_tissue_indices_from_a_coarse_mask():
     plan = plan_regions(1000, 1000, ModelGeometry("fast", 40, 16), 480)  # 3 x 3 cores of 480
     mask = np.zeros((100, 100), bool)  # one mask pixel = 10 processing pixels
     mask[60:62, 10:12] = True  # rows 600..620, cols 100..120: core (row 1, col 0)
-    assert plan.tissue_indices(mask, 10.0) == [3]
+    grids = Grid(5.0), Grid(0.5)  # the mask at 5 um/px, the regions at 0.5 um/px
+
+    def indices(min_fraction: float = 0.0) -> list[int]:
+        return plan.tissue_indices(TissueBoxes.of(mask, *grids), min_fraction)
+
+    assert indices() == [3]
     mask[99, 99] = True  # the last, clipped core
-    assert plan.tissue_indices(mask, 10.0) == [3, 8]
-    assert plan.tissue_indices(mask, 10.0, min_fraction=0.5) == []
+    assert indices() == [3, 8]
+    assert indices(min_fraction=0.5) == []

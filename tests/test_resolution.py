@@ -93,7 +93,8 @@ def test_estimate_refuses_what_it_cannot_do(model, tmp_path):
         return np.full((h, w, 3), 255, np.uint8)
 
     with pytest.raises(HoverNetError, match=r"blank\.png: no tissue.*--slide_mpp"):
-        res.estimate_mpp(read, (800, 600), model, thumbnail=(white, 1.0), name="blank.png")
+        options = res.EstimateOptions(name="blank.png")
+        res.estimate_mpp(read, (800, 600), model, thumbnail=(white, 1.0), options=options)
     with pytest.raises(HoverNetError, match="no tissue"):  # thumbnail read through `read`
         res.estimate_mpp(read, (8000, 6000), model)
     no_mpp = type("M", (), {"meta": None})()

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from support.stitcher import Stitcher
 
 from hovernet.config import GEOMETRY, ModelGeometry
 from hovernet.errors import HoverNetError
 from hovernet.infer.predict import predict_maps, predict_stream
-from hovernet.infer.tiling import Stitcher, TileGrid
+from hovernet.infer.tiling import TileGrid
 
 RADIUS = 3  # the stand-in's receptive field: (2 * RADIUS + 1)^2 pixels
 

@@ -10,7 +10,6 @@ from hovernet.infer.tissue import (
     TissueParams,
     mask_from_user_image,
     mask_mpp,
-    region_has_tissue,
     tissue_area_mm2,
     tissue_mask,
 )
@@ -96,15 +95,3 @@ def test_user_masks():
     assert mask_mpp((100, 150), (3000, 2000), 0.25) == pytest.approx(5.0)
     with pytest.raises(ValueError, match="aspect ratio"):
         mask_mpp((100, 100), (3000, 2000), 0.25)
-
-
-def test_region_has_tissue_maps_resolutions():
-    mask = np.zeros((100, 200), bool)  # 8 um/px mask
-    mask[40:50, 100:110] = True  # tissue at 800..880 um (x), 320..400 um (y)
-    # a region at 0.5 um/px: x 1600..1760 px covers 800..880 um
-    assert region_has_tissue(mask, 8.0, 1500, 600, 256, 256, 0.5)
-    assert not region_has_tissue(mask, 8.0, 0, 0, 1024, 512, 0.5)
-    assert not region_has_tissue(mask, 8.0, 10**6, 0, 256, 256, 0.5)  # outside the slide
-    # half of the touched mask pixels are tissue
-    assert region_has_tissue(mask, 8.0, 1600, 640, 320, 160, 0.5, min_fraction=0.5)
-    assert not region_has_tissue(mask, 8.0, 1440, 640, 480, 160, 0.5, min_fraction=0.5)

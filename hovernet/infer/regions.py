@@ -1,6 +1,6 @@
 """Region planning and nucleus ownership for whole-slide inference (pure, no I/O).
 
-A slide, at the processing resolution, is cut into square *cores* that tile it exactly once.
+A slide, in its outline grid (docs/glossary.md), is cut into square *cores* that tile it once.
 Each region reads its core plus a *margin* on every side (clipped to the slide), runs the
 network and post-processing on that, and keeps exactly the nuclei whose centroid lies in its
 core. A nucleus that straddles two cores is found whole by both regions (the margin is wider
@@ -23,6 +23,7 @@ import numpy as np
 
 from hovernet.config import ModelGeometry
 from hovernet.errors import HoverNetError
+from hovernet.grids import Grid
 
 # widest nucleus (pixels at the processing resolution) a region must see whole beyond its core
 NUCLEUS_MARGIN = 96
@@ -30,7 +31,7 @@ NUCLEUS_MARGIN = 96
 
 @dataclass(frozen=True)
 class Region:
-    """One region: `core` and `read` boxes (x0, y0, x1, y1), processing-resolution pixels."""
+    """One region: `core` and `read` boxes (x0, y0, x1, y1), outline-grid pixels."""
 
     index: int
     core: tuple[int, int, int, int]
@@ -39,7 +40,7 @@ class Region:
 
 @dataclass(frozen=True)
 class RegionPlan:
-    """The region grid of a `width` x `height` image (processing resolution)."""
+    """The region grid of a `width` x `height` image (the slide in its outline grid)."""
 
     width: int
     height: int
@@ -78,16 +79,10 @@ class RegionPlan:
     def regions(self) -> list[Region]:
         return [self.region(i) for i in range(len(self))]
 
-    def tissue_indices(
-        self, mask: np.ndarray, mask_scale: float, min_fraction: float = 0.0
-    ) -> list[int]:
-        """Indices of the regions whose core holds tissue.
-
-        `mask` is a boolean tissue mask of the image where one mask pixel covers `mask_scale`
-        processing pixels per side. A core holds tissue when the mask pixels it touches are
-        more than `min_fraction` tissue (any tissue at all with the default 0).
-        """
-        tissue = TissueBoxes.of(mask, mask_scale)
+    def tissue_indices(self, tissue: TissueBoxes, min_fraction: float = 0.0) -> list[int]:
+        """Indices of the regions whose core holds tissue: the mask pixels it touches
+        (`tissue`, boxes in this plan's grid) are more than `min_fraction` tissue (any tissue
+        at all with the default 0)."""
         out = []
         for region in self.regions():
             count, area = tissue.count(region.core)
@@ -98,38 +93,38 @@ class RegionPlan:
 
 @dataclass(frozen=True, eq=False)
 class TissueBoxes:
-    """How much tissue a box of image pixels touches, from the integral image of a boolean
-    tissue mask whose pixels each cover `scale` image pixels per side."""
+    """How much tissue a box of `image` pixels touches, from the integral image of a boolean
+    tissue mask whose pixels are those of `grid` (the mask grid)."""
 
     integral: np.ndarray  # (h + 1) x (w + 1) cumulative sums of the mask
-    scale: float
+    grid: Grid  # the mask's pixels
+    image: Grid  # the pixels boxes are given in (the outline grid)
 
     def __post_init__(self) -> None:
-        if self.integral.ndim != 2 or min(self.integral.shape) < 2 or self.scale <= 0:
+        if self.integral.ndim != 2 or min(self.integral.shape) < 2:
             raise HoverNetError(
-                f"tissue mask integral of shape {self.integral.shape} at scale {self.scale}: "
-                "expected a non-empty 2-D mask and a positive scale"
+                f"tissue mask integral of shape {self.integral.shape}: expected a non-empty "
+                "2-D mask"
             )
 
     @classmethod
-    def of(cls, mask: np.ndarray, scale: float) -> TissueBoxes:
+    def of(cls, mask: np.ndarray, grid: Grid, image: Grid) -> TissueBoxes:
         mask = np.asarray(mask, dtype=bool)
-        if mask.ndim != 2 or mask.size == 0 or scale <= 0:
+        if mask.ndim != 2 or mask.size == 0:
             raise HoverNetError(f"tissue mask of shape {mask.shape}: expected a 2-D mask")
         integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
         integral[1:, 1:] = mask.cumsum(0).cumsum(1)
-        return cls(integral, float(scale))
+        return cls(integral, grid, image)
 
     def count(self, box: tuple[float, float, float, float]) -> tuple[int, int]:
-        """(tissue mask pixels, all mask pixels) that the box (x0, y0, x1, y1) touches (cut to
-        the mask; a box outside it touches none)."""
+        """(tissue mask pixels, all mask pixels) that the box (x0, y0, x1, y1) touches
+        (`Grid.box_to`, cut to the mask and at least one pixel wide; a box outside the mask
+        touches none)."""
         h, w = self.integral.shape[0] - 1, self.integral.shape[1] - 1
-        x0, y0, x1, y1 = box
-        r0 = min(h, max(0, math.floor(y0 / self.scale)))
-        c0 = min(w, max(0, math.floor(x0 / self.scale)))
-        r1 = min(h, max(r0 + 1, math.ceil(y1 / self.scale)))
-        c1 = min(w, max(c0 + 1, math.ceil(x1 / self.scale)))
-        if r1 <= r0 or c1 <= c0 or y1 <= 0 or x1 <= 0:
+        c0, r0, c1, r1 = self.image.box_to(box, self.grid)
+        r0, c0 = min(h, max(0, r0)), min(w, max(0, c0))
+        r1, c1 = min(h, max(r0 + 1, r1)), min(w, max(c0 + 1, c1))
+        if r1 <= r0 or c1 <= c0 or box[3] <= 0 or box[2] <= 0:
             return 0, 0
         ii = self.integral
         return int(ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]), (r1 - r0) * (c1 - c0)

@@ -2,7 +2,7 @@
 
 Pure functions (arrays in, arrays out) used by tile inference (`--input_mpp`, `--proc_mpp`):
 
-- `resolution_scale`: the factor from input pixels to network pixels (input um/px over the
+- `resolution_scale`: the *zoom*, network pixels per input pixel (input um/px over the
   network's um/px), or None when the input is taken as it is;
 - `to_model_resolution`: the image resampled by that factor (area averaging when shrinking,
   bilinear when enlarging);
@@ -105,12 +105,12 @@ def resolution_note(
     )
 
 
-def model_shape(shape: tuple[int, ...], scale: float | None) -> tuple[int, int]:
-    """(height, width) of an image of `shape` resampled by `scale` (at least 1 x 1)."""
+def model_shape(shape: tuple[int, ...], zoom: float | None) -> tuple[int, int]:
+    """(height, width) of an image of `shape` resampled by `zoom` (at least 1 x 1)."""
     height, width = int(shape[0]), int(shape[1])
-    if scale is None:
+    if zoom is None:
         return height, width
-    return max(1, round(height * scale)), max(1, round(width * scale))
+    return max(1, round(height * zoom)), max(1, round(width * zoom))
 
 
 def resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -121,9 +121,9 @@ def resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(array, (width, height), interpolation=interpolation)
 
 
-def to_model_resolution(image: np.ndarray, scale: float | None) -> np.ndarray:
-    """The H x W x 3 image resampled by `scale` (the same array when its size would not change)."""
-    shape = model_shape(image.shape, scale)
+def to_model_resolution(image: np.ndarray, zoom: float | None) -> np.ndarray:
+    """The H x W x 3 image resampled by `zoom` (the same array when its size would not change)."""
+    shape = model_shape(image.shape, zoom)
     if shape == tuple(image.shape[:2]):
         return image
     out = resize(np.ascontiguousarray(image), shape)
@@ -179,10 +179,10 @@ def check_phases(phases: int | None) -> int | None:
     return phases
 
 
-def phase_offsets(scale: float | None, phases: int | None = None) -> list[tuple[int, int]]:
+def phase_offsets(zoom: float | None, phases: int | None = None) -> list[tuple[int, int]]:
     """(dy, dx) input-pixel shifts of the phases the network runs at, (0, 0) first.
 
-    `scale` is `resolution_scale`'s (network pixels per input pixel). `phases`: 1 (also None,
+    `zoom` is `resolution_scale`'s (network pixels per input pixel). `phases`: 1 (also None,
     the default); 2 (no shift and a diagonal one); 4 (every combination of a shift in y and in
     x), for inputs at least `PHASE_MIN_SHRINK` x finer than the network. A shift is half a
     network pixel rounded to whole input pixels. The default is one phase: on the MoNuSeg test
@@ -191,7 +191,7 @@ def phase_offsets(scale: float | None, phases: int | None = None) -> list[tuple[
     input is not that much finer is a HoverNetError that says how to run.
     """
     check_phases(phases)
-    finer = scale is not None and 1 / scale >= PHASE_MIN_SHRINK
+    finer = zoom is not None and 1 / zoom >= PHASE_MIN_SHRINK
     if phases is None:
         phases = 1
     if phases == 1:
@@ -199,15 +199,15 @@ def phase_offsets(scale: float | None, phases: int | None = None) -> list[tuple[
     if not finer:
         where = (
             "are taken to be at the network's resolution"
-            if scale is None
-            else f"are only {1 / scale:.3g}x as fine"
+            if zoom is None
+            else f"are only {1 / zoom:.3g}x as fine"
         )
         raise HoverNetError(
             f"--phases {phases} needs images at least {PHASE_MIN_SHRINK:g}x finer than the "
             f"network (e.g. 40x, 0.25 um/px, with a 0.5 um/px model); these {where}: use "
             "--phases 1"
         )
-    d = max(1, round(0.5 / scale))
+    d = max(1, round(0.5 / zoom))
     return [(0, 0), (d, d)] if phases == 2 else [(0, 0), (0, d), (d, 0), (d, d)]
 
 
@@ -222,12 +222,12 @@ def shift_image(image: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
 
 
 def phase_inputs(
-    image: np.ndarray, offsets: list[tuple[int, int]], scale: float | None
+    image: np.ndarray, offsets: list[tuple[int, int]], zoom: float | None
 ) -> Iterator[np.ndarray]:
     """The network's input for each phase: the image shifted by the offset, resampled by
-    `scale` (`to_model_resolution`), one at a time."""
+    `zoom` (`to_model_resolution`), one at a time."""
     for offset in offsets:
-        yield to_model_resolution(shift_image(image, offset), scale)
+        yield to_model_resolution(shift_image(image, offset), zoom)
 
 
 def merge_phases(

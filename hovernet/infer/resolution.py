@@ -259,19 +259,27 @@ def _measure_window(maps, nr_types: int | None, net_mpp: float, into: Measured) 
         into.hv_pixels += int(fg.sum())
 
 
+@dataclass(frozen=True)
+class EstimateOptions:
+    """How `estimate_mpp` searches: the candidate level-0 pixel sizes (um/px), how many tissue
+    windows of how many network pixels a side, the network's batch and precision, and the name
+    its errors give the slide."""
+
+    candidates: Sequence[float] = CANDIDATES
+    n_windows: int = N_WINDOWS
+    window: int = WINDOW_PX
+    batch_size: int = 8
+    precision: str = "auto"
+    name: str = "the slide"
+
+
 def estimate_mpp(
     read: Reader,
     dimensions: tuple[int, int],
     model: torch.nn.Module,
-    *,
     thumbnail: tuple[np.ndarray, float] | None = None,
     nominal_mpp: float = 1.0,
-    candidates: Sequence[float] = CANDIDATES,
-    n_windows: int = N_WINDOWS,
-    window: int = WINDOW_PX,
-    batch_size: int = 8,
-    precision: str = "auto",
-    name: str = "the slide",
+    options: EstimateOptions = EstimateOptions(),
 ) -> MppEstimate:
     """The level-0 pixel size (um/px) of a slide, estimated from its nuclei.
 
@@ -279,43 +287,36 @@ def estimate_mpp(
     level 0 to be `nominal_mpp` um/px: the convention of `hovernet.io.wsi.Slide.read`, so pass
     `slide.read` and `nominal_mpp=slide.mpp` whatever mpp the slide was opened with (a
     placeholder such as `open_slide(path, mpp=1.0)` is fine). `dimensions`: level-0 (width,
-    height). `thumbnail`: (RGB, its mpp in the same
-    nominal units), e.g. `slide.thumbnail(512)`; None reads one through `read`. The model must
-    record its resolution (`model.meta.mpp`); it runs through the backend attached to it.
+    height). `thumbnail`: (RGB, its mpp in the same nominal units), e.g.
+    `slide.thumbnail(512)`; None reads one through `read`. The model must record its
+    resolution (`model.meta.mpp`); it runs through the backend attached to it.
 
-    A HoverNetError naming `name` and `--slide_mpp` when there is no tissue, too few nuclei, or
-    the answer lies outside `candidates`.
+    A HoverNetError naming `options.name` and `--slide_mpp` when there is no tissue, too few
+    nuclei, or the answer lies outside `options.candidates`.
     """
+    name = options.name
     net_mpp = model_mpp(model)
     if net_mpp is None:
         raise HoverNetError(
             f"{name}: the model does not record the resolution it was trained at, so the "
             "slide's cannot be estimated from nucleus size; give --slide_mpp"
         )
-    width, height = int(dimensions[0]), int(dimensions[1])
     if thumbnail is None:
-        scale = max(1.0, max(width, height) / THUMB_SIDE)
-        thumb_w, thumb_h = max(1, round(width / scale)), max(1, round(height / scale))
-        thumbnail = (read(0, 0, thumb_w, thumb_h, nominal_mpp * scale), nominal_mpp * scale)
+        thumbnail = _read_thumbnail(read, dimensions, nominal_mpp)
     thumb, thumb_mpp = thumbnail
     thumb_down = thumb_mpp / nominal_mpp  # level-0 pixels per thumbnail pixel
     centres = tissue_windows(
-        thumb, n_windows, WINDOW_SPACING_PX / thumb_down, WINDOW_SPACING_PX / 2 / thumb_down
+        thumb, options.n_windows, WINDOW_SPACING_PX / thumb_down, WINDOW_SPACING_PX / 2 / thumb_down
     )
     if not centres:
         raise HoverNetError(
             f"{name}: no tissue on the thumbnail, so its resolution cannot be estimated from "
             "nuclei; give --slide_mpp"
         )
-    measured = [Measured(float(c), [], []) for c in sorted(candidates)]
-    items = []
-    for ci, m in enumerate(measured):
-        down = net_mpp / m.mpp  # level-0 pixels per network pixel if level 0 is m.mpp um/px
-        for tx, ty in centres:
-            cx, cy = tx * thumb_down / down, ty * thumb_down / down
-            x0, y0 = int(round(cx - window / 2)), int(round(cy - window / 2))
-            items.append((ci, read(x0, y0, window, window, nominal_mpp * down)))
-    for ci, _, maps in predict_stream(model, items, batch_size, precision):
+    level0 = [(tx * thumb_down, ty * thumb_down) for tx, ty in centres]
+    measured = [Measured(float(c), [], []) for c in sorted(options.candidates)]
+    items = _candidate_windows(read, nominal_mpp, net_mpp, measured, level0, options.window)
+    for ci, _, maps in predict_stream(model, items, options.batch_size, options.precision):
         _measure_window(maps, model.nr_types, net_mpp, measured[ci])
     try:
         mpp, scores = score_candidates(measured)
@@ -327,17 +328,48 @@ def estimate_mpp(
     return MppEstimate(mpp, scores, best.nuclei, len(centres), REFERENCE_AREA_UM2)
 
 
-def estimate_slide_mpp(slide, model: torch.nn.Module, **kwargs) -> MppEstimate:
+def _read_thumbnail(
+    read: Reader, dimensions: tuple[int, int], nominal_mpp: float
+) -> tuple[np.ndarray, float]:
+    """(RGB, its mpp) of the whole slide at most `THUMB_SIDE` pixels a side, through `read`."""
+    width, height = int(dimensions[0]), int(dimensions[1])
+    down = max(1.0, max(width, height) / THUMB_SIDE)  # level-0 pixels per thumbnail pixel
+    thumb_w, thumb_h = max(1, round(width / down)), max(1, round(height / down))
+    return read(0, 0, thumb_w, thumb_h, nominal_mpp * down), nominal_mpp * down
+
+
+def _candidate_windows(
+    read: Reader,
+    nominal_mpp: float,
+    net_mpp: float,
+    measured: list[Measured],
+    level0: list[tuple[float, float]],
+    window: int,
+) -> list[tuple[int, np.ndarray]]:
+    """(candidate index, window) for every candidate and place: `window` network pixels a side
+    around each place (`level0`: its centre in level-0 pixels), read as if level 0 were the
+    candidate's um/px."""
+    items = []
+    for ci, m in enumerate(measured):
+        down = net_mpp / m.mpp  # level-0 pixels per network pixel if level 0 is m.mpp um/px
+        for x, y in level0:
+            cx, cy = x / down, y / down
+            x0, y0 = int(round(cx - window / 2)), int(round(cy - window / 2))
+            items.append((ci, read(x0, y0, window, window, nominal_mpp * down)))
+    return items
+
+
+def estimate_slide_mpp(slide, model: torch.nn.Module, **options) -> MppEstimate:
     """`estimate_mpp` for an open `hovernet.io.wsi.Slide` (opened with any placeholder mpp when
-    the file records none: `open_slide(path, mpp=1.0)`)."""
-    kwargs.setdefault("name", str(getattr(slide, "path", "the slide")))
+    the file records none: `open_slide(path, mpp=1.0)`); `options`: `EstimateOptions`' fields."""
+    options.setdefault("name", str(getattr(slide, "path", "the slide")))
     return estimate_mpp(
         slide.read,
         slide.dimensions,
         model,
         thumbnail=slide.thumbnail(THUMB_SIDE),
         nominal_mpp=slide.mpp,
-        **kwargs,
+        options=EstimateOptions(**options),
     )
 
 

@@ -28,6 +28,7 @@ import torch
 
 from hovernet import __version__
 from hovernet.errors import HoverNetError
+from hovernet.grids import Grid
 from hovernet.infer.claims import Cohort, as_cohort
 from hovernet.infer.engine import EngineConfig, read_ahead, run_engine
 from hovernet.infer.maps import PhaseCollector, PredMaps, merge_phase_maps
@@ -97,7 +98,7 @@ class _SlideRun:
         self.failures: list[str] = []
         self.nuclei = store.count()
         self.mask: np.ndarray | None = None  # the tissue mask; None: the whole slide
-        self.mask_scale = 1.0  # frame pixels per mask pixel
+        self.grid = Grid(frame.mpp, frame.scale)  # the frame's pixels (the outline grid)
         self.tissue: TissueBoxes | None = None  # the mask for box queries (windows to run)
         self.status_note = ""  # what set_status says after the stored regions
         self.ranges: list[float] | None = None  # HV normalisation extremes (store meta)
@@ -162,20 +163,19 @@ class _SlideRun:
         nr_types = getattr(self.model, "nr_types", None)
         window = None
         if self.mask is not None:
-            window = mask_window(self.mask, self.mask_scale, region.core)
+            window = mask_window(self.mask, self.tissue.grid, self.grid, region.core)
         job = RegionJob(
             region,
             maps,
             nr_types,
             f.width,
             f.height,
-            f.scale,
+            self.grid,
             f.proc_mpp,
             prob,
             window,
             self.ranges,
             image if self.features else None,
-            f.mpp,
         )
         return job, maps_nbytes(maps.pred_map, maps.type_softmax, prob, job.image)
 
@@ -247,7 +247,8 @@ def run_slide(
             thumb, thumb_mpp, mask, mask_mpp = (tissue_fn or default_tissue)(slide, name, config)
             plan = plan_slide(model.geometry, frame, config.region_size, config.margin)
             mask = np.asarray(mask, bool)
-            tissue_idx = plan.tissue_indices(mask, mask_mpp / frame.mpp, config.min_tissue_fraction)
+            tissue = TissueBoxes.of(mask, Grid(mask_mpp), Grid(frame.mpp, frame.scale))
+            tissue_idx = plan.tissue_indices(tissue, config.min_tissue_fraction)
             tissue_mm2 = processed_tissue_mm2(plan, mask, mask_mpp, frame.mpp, tissue_idx)
             if not tissue_idx:
                 log(no_tissue_warning(name, config.tissue_source()))
@@ -272,8 +273,7 @@ def run_slide(
                 with Progress(len(tissue_idx), name, "regions", config.quiet) as bar:
                     run = _SlideRun(model, slide, frame, store, bar)
                     if not mask.all():
-                        run.mask, run.mask_scale = mask, mask_mpp / frame.mpp
-                        run.tissue = TissueBoxes.of(mask, run.mask_scale)
+                        run.mask, run.tissue = mask, tissue
                     run.status_note = status_note
                     run.features = config.features
                     # one region has nothing to overlap with: post-processed here, without

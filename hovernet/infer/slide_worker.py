@@ -7,11 +7,11 @@ torch (`hovernet.infer.workers`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from hovernet.grids import Grid
 from hovernet.infer.features import nucleus_features
 from hovernet.infer.maps import PredMaps, maps_to_nuclei
 from hovernet.infer.measure import nucleus_measurements
@@ -20,31 +20,31 @@ from hovernet.infer.regions import Region, owned_nuclei
 
 @dataclass(frozen=True)
 class MaskWindow:
-    """The part of a tissue mask under one region: `mask[r0:, c0:]` cut to the region, one mask
-    pixel covering `scale` frame pixels per side."""
+    """The part of a tissue mask under one region: its pixels are those of `grid`, the mask
+    grid with the window's top-left mask pixel as origin; points are given in `frame`."""
 
     mask: np.ndarray
-    r0: int
-    c0: int
-    scale: float
+    grid: Grid
+    frame: Grid
 
     def contains(self, x: float, y: float) -> bool:
         """Whether frame point (x, y) (a centroid, whole-slide frame pixels) lies in tissue."""
-        r = math.floor(y / self.scale) - self.r0
-        c = math.floor(x / self.scale) - self.c0
+        c, r = self.frame.point_to((x, y), self.grid)
         h, w = self.mask.shape
         return bool(self.mask[min(max(r, 0), h - 1), min(max(c, 0), w - 1)])
 
 
-def mask_window(mask: np.ndarray, scale: float, box: tuple[int, int, int, int]) -> MaskWindow:
-    """The window of `mask` under the frame box (x0, y0, x1, y1)."""
-    x0, y0, x1, y1 = box
+def mask_window(
+    mask: np.ndarray, grid: Grid, frame: Grid, box: tuple[int, int, int, int]
+) -> MaskWindow:
+    """The window of `mask` (pixels of `grid`) under the box (x0, y0, x1, y1) of `frame`: the
+    mask pixels the box touches (`Grid.box_to`) and one more at the far end of each axis, so
+    that a centroid just short of the box's end is inside even where its ratio rounds up."""
     h, w = mask.shape
-    r0 = min(h - 1, max(0, math.floor(y0 / scale)))
-    c0 = min(w - 1, max(0, math.floor(x0 / scale)))
-    r1 = min(h, max(r0 + 1, math.ceil(y1 / scale) + 1))
-    c1 = min(w, max(c0 + 1, math.ceil(x1 / scale) + 1))
-    return MaskWindow(np.ascontiguousarray(mask[r0:r1, c0:c1]), r0, c0, scale)
+    c0, r0, c1, r1 = frame.box_to(box, grid)
+    r0, c0 = min(h - 1, max(0, r0)), min(w - 1, max(0, c0))
+    r1, c1 = min(h, max(r0 + 1, r1 + 1)), min(w, max(c0 + 1, c1 + 1))
+    return MaskWindow(np.ascontiguousarray(mask[r0:r1, c0:c1]), grid.window(c0, r0), frame)
 
 
 @dataclass
@@ -54,19 +54,18 @@ class RegionJob:
     region: Region
     maps: PredMaps
     nr_types: int | None
-    width: int  # the slide at the frame's resolution
+    width: int  # the slide in the outline grid (the frame)
     height: int
-    scale: float  # level-0 pixels per frame pixel
-    proc_mpp: float | None = None  # resolution of the maps (scales the watershed's constants)
+    frame: Grid  # the outline grid: boxes, outlines and `image` are in its pixels
+    maps_mpp: float | None = None  # resolution of the maps (scales the watershed's constants)
     # sub-pixel phases: the merged nucleus probability at the region's pixels (twice as fine
     # as the maps), to which the nuclei are mapped back; None: the maps are at its pixels
     prob: np.ndarray | None = None
     tissue: MaskWindow | None = None  # the tissue mask under the region; None: all tissue
     ranges: list[float] | None = None  # the slide's HV normalisation extremes (hv_ranges)
-    # the region's RGB pixels at the resolution nuclei are outlined at (the frame: twice the
-    # processing resolution with phases), for the colour features; None: no colour features
+    # the region's RGB pixels in the outline grid (twice the processing resolution with
+    # phases), for the colour features; None: no colour features
     image: np.ndarray | None = None
-    image_mpp: float | None = None  # um/px of `image` (the frame's)
 
 
 def region_nuclei(job: RegionJob) -> tuple[list[dict], int]:
@@ -74,7 +73,7 @@ def region_nuclei(job: RegionJob) -> tuple[list[dict], int]:
     whole-slide coordinates, and the count of owned nuclei cut by the region's border."""
     shape = job.maps.pred_map.shape if job.prob is None else job.prob.shape
     inst_map, nuclei = maps_to_nuclei(
-        job.maps, job.nr_types, job.proc_mpp, shape, job.prob, job.ranges
+        job.maps, job.nr_types, job.maps_mpp, shape, job.prob, job.ranges
     )
     keep, cut = owned_nuclei(nuclei, job.region, job.width, job.height)
     rx0, ry0 = job.region.read[:2]
@@ -84,10 +83,10 @@ def region_nuclei(job: RegionJob) -> tuple[list[dict], int]:
             for n in keep
             if job.tissue.contains(nuclei[n]["centroid"][0] + rx0, nuclei[n]["centroid"][1] + ry0)
         ]
-    # outlines in whole-slide processing pixels (corner coordinates), as tile mode's GeoJSON
+    # outlines in whole-slide outline-grid pixels (corner coordinates), as tile mode's GeoJSON
     shapes = nucleus_measurements(inst_map, keep, offset=(rx0, ry0))
     if job.image is not None:  # the region's pixels: the same grid as the instance map
-        colour = nucleus_features(job.image, inst_map, keep, job.image_mpp)
+        colour = nucleus_features(job.image, inst_map, keep, job.frame.mpp)
         for nid, values in colour.items():
             shapes[nid].update(values)
     out = []
@@ -98,8 +97,7 @@ def region_nuclei(job: RegionJob) -> tuple[list[dict], int]:
         rec["bbox"] = [[rmin + ry0, cmin + rx0], [rmax + ry0, cmax + rx0]]
         rec["centroid"] = [cx, cy]
         rec["contour"] = np.asarray(rec["contour"], np.int32) + np.array([rx0, ry0], np.int32)
-        # pixel i at the processing resolution covers level-0 [i * s, (i + 1) * s)
-        rec["xy"] = [(cx + 0.5) * job.scale - 0.5, (cy + 0.5) * job.scale - 0.5]
+        rec["xy"] = list(job.frame.to_level0((cx, cy)))
         rec["measurements"] = shapes[nid]
         out.append(rec)
     return out, cut

@@ -211,7 +211,7 @@ class _TileRun:
             type_info=config.type_info,
             draw_dot=config.draw_dot,
             save_raw_map=config.save_raw_map,
-            map_mpp=config.proc_mpp or self.mpp,
+            maps_mpp=config.proc_mpp or self.mpp,
             prob=prob if len(self.offsets) > 1 else None,
             features=config.features,
             image_mpp=self.image_mpp,

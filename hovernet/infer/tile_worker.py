@@ -35,7 +35,7 @@ class TileJob:
     type_info: TypeInfo | None
     draw_dot: bool
     save_raw_map: bool
-    map_mpp: float | None = None  # resolution of the maps (scales the watershed's constants)
+    maps_mpp: float | None = None  # resolution of the maps (scales the watershed's constants)
     prob: np.ndarray | None = None  # nucleus probability (merged phases: at the image's pixels)
     features: bool = True  # colour and texture features in the CSV and GeoJSON
     image_mpp: float | None = None  # um/px of `image` (the ring's width); None: unknown
@@ -64,7 +64,7 @@ def finish_tile(job: TileJob) -> tuple[str, int, float, float]:
     start = time.perf_counter()
     # maps at the network's resolution (--input_mpp): back to the input image's pixels
     inst_map, nuclei = maps_to_nuclei(
-        job.maps, job.nr_types, job.map_mpp, job.image.shape, job.prob
+        job.maps, job.nr_types, job.maps_mpp, job.image.shape, job.prob
     )
     shapes = nucleus_measurements(inst_map, nuclei)
     if job.features:

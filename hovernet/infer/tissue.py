@@ -4,8 +4,9 @@
 grey level, with bounds so that a slide without background or without tissue still gets a
 sensible answer) and cleans the result with morphology: closing, removal of small specks,
 filling of small holes and an optional margin. `mask_from_user_image` turns a user's mask image
-into the same boolean form, and `region_has_tissue` asks whether a region (given at any
-resolution) touches the mask. Pure array functions; reading thumbnails is `Slide.thumbnail`.
+into the same boolean form. Which regions touch the mask is `hovernet.infer.regions.TissueBoxes`
+(boxes moved between grids by `hovernet.grids.Grid`). Pure array functions; reading thumbnails
+is `Slide.thumbnail`.
 """
 
 from __future__ import annotations
@@ -310,40 +311,6 @@ def mask_mpp(mask_shape: tuple[int, ...], dimensions: tuple[int, int], mpp: floa
             "aspect ratio; give a mask of the whole slide (any size)"
         )
     return mpp * (sx + sy) / 2
-
-
-def _mask_box(
-    mask_shape: tuple[int, ...], mask_mpp: float, x: int, y: int, w: int, h: int, mpp: float
-) -> tuple[int, int, int, int]:
-    s = mpp / mask_mpp
-    mh, mw = mask_shape[:2]
-    x0 = max(0, math.floor(x * s))
-    y0 = max(0, math.floor(y * s))
-    x1 = min(mw, math.ceil((x + w) * s))
-    y1 = min(mh, math.ceil((y + h) * s))
-    return x0, y0, x1, y1
-
-
-def region_has_tissue(
-    mask: np.ndarray,
-    mask_mpp: float,
-    x: int,
-    y: int,
-    w: int,
-    h: int,
-    mpp: float,
-    min_fraction: float = 0.0,
-) -> bool:
-    """Whether the region (x, y, w, h) in the pixel grid at `mpp` covers tissue in `mask`
-    (whose pixels are `mask_mpp` wide): any tissue pixel when `min_fraction` is 0, else at least
-    that share of the mask pixels the region touches."""
-    x0, y0, x1, y1 = _mask_box(mask.shape, mask_mpp, x, y, w, h, mpp)
-    if x1 <= x0 or y1 <= y0:
-        return False
-    window = mask[y0:y1, x0:x1]
-    if min_fraction <= 0:
-        return bool(window.any())
-    return float(window.mean()) >= min_fraction
 
 
 def tissue_area_mm2(mask: np.ndarray, mask_mpp: float) -> float:
