@@ -382,6 +382,10 @@ class StoreReader:
     def close(self) -> None:
         self._db.close()
 
+    def interrupt(self) -> None:
+        """Make the query running now (in another thread) stop with sqlite3.OperationalError."""
+        self._db.interrupt()
+
     def meta(self) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
 

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,9 @@ def create_app(
         key = (s.name, lv, x, y)
         data = cache.get(key)
         if data is None:
-            data = encode_jpeg(read_tile(s.slide(), pyramid, lv, x, y))
+            with s.reading() as image:
+                rgb = read_tile(image, pyramid, lv, x, y)
+            data = encode_jpeg(rgb)
             cache.put(key, data)
         response = Response(data, mimetype="image/jpeg")
         response.headers["Cache-Control"] = "private, max-age=3600"
@@ -327,7 +330,6 @@ def serve(
     """Serve `out_dir`'s slides until interrupted (see `hovernet view --help`)."""
     import os
     import sys
-    import threading
     import warnings
     import webbrowser
 
@@ -360,6 +362,7 @@ def serve(
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{getattr(server, 'effective_port', port)}/"
         names = ", ".join(s.name for s in slides[:3]) + (", ..." if len(slides) > 3 else "")
+        set_status(f"the viewer of {out_dir} stopped (nothing in it was changed)")
         echo(f"viewing {len(slides)} slide(s) of {out_dir} ({names}) at {url}")
         echo("press Ctrl-C to stop")
         gui = (
@@ -371,21 +374,26 @@ def serve(
             threading.Timer(0.5, webbrowser.open, [url]).start()
         elif open_browser:
             echo(f"no display found: open {url} in a browser")
-        set_status(f"the viewer of {out_dir} stopped (nothing in it was changed)")
-        threading.Thread(target=_warm_up, args=(slides,), daemon=True).start()
+        stopping = threading.Event()
+        threading.Thread(target=_warm_up, args=(slides, stopping), daemon=True).start()
         try:
             server.run()
         finally:
+            stopping.set()
             server.close()
     finally:
-        for s in slides:
+        for s in slides:  # interrupts what other threads still read (see ViewSlide.close)
             s.close()
 
 
-def _warm_up(slides: list[ViewSlide]) -> None:
-    """Count the nuclei per class and cell (one pass over each store) before the page asks."""
+def _warm_up(slides: list[ViewSlide], stopping: threading.Event) -> None:
+    """Count the nuclei per class and cell (one pass over each store) before the page asks;
+    stops quietly once `stopping` is set (the count in progress is interrupted by `close`)."""
     for s in slides:
+        if stopping.is_set():
+            return
         try:
             s.index.density()
         except Exception:  # the request that needs it reports the problem
-            log.exception("counting the nuclei of %s failed", s.name)
+            if not stopping.is_set():
+                log.exception("counting the nuclei of %s failed", s.name)
