@@ -148,8 +148,8 @@ def test_box_queries_match_a_full_scan_and_leave_the_store_untouched(tmp_path, r
         assert doc["area"][k] == pytest.approx(rec["measurements"]["area"] * 0.25**2, rel=1e-6)
         assert doc["solidity"][k] == pytest.approx(rec["measurements"]["solidity"], rel=1e-6)
         assert doc["type_prob"][k] == pytest.approx(rec["type_prob"], rel=1e-6)
-    with pytest.raises(sqlite3.OperationalError, match="readonly"):
-        index._reader()._db.execute("CREATE TABLE nope (a)")
+    with index._use() as reader, pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader._db.execute("CREATE TABLE nope (a)")
     index.close()
     after = _tree(folder)
     sidecar = path.name + ".view-index.db"
