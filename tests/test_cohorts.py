@@ -26,6 +26,7 @@ import pytest
 
 from hovernet.errors import HoverNetError
 from hovernet.infer.claims import (
+    Claimer,
     CounterClaims,
     FileClaims,
     FixedCohort,
@@ -58,7 +59,7 @@ def test_claim_rules():
     now, started = 1000.0, 900.0
 
     def free(rec, mtime=now, run_id="r1"):
-        return claim_is_free(rec, mtime, now, "here", run_id, started, 60.0, is_alive)
+        return claim_is_free(rec, mtime, now, Claimer("here", run_id, started, 60.0), is_alive)
 
     working = {"state": "working", "host": "here", "pid": 10, "pid_start": "100", "run_id": "r1"}
     assert not free(working)  # its owner runs
