@@ -25,6 +25,7 @@ from hovernet.io.slide_exports import ExportSpec, export_slide, output_paths
 from hovernet.io.store import NucleusStore
 from hovernet.io.writers import (
     CoordinateText,
+    FeatureClasses,
     _outline_geometry,
     _polygon,
     feature_geometry,
@@ -152,10 +153,11 @@ def test_feature_text_equals_json_dumps(scale: float) -> None:
         shapes = {nid: rec["measurements"]}
         for info, shp in ((TYPE_INFO, shapes), (None, shapes), (TYPE_INFO, None)):
             # shapes None: no outline, the contour (pixel centres) through shapely
-            feature = nucleus_feature(f"s/{nid}", nid, rec, info, shp, names, scale)
+            classes = FeatureClasses(info, names)
+            feature = nucleus_feature(f"s/{nid}", nid, rec, classes, shp, scale)
             geometry = shapely_geometry(shp[nid]["outline"] if shp else None, rec["contour"], scale)
             assert feature["geometry"] == geometry
-            text = nucleus_feature_json(f"s/{nid}", nid, rec, info, shp, names, coords)
+            text = nucleus_feature_json(f"s/{nid}", nid, rec, classes, shp, coords)
             assert text == json.dumps(feature) == json.dumps({**feature, "geometry": geometry})
 
 
@@ -181,7 +183,8 @@ def old_geojson_bytes(store: NucleusStore, stem: str) -> bytes:
         fh.write('{"type": "FeatureCollection", "features": [')
         for nid, rec in enumerate(store.nuclei(), start=1):
             shapes = {nid: slide_exports._level0(rec, scale)[1]}
-            feature = nucleus_feature(f"{stem}/{nid}", nid, rec, TYPE_INFO, shapes, names, scale)
+            classes = FeatureClasses(TYPE_INFO, names)
+            feature = nucleus_feature(f"{stem}/{nid}", nid, rec, classes, shapes, scale)
             outline = shapes[nid]["outline"]
             feature["geometry"] = shapely_geometry(outline, rec["contour"], scale)
             fh.write(("\n" if nid == 1 else ",\n") + json.dumps(feature))

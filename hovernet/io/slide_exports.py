@@ -42,6 +42,7 @@ from hovernet.io.store import NucleusStore
 from hovernet.io.type_info import TypeInfo
 from hovernet.io.writers import (
     CoordinateText,
+    FeatureClasses,
     class_of,
     csv_header,
     csv_row,
@@ -251,18 +252,19 @@ class Level0Features:
         self.stem, self.type_info = stem, type_info
         self.scale = float(meta["scale"])
         self.names = _meta_class_names(meta, type_info)
+        self.classes = FeatureClasses(type_info, self.names)
         self._coords = CoordinateText(self.scale)  # shared by the nuclei of a file
 
     def feature(self, nid: int, rec: Mapping[str, Any]) -> dict[str, Any]:
         shapes = {nid: level0_shapes(rec, self.scale)}
         key = f"{self.stem}/{nid}"
-        return nucleus_feature(key, nid, rec, self.type_info, shapes, self.names, self.scale)
+        return nucleus_feature(key, nid, rec, self.classes, shapes, self.scale)
 
     def text(self, nid: int, rec: Mapping[str, Any]) -> str:
         """`json.dumps(self.feature(nid, rec))`, written quicker."""
         shapes = {nid: level0_shapes(rec, self.scale)}
         key = f"{self.stem}/{nid}"
-        return nucleus_feature_json(key, nid, rec, self.type_info, shapes, self.names, self._coords)
+        return nucleus_feature_json(key, nid, rec, self.classes, shapes, self._coords)
 
 
 def export_geojson(

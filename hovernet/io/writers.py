@@ -18,6 +18,7 @@ import os
 import uuid
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from operator import mul
 from typing import Any
 
@@ -224,9 +225,21 @@ class CoordinateText(dict):
 _LABELS = {k: k.capitalize() + (f" ({u})" if u else "") for k, u in MEASUREMENTS.items()}
 
 
-def _feature_properties(nid, rec, type_info, shapes, class_names) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FeatureClasses:
+    """How the Features of one file name classes: `type_info` (None: an untyped model) and the
+    names of the type-probability measurements (`prob_names`)."""
+
+    type_info: TypeInfo | None
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(self.names))
+
+
+def _feature_properties(nid, rec, classes: FeatureClasses, shapes) -> dict[str, Any]:
     """The properties of `nucleus_feature` (same arguments)."""
-    name, colour = class_of(rec, type_info)
+    name, colour = class_of(rec, classes.type_info)
     values: dict[str, float] = {"Nucleus ID": nid}
     if rec.get("type_prob") is not None:
         values["Type probability"] = float(rec["type_prob"])
@@ -238,7 +251,7 @@ def _feature_properties(nid, rec, type_info, shapes, class_names) -> dict[str, A
             for k, label in FEATURE_LABELS.items()
             if (v := shapes[nid].get(k)) is not None and v == v
         )
-    for cname, p in zip(class_names, rec.get("type_probs") or [], strict=False):
+    for cname, p in zip(classes.names, rec.get("type_probs") or [], strict=False):
         values[f"Probability {cname}"] = float(p)
     return {
         "objectType": "detection",
@@ -251,9 +264,8 @@ def nucleus_feature(
     key: str,
     nid: int,
     rec: Mapping[str, Any],
-    type_info: TypeInfo | None,
+    classes: FeatureClasses,
     shapes: Mapping[int, Mapping[str, float]] | None,
-    class_names: list[str],
     scale: float = 1.0,
 ) -> dict[str, Any]:
     """One QuPath detection Feature (see `write_geojson`); `key` seeds its deterministic UUID.
@@ -268,7 +280,7 @@ def nucleus_feature(
         "type": "Feature",
         "id": str(uuid.uuid5(_UUID_NAMESPACE, key)),
         "geometry": feature_geometry(outline, rec["contour"], scale),
-        "properties": _feature_properties(nid, rec, type_info, shapes, class_names),
+        "properties": _feature_properties(nid, rec, classes, shapes),
     }
 
 
@@ -276,9 +288,8 @@ def nucleus_feature_json(
     key: str,
     nid: int,
     rec: Mapping[str, Any],
-    type_info: TypeInfo | None,
+    classes: FeatureClasses,
     shapes: Mapping[int, Mapping[str, float]] | None,
-    class_names: list[str],
     coords: CoordinateText,
 ) -> str:
     """`json.dumps(nucleus_feature(..., scale=coords.scale))`; a simple ring's points are
@@ -292,7 +303,7 @@ def nucleus_feature_json(
         xs, ys = (map(coords.__getitem__, v) for v in ring)
         points = "], [".join(map(", ".join, zip(xs, ys, strict=True)))
         geometry = '{"type": "Polygon", "coordinates": [[[' + points + "]]]}"
-    properties = _feature_properties(nid, rec, type_info, shapes, class_names)
+    properties = _feature_properties(nid, rec, classes, shapes)
     head = f'{{"type": "Feature", "id": "{uuid.uuid5(_UUID_NAMESPACE, key)}", "geometry": '
     return f'{head}{geometry}, "properties": {json.dumps(properties, default=_plain)}}}'
 
@@ -318,9 +329,9 @@ def write_geojson(
     """
     stem = os.fspath(path).replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
     shapes = measurements
-    names = _prob_names(nuclei, type_info)
+    classes = FeatureClasses(type_info, _prob_names(nuclei, type_info))
     features = [
-        nucleus_feature(f"{stem}/{int(nid)}", int(nid), rec, type_info, shapes, names)
+        nucleus_feature(f"{stem}/{int(nid)}", int(nid), rec, classes, shapes)
         for nid, rec in nuclei.items()
     ]
     doc = {"type": "FeatureCollection", "features": features}
