@@ -38,6 +38,7 @@ import numpy as np
 from hovernet.io.atomic import atomic_path, write_text_atomic
 from hovernet.io.density_files import density_sinks
 from hovernet.io.names import output_stem
+from hovernet.io.overlay_files import write_overlay_canvas
 from hovernet.io.store import NucleusStore
 from hovernet.io.type_info import TypeInfo
 from hovernet.io.writers import (
@@ -49,7 +50,6 @@ from hovernet.io.writers import (
     nucleus_feature,
     nucleus_feature_json,
     prob_names,
-    write_overlay_canvas,
 )
 from hovernet.nuclei import FEATURES
 
