@@ -355,13 +355,13 @@ def rank_main(slide_dir: str, out: str) -> None:
     """One rank: the fixed split, then the counter, then claim files, each timed."""
     import torch
     import torch.distributed as dist
+    from support.fixed_split import my_slides
     from support.slide_helpers import ArraySlide, dark_tissue
 
     from hovernet.infer.ranks import (
         gather,
         init_distributed,
         leave_distributed,
-        my_slides,
         share_slides,
     )
     from hovernet.infer.slide import run_slides
