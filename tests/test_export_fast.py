@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from shapely import affinity
 from shapely.geometry import mapping
+from support import single_exports
 
 from hovernet.infer.measure import nucleus_measurements
 from hovernet.infer.postprocess import instance_records
@@ -194,7 +195,7 @@ def old_geojson_bytes(store: NucleusStore, stem: str) -> bytes:
 
 def test_geojson_file_is_byte_identical(store, tmp_path) -> None:
     path = tmp_path / "s.geojson.gz"
-    slide_exports.export_geojson(path, store, TYPE_INFO, "s")
+    single_exports.export_geojson(path, store, TYPE_INFO, "s")
     assert path.read_bytes() == old_geojson_bytes(store, "s")
 
 
@@ -207,10 +208,10 @@ def test_one_pass_writes_what_each_exporter_writes(store, tmp_path) -> None:
     paths = output_paths(tmp_path / "all", "s")
     export_slide(store, paths, SPEC, log=lambda _: None)
     one = output_paths(tmp_path / "one", "s")
-    slide_exports.export_geojson(one["geojson"], store, TYPE_INFO, "s")
-    slide_exports.export_csv(one["csv"], store, TYPE_INFO)
-    slide_exports.export_json(one["json"], store, 20.0)
-    slide_exports.export_overlay(one["overlay"], THUMB, 4.0, store, TYPE_INFO)
+    single_exports.export_geojson(one["geojson"], store, TYPE_INFO, "s")
+    single_exports.export_csv(one["csv"], store, TYPE_INFO)
+    single_exports.export_json(one["json"], store, 20.0)
+    single_exports.export_overlay(one["overlay"], THUMB, 4.0, store, TYPE_INFO)
     for key in ("geojson", "csv", "json", "overlay"):
         assert paths[key].read_bytes() == one[key].read_bytes(), key
 

@@ -267,17 +267,11 @@ class Level0Features:
         return nucleus_feature_json(key, nid, rec, self.classes, shapes, self._coords)
 
 
-def export_geojson(
-    path: PathLike, store: NucleusStore, type_info: TypeInfo | None, stem: str
-) -> None:
-    """Gzipped QuPath GeoJSON FeatureCollection in level-0 pixels (see `write_geojson`)."""
-    _export(store, _geojson_sink(path, store, type_info, stem))
-
-
 @contextlib.contextmanager
 def _geojson_sink(
     path: PathLike, store: NucleusStore, type_info: TypeInfo | None, stem: str
 ) -> Iterator[Sink]:
+    """Gzipped QuPath GeoJSON FeatureCollection in level-0 pixels (see `write_geojson`)."""
     features = Level0Features(store.meta, type_info, stem)
     # no file name or time stamp in the gzip header: equal contents give equal bytes
     with (
@@ -295,13 +289,9 @@ def _geojson_sink(
         fh.write("\n]}\n")
 
 
-def export_csv(path: PathLike, store: NucleusStore, type_info: TypeInfo | None) -> None:
-    """One row per nucleus, tile mode's columns, in level-0 pixels."""
-    _export(store, _csv_sink(path, store, type_info))
-
-
 @contextlib.contextmanager
 def _csv_sink(path: PathLike, store: NucleusStore, type_info: TypeInfo | None) -> Iterator[Sink]:
+    """One row per nucleus, tile mode's columns, in level-0 pixels."""
     scale = float(store.meta["scale"])
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
@@ -315,17 +305,12 @@ def _csv_sink(path: PathLike, store: NucleusStore, type_info: TypeInfo | None) -
         yield add
 
 
-def export_json(path: PathLike, store: NucleusStore, mag: float | None) -> None:
-    """The original's JSON (`{"mag", "nuc": {id: {bbox, centroid, contour, type_prob, type}}}`)
-    in the store's whole-slide pixels (the processing resolution, or twice as fine with
-    sub-pixel phases), which `mag` names. The bboxes are
-    [[rmin, cmin], [rmax, cmax]] of the whole slide (rows first, as tile mode and the
-    original's tile mode write them)."""
-    _export(store, _json_sink(path, mag))
-
-
 @contextlib.contextmanager
 def _json_sink(path: PathLike, mag: float | None) -> Iterator[Sink]:
+    """The original's JSON (`{"mag", "nuc": {id: {bbox, centroid, contour, type_prob, type}}}`)
+    in the store's whole-slide pixels (the processing resolution, or twice as fine with
+    sub-pixel phases), which `mag` names. The bboxes are [[rmin, cmin], [rmax, cmax]] of the
+    whole slide (rows first, as tile mode and the original's tile mode write them)."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write('{"mag": ' + json.dumps(mag) + ', "nuc": {')
 
@@ -345,22 +330,12 @@ def _json_sink(path: PathLike, mag: float | None) -> Iterator[Sink]:
         fh.write("}}\n")
 
 
-def export_overlay(
-    path: PathLike,
-    thumb: np.ndarray,
-    thumb_scale: float,
-    store: NucleusStore,
-    type_info: TypeInfo | None,
-) -> None:
-    """The thumbnail with each nucleus outlined (or dotted, when small) in its class colour,
-    and a legend of class names with counts. `thumb_scale`: processing px per thumbnail px."""
-    _export(store, _overlay_sink(path, thumb, thumb_scale, type_info))
-
-
 @contextlib.contextmanager
 def _overlay_sink(
     path: PathLike, thumb: np.ndarray, thumb_scale: float, type_info: TypeInfo | None
 ) -> Iterator[Sink]:
+    """The thumbnail with each nucleus outlined (or dotted, when small) in its class colour,
+    and a legend of class names with counts. `thumb_scale`: processing px per thumbnail px."""
     import cv2
 
     canvas = cv2.cvtColor(np.ascontiguousarray(thumb, dtype=np.uint8), cv2.COLOR_RGB2BGR)
