@@ -7,9 +7,10 @@ never waits for post-processing while the pool has room: maps waiting for a work
 under a memory budget, and only when that budget is full does the main process wait for the
 oldest job.
 
-Front ends differ only in what they feed in (whole tiles, or overlapping regions of a slide),
-what a job is (`make_job`) and what a worker does with it (`work`, a top-level function so that
-it pickles into spawned workers).
+Front ends differ only in what they feed in (whole tiles, or overlapping regions of a slide)
+and in their `FrontEnd`: what a job is (`make_job`), what a worker does with it (`work`, a
+top-level function so that it pickles into spawned workers), what becomes of its result
+(`on_result`) and which windows the network runs (`select`).
 
 Jobs reach the workers without their arrays being copied through a pipe: the network's maps are
 made in shared memory (`hovernet.infer.sharedmem.SharedArrays`, files in /dev/shm, reused from

@@ -340,6 +340,7 @@ def _num(value: Any, digits: int) -> float | None:
 # -- running it --------------------------------------------------------------------------------
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 THREADS = 4  # waitress threads answering requests
+STOP_WAIT_S = 2.0  # how long Ctrl-C waits for the threads to return (their reads interrupted)
 
 
 def serve(
@@ -366,16 +367,29 @@ def serve(
         echo("press Ctrl-C to stop")
         if open_browser:
             _open_browser(url, echo)
-        stopping = threading.Event()
-        threading.Thread(target=_warm_up, args=(slides, stopping), daemon=True).start()
-        try:
-            server.run()
-        finally:
-            stopping.set()
-            server.close()
+        _run(server, slides)
     finally:
-        for s in slides:  # interrupts what other threads still read (see ViewSlide.close)
+        for s in slides:
             s.close()
+
+
+def _run(server, slides: list[ViewSlide]) -> None:
+    """Serve until interrupted; then take no more requests, close the slides (which interrupts
+    what other threads read, see `ViewSlide.close`) and give the threads up to STOP_WAIT_S to
+    return, so that the interpreter does not exit under a thread still inside SQLite, numpy
+    or OpenCV (which crashed or aborted the viewer now and then)."""
+    stopping = threading.Event()
+    warm = threading.Thread(target=_warm_up, args=(slides, stopping), daemon=True)
+    warm.start()
+    try:
+        server.run()
+    finally:
+        stopping.set()
+        server.close()
+        for s in slides:
+            s.close()
+        warm.join(STOP_WAIT_S)
+        server.task_dispatcher.shutdown(timeout=STOP_WAIT_S)
 
 
 def _listen(slides: list[ViewSlide], host: str, port: int):
