@@ -45,6 +45,15 @@ FILES = ("geojson", "csv", "json", "overlay")
 
 
 # ---------------------------------------------- the stages (run under either side's hovernet)
+def _single_exports():
+    """tests/support/single_exports.py: each export alone, through the sinks of `export_slide`
+    (the package kept these as functions of its own until they had no caller but tests)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support import single_exports
+
+    return single_exports
+
+
 def stages(store, spec, name: str, paths: dict) -> dict:
     """{stage: function} of this process's `hovernet`, each writing its file under `paths`."""
     from hovernet.io import slide_exports as ex
@@ -58,10 +67,11 @@ def stages(store, spec, name: str, paths: dict) -> dict:
             writers.feature_geometry(r["measurements"].get("outline"), r["contour"], s)
             for r in recs
         ]
-    rows["GeoJSON"] = lambda: ex.export_geojson(paths["geojson"], store, info, name)
-    rows["CSV"] = lambda: ex.export_csv(paths["csv"], store, info)
-    rows["JSON"] = lambda: ex.export_json(paths["json"], store, spec.mag)
-    rows["overlay"] = lambda: ex.export_overlay(paths["overlay"], spec.thumb, scale, store, info)
+    one = ex if hasattr(ex, "export_geojson") else _single_exports()  # older: the package's
+    rows["GeoJSON"] = lambda: one.export_geojson(paths["geojson"], store, info, name)
+    rows["CSV"] = lambda: one.export_csv(paths["csv"], store, info)
+    rows["JSON"] = lambda: one.export_json(paths["json"], store, spec.mag)
+    rows["overlay"] = lambda: one.export_overlay(paths["overlay"], spec.thumb, scale, store, info)
     rows["export_slide (the four files)"] = lambda: ex.export_slide(
         store, paths, spec, log=lambda _: None
     )

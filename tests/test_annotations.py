@@ -25,6 +25,7 @@ from hovernet.io.annotations import (
     read_qupath_geojson,
 )
 from hovernet.io.colour_masks import ColourMaskLabels, EmptyMaskWarning
+from hovernet.io.label_options import LabelOptions
 from hovernet.io.slides import open_image, read_rgb
 from hovernet.io.type_info import load_type_info
 
@@ -156,7 +157,7 @@ def slide_a_truth():
 
 def test_colour_mask_instances_are_same_class_unions_of_true_nuclei(type_info, slide_a_truth):
     true_inst, true_type = slide_a_truth
-    labels = ColourMaskLabels(SEED / "slide_a_mask.png", type_info, min_size=0)
+    labels = ColourMaskLabels(SEED / "slide_a_mask.png", LabelOptions(type_info, min_size=0))
     inst = labels.read_rows(0, labels.height)
     stats = json.loads((SEED / "stats.json").read_text())["slide_a"]
     colour_cls = np.where(true_type == 2, 2, 1) * (true_inst > 0)  # inflammatory red, rest yellow
@@ -186,7 +187,9 @@ def test_colour_mask_instances_are_same_class_unions_of_true_nuclei(type_info, s
 
 def test_strip_labelling_equals_whole_image_labelling(type_info):
     mask = read_rgb(SEED / "slide_b_mask.png")
-    strips = ColourMaskLabels(SEED / "slide_b_mask.png", type_info, min_size=0, strip_rows=97)
+    strips = ColourMaskLabels(
+        SEED / "slide_b_mask.png", LabelOptions(type_info, min_size=0), strip_rows=97
+    )
     ours = strips.read_rows(0, strips.height)
     whole = np.zeros(mask.shape[:2], np.int64)
     for k, (_, colour) in type_info.items():
@@ -198,8 +201,8 @@ def test_strip_labelling_equals_whole_image_labelling(type_info):
 
 
 def test_min_size_drops_small_components(type_info):
-    small = ColourMaskLabels(SEED / "slide_a_mask.png", type_info, min_size=0)
-    big = ColourMaskLabels(SEED / "slide_a_mask.png", type_info, min_size=30)
+    small = ColourMaskLabels(SEED / "slide_a_mask.png", LabelOptions(type_info, min_size=0))
+    big = ColourMaskLabels(SEED / "slide_a_mask.png", LabelOptions(type_info, min_size=30))
     a, b = small.read_rows(0, 3584), big.read_rows(0, 3584)
     sizes = np.bincount(a.ravel())[1:]
     assert big.n_instances == int((sizes >= 30).sum()) < small.n_instances
@@ -222,7 +225,7 @@ def test_unknown_colours_are_listed_with_counts_and_file(tmp_path, type_info):
     mask[50:53, 50:55] = (9, 9, 9)
     cv2.imwrite(str(tmp_path / "m.png"), mask[:, :, ::-1])
     with pytest.raises(HoverNetError) as info:
-        ColourMaskLabels(tmp_path / "m.png", type_info, strip_rows=64)
+        ColourMaskLabels(tmp_path / "m.png", LabelOptions(type_info), strip_rows=64)
     msg = str(info.value)
     assert "m.png" in msg and "(0, 128, 255): 100 px" in msg and "(9, 9, 9): 15 px" in msg
     assert "--colour-tolerance" in msg
@@ -231,8 +234,8 @@ def test_unknown_colours_are_listed_with_counts_and_file(tmp_path, type_info):
 def test_colour_tolerance_snaps_jpeg_masks(tmp_path, type_info):
     img, jpg, exact = _crop_pair(tmp_path, ".jpg", quality=95)  # 4:4:4, no chroma blur
     with pytest.raises(HoverNetError, match="mask.jpg"):
-        ColourMaskLabels(jpg, type_info)
-    snapped = ColourMaskLabels(jpg, type_info, tolerance=127, min_size=0)
+        ColourMaskLabels(jpg, LabelOptions(type_info))
+    snapped = ColourMaskLabels(jpg, LabelOptions(type_info, tolerance=127, min_size=0))
     cls = snapped.inst_type[snapped.read_rows(0, 600)]
     truth = np.select([(exact == (255, 255, 0)).all(2), (exact == (255, 0, 0)).all(2)], [1, 2])
     assert (cls == truth).mean() > 0.99
@@ -241,13 +244,13 @@ def test_colour_tolerance_snaps_jpeg_masks(tmp_path, type_info):
 def test_mask_of_another_size_names_both_sizes(tmp_path, type_info):
     cv2.imwrite(str(tmp_path / "m.png"), np.zeros((100, 120, 3), np.uint8))
     with pytest.raises(HoverNetError, match=r"m\.png.*120 x 100.*130 x 100"):
-        ColourMaskLabels(tmp_path / "m.png", type_info, expect_size=(100, 130))
+        ColourMaskLabels(tmp_path / "m.png", LabelOptions(type_info), expect_size=(100, 130))
 
 
 def test_empty_mask_warns(tmp_path, type_info):
     cv2.imwrite(str(tmp_path / "empty.png"), np.zeros((64, 64, 3), np.uint8))
     with pytest.warns(EmptyMaskWarning, match="empty.png"):
-        labels = ColourMaskLabels(tmp_path / "empty.png", type_info)
+        labels = ColourMaskLabels(tmp_path / "empty.png", LabelOptions(type_info))
     assert labels.n_instances == 0 and not labels.read_rows(0, 64).any()
 
 

@@ -26,6 +26,7 @@ import pytest
 
 from hovernet.errors import HoverNetError
 from hovernet.infer.claims import (
+    Claimer,
     CounterClaims,
     FileClaims,
     FixedCohort,
@@ -58,7 +59,7 @@ def test_claim_rules():
     now, started = 1000.0, 900.0
 
     def free(rec, mtime=now, run_id="r1"):
-        return claim_is_free(rec, mtime, now, "here", run_id, started, 60.0, is_alive)
+        return claim_is_free(rec, mtime, now, Claimer("here", run_id, started, 60.0), is_alive)
 
     working = {"state": "working", "host": "here", "pid": 10, "pid_start": "100", "run_id": "r1"}
     assert not free(working)  # its owner runs
@@ -354,13 +355,13 @@ def rank_main(slide_dir: str, out: str) -> None:
     """One rank: the fixed split, then the counter, then claim files, each timed."""
     import torch
     import torch.distributed as dist
+    from support.fixed_split import my_slides
     from support.slide_helpers import ArraySlide, dark_tissue
 
     from hovernet.infer.ranks import (
         gather,
         init_distributed,
         leave_distributed,
-        my_slides,
         share_slides,
     )
     from hovernet.infer.slide import run_slides

@@ -20,7 +20,7 @@ from support.stitcher import Stitcher
 from hovernet.config import ModelGeometry
 from hovernet.device import autocast_dtype
 from hovernet.errors import HoverNetError
-from hovernet.infer.engine import EngineConfig, run_engine
+from hovernet.infer.engine import EngineConfig, FrontEnd, run_engine
 from hovernet.infer.maps import maps_to_nuclei, to_pred_maps
 from hovernet.infer.predict import (
     StageClock,
@@ -205,9 +205,8 @@ def test_engine_with_a_worker_gives_the_inline_results(profile):
     def run(workers: int):
         got = {}
         config = EngineConfig(6, "fp32", workers=workers, profile=profile)
-        stats = run_engine(
-            model, images, make_job, _nuclei_count, lambda k, r, e: got.update({k: r}), config
-        )
+        front = FrontEnd(make_job, _nuclei_count, lambda k, r, e: got.update({k: r}))
+        stats = run_engine(model, images, front, config)
         return got, stats
 
     inline, _ = run(0)

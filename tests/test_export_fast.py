@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from shapely import affinity
 from shapely.geometry import mapping
+from support import single_exports
 
 from hovernet.infer.measure import nucleus_measurements
 from hovernet.infer.postprocess import instance_records
@@ -25,6 +26,7 @@ from hovernet.io.slide_exports import ExportSpec, export_slide, output_paths
 from hovernet.io.store import NucleusStore
 from hovernet.io.writers import (
     CoordinateText,
+    FeatureClasses,
     _outline_geometry,
     _polygon,
     feature_geometry,
@@ -152,10 +154,11 @@ def test_feature_text_equals_json_dumps(scale: float) -> None:
         shapes = {nid: rec["measurements"]}
         for info, shp in ((TYPE_INFO, shapes), (None, shapes), (TYPE_INFO, None)):
             # shapes None: no outline, the contour (pixel centres) through shapely
-            feature = nucleus_feature(f"s/{nid}", nid, rec, info, shp, names, scale)
+            classes = FeatureClasses(info, names)
+            feature = nucleus_feature(f"s/{nid}", nid, rec, classes, shp, scale)
             geometry = shapely_geometry(shp[nid]["outline"] if shp else None, rec["contour"], scale)
             assert feature["geometry"] == geometry
-            text = nucleus_feature_json(f"s/{nid}", nid, rec, info, shp, names, coords)
+            text = nucleus_feature_json(f"s/{nid}", nid, rec, classes, shp, coords)
             assert text == json.dumps(feature) == json.dumps({**feature, "geometry": geometry})
 
 
@@ -181,7 +184,8 @@ def old_geojson_bytes(store: NucleusStore, stem: str) -> bytes:
         fh.write('{"type": "FeatureCollection", "features": [')
         for nid, rec in enumerate(store.nuclei(), start=1):
             shapes = {nid: slide_exports._level0(rec, scale)[1]}
-            feature = nucleus_feature(f"{stem}/{nid}", nid, rec, TYPE_INFO, shapes, names, scale)
+            classes = FeatureClasses(TYPE_INFO, names)
+            feature = nucleus_feature(f"{stem}/{nid}", nid, rec, classes, shapes, scale)
             outline = shapes[nid]["outline"]
             feature["geometry"] = shapely_geometry(outline, rec["contour"], scale)
             fh.write(("\n" if nid == 1 else ",\n") + json.dumps(feature))
@@ -191,7 +195,7 @@ def old_geojson_bytes(store: NucleusStore, stem: str) -> bytes:
 
 def test_geojson_file_is_byte_identical(store, tmp_path) -> None:
     path = tmp_path / "s.geojson.gz"
-    slide_exports.export_geojson(path, store, TYPE_INFO, "s")
+    single_exports.export_geojson(path, store, TYPE_INFO, "s")
     assert path.read_bytes() == old_geojson_bytes(store, "s")
 
 
@@ -204,10 +208,10 @@ def test_one_pass_writes_what_each_exporter_writes(store, tmp_path) -> None:
     paths = output_paths(tmp_path / "all", "s")
     export_slide(store, paths, SPEC, log=lambda _: None)
     one = output_paths(tmp_path / "one", "s")
-    slide_exports.export_geojson(one["geojson"], store, TYPE_INFO, "s")
-    slide_exports.export_csv(one["csv"], store, TYPE_INFO)
-    slide_exports.export_json(one["json"], store, 20.0)
-    slide_exports.export_overlay(one["overlay"], THUMB, 4.0, store, TYPE_INFO)
+    single_exports.export_geojson(one["geojson"], store, TYPE_INFO, "s")
+    single_exports.export_csv(one["csv"], store, TYPE_INFO)
+    single_exports.export_json(one["json"], store, 20.0)
+    single_exports.export_overlay(one["overlay"], THUMB, 4.0, store, TYPE_INFO)
     for key in ("geojson", "csv", "json", "overlay"):
         assert paths[key].read_bytes() == one[key].read_bytes(), key
 

@@ -212,25 +212,12 @@ KEYWORD_API = {
 # (infer/, io/, view/). The lead empties this list once their branches are merged; an entry
 # that no longer offends fails the check, so the list can only shrink.
 NOT_YET_SPLIT = {
-    "infer/claims.py:claim_is_free",
-    "infer/engine.py:run_engine",
-    "infer/measure.py:_measure",
-    "infer/postprocess.py:instance_records",
     "infer/predict.py:_Image.__init__",
     "infer/predict.py:predict_stream",
     "infer/predict.py:segment_image",
     "infer/slide.py:run_slide",
     "infer/slide_setup.py:make_frame",
     "infer/slide_setup.py:calibrate_hv_ranges",
-    "io/annotations.py:open_labels",
-    "io/colour_masks.py:ColourMaskLabels.__init__",
-    "io/pyramid.py:write_label_pyramid",
-    "io/slides.py:assemble_chunks",
-    "io/writers.py:nucleus_feature",
-    "io/writers.py:nucleus_feature_json",
-    "io/wsi.py:Slide._read_level_resampled",
-    "view/server.py:create_app",
-    "view/server.py:serve",
 }
 
 

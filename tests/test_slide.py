@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 from conftest import DATA
 from shapely.geometry import shape
+from support.fixed_split import my_slides
 from support.slide_helpers import ArraySlide, dark_tissue, disk_image
 
 from hovernet.errors import HoverNetError
 from hovernet.infer.predict import segment_image
-from hovernet.infer.ranks import my_slides, parse_shard
+from hovernet.infer.ranks import parse_shard
 from hovernet.infer.slide import run_slides
 from hovernet.infer.slide_setup import SlideConfig, calibration_windows
 from hovernet.io.inputs import list_slides

@@ -20,6 +20,8 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -146,8 +148,8 @@ def test_box_queries_match_a_full_scan_and_leave_the_store_untouched(tmp_path, r
         assert doc["area"][k] == pytest.approx(rec["measurements"]["area"] * 0.25**2, rel=1e-6)
         assert doc["solidity"][k] == pytest.approx(rec["measurements"]["solidity"], rel=1e-6)
         assert doc["type_prob"][k] == pytest.approx(rec["type_prob"], rel=1e-6)
-    with pytest.raises(sqlite3.OperationalError, match="readonly"):
-        index._reader()._db.execute("CREATE TABLE nope (a)")
+    with index._use() as reader, pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader._db.execute("CREATE TABLE nope (a)")
     index.close()
     after = _tree(folder)
     sidecar = path.name + ".view-index.db"
@@ -224,6 +226,48 @@ def test_export_numbers_and_records_match_the_csv_of_a_real_run(real_out, csv_ro
         assert float(row["centroid_x"]) == pytest.approx(rec["xy"][0], abs=0.01)
         assert float(row["centroid_y"]) == pytest.approx(rec["xy"][1], abs=0.01)
     index.close()
+
+
+def test_closing_an_index_interrupts_a_query_running_in_another_thread(real_out):
+    """Ctrl-C while the viewer counts the nuclei: `close` must not close a connection under a
+    running query (that crashed or hung the viewer). The endless query stands for a long count."""
+    index = StoreIndex(real_out / "cmu_crop.db")
+    running, outcome = threading.Event(), []
+    endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT MAX(x) FROM c"
+
+    def count_forever(reader):
+        running.set()
+        return reader._db.execute(endless).fetchone()
+
+    def query() -> None:
+        try:
+            index._cached("forever", count_forever)
+        except sqlite3.OperationalError as exc:
+            outcome.append(str(exc))
+
+    thread = threading.Thread(target=query, daemon=True)
+    thread.start()
+    assert running.wait(30)
+    time.sleep(0.05)  # inside SQLite now
+    index.close()
+    thread.join(30)
+    assert not thread.is_alive() and outcome == ["interrupted"]
+    assert index._readers == []  # the querying thread closed its own connection
+    with pytest.raises(HoverNetError, match="closed"):
+        index.records([1])
+
+
+def test_closing_a_slide_while_a_tile_is_read_leaves_the_image_to_that_read(real_out):
+    (s,) = load_slides(real_out)
+    pyramid = s.pyramid
+    with s.reading() as image:
+        s.close()  # as the viewer does on Ctrl-C while a server thread reads a tile
+        tile = read_tile(image, pyramid, pyramid.max_level, 0, 0)
+        assert s._slide is image  # still open for this read
+    assert tile.shape[2] == 3 and s._slide is None  # the read that ended closed it
+    with pytest.raises(HoverNetError, match="closed"):
+        with s.reading():
+            pass
 
 
 # -- tiles -----------------------------------------------------------------------------------
@@ -653,7 +697,9 @@ def test_view_command_names_a_busy_port_and_the_fix(real_out, capsys):
     assert f"cannot listen on 127.0.0.1:{port}" in err and "--port 0" in err
 
 
-def test_view_command_serves_warns_for_other_hosts_and_stops_on_ctrl_c(real_out):
+@pytest.mark.parametrize("ask_first", [True, False])
+def test_view_command_serves_warns_for_other_hosts_and_stops_on_ctrl_c(real_out, ask_first):
+    """Ctrl-C after a request, or at once (while the viewer counts the nuclei in a thread)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "hovernet", "view", str(real_out), "--host", "0.0.0.0",
          "--port", "0", "--no-browser"],
@@ -663,8 +709,9 @@ def test_view_command_serves_warns_for_other_hosts_and_stops_on_ctrl_c(real_out)
     try:
         line = proc.stdout.readline()
         port = int(re.search(r":(\d+)/", line).group(1))
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/slides", timeout=30) as r:
-            assert json.loads(r.read())[0]["name"] == "cmu_crop"
+        if ask_first:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/slides", timeout=30) as r:
+                assert json.loads(r.read())[0]["name"] == "cmu_crop"
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)

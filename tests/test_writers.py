@@ -15,13 +15,13 @@ from shapely.geometry import shape
 from hovernet.errors import HoverNetError
 from hovernet.infer.measure import nucleus_measurements
 from hovernet.infer.postprocess import instance_records, postprocess
+from hovernet.io.overlay_files import write_overlay
 from hovernet.io.writers import (
     UNTYPED_CLASS,
     write_csv,
     write_geojson,
     write_json,
     write_mat,
-    write_overlay,
 )
 
 # postproc_typed_0 is CoNSeP patch test_10_000 (same nuclei as its label image)

@@ -15,6 +15,7 @@ from hovernet.data.patches import relabel_window
 from hovernet.errors import HoverNetError
 from hovernet.io.annotations import (
     MERGED_TYPE_INFO,
+    LabelOptions,
     detect_format,
     open_labels,
     read_original_patch,
@@ -62,10 +63,8 @@ def load_annotated(
             raise HoverNetError(f"{ann_path}: the {fmt} format needs its image")
         with open_image(image_path) as reader:
             image = reader.read_region(0, 0, reader.width, reader.height)
-        labels = open_labels(
-            ann_path, fmt, shape=image.shape[:2], type_info=type_info, merge=merge,
-            min_size=min_size, tolerance=tolerance, points=points,
-        )  # fmt: skip
+        options = LabelOptions(type_info, merge, min_size, tolerance, points=points)
+        labels = open_labels(ann_path, fmt, shape=image.shape[:2], options=options)
     try:
         inst, types = labels_to_arrays(labels)
     finally:

@@ -39,6 +39,7 @@ from hovernet.data.sources import Source, assign_splits
 from hovernet.errors import HoverNetError
 from hovernet.io.annotations import (
     MERGED_TYPE_INFO,
+    LabelOptions,
     open_labels,
     read_original_patch,
 )
@@ -141,11 +142,11 @@ def extract_source(source: Source, split: str, config: ExtractConfig, progress=N
     reader = open_image(source.image)
     try:
         shape = (reader.height, reader.width)
-        labels = open_labels(
-            source.annotation, source.fmt, shape=shape, type_info=config.type_info,
-            merge=config.merge, min_size=config.min_size, tolerance=config.colour_tolerance,
+        options = LabelOptions(
+            config.type_info, config.merge, config.min_size, config.colour_tolerance,
             workdir=out, points=_point_options(config),
         )  # fmt: skip
+        labels = open_labels(source.annotation, source.fmt, shape=shape, options=options)
         try:
             result = SourceResult(source.name, split, [])
             _source_counts(labels, result)

@@ -35,6 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from hovernet.errors import HoverNetError
@@ -168,30 +169,41 @@ def run_id_from_env(env: dict[str, str] | None = None) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Claimer:
+    """The process judging a claim: its host, run id (None: unknown), start time (epoch s),
+    and how long another host's claim may go untouched before it counts as abandoned."""
+
+    host: str
+    run_id: str | None
+    started: float
+    stale_s: float
+
+    def __post_init__(self) -> None:
+        if not self.stale_s > 0:
+            raise HoverNetError(f"claim stale timeout must be positive, got {self.stale_s}")
+
+
 def claim_is_free(
     record: dict | None,
     mtime: float,
     now: float,
-    host: str,
-    run_id: str | None,
-    started: float,
-    stale_s: float,
+    claimer: Claimer,
     alive: Callable[[int, str | None], bool] = pid_alive,
 ) -> bool:
-    """Whether an existing claim may be taken over (see the module docstring).
+    """Whether an existing claim may be taken over by `claimer` (see the module docstring).
 
-    `record` is the claim's content (None: unreadable), `mtime` when it was last touched,
-    `host`/`run_id`/`started` this process's host, run id and start time."""
+    `record` is the claim's content (None: unreadable), `mtime` when it was last touched."""
     if record is None:
-        return now - mtime > stale_s
+        return now - mtime > claimer.stale_s
     if record.get("state") == "ended":
         theirs = record.get("run_id")
-        if run_id is not None and theirs is not None:
-            return theirs != run_id
-        return float(record.get("ended", now)) < started
-    if record.get("host") == host:
+        if claimer.run_id is not None and theirs is not None:
+            return theirs != claimer.run_id
+        return float(record.get("ended", now)) < claimer.started
+    if record.get("host") == claimer.host:
         return not alive(int(record.get("pid", -1)), record.get("pid_start"))
-    return now - mtime > stale_s
+    return now - mtime > claimer.stale_s
 
 
 def _read(path: Path) -> tuple[dict | None, float] | None:
@@ -286,9 +298,8 @@ class FileClaims(Cohort):
         if seen is None:  # removed meanwhile: try once more
             return _write_new(path, self._record("working"))
         record, mtime = seen
-        free = claim_is_free(
-            record, mtime, time.time(), self.host, self.run_id, self.started, self.stale_s
-        )
+        claimer = Claimer(self.host, self.run_id, self.started, self.stale_s)
+        free = claim_is_free(record, mtime, time.time(), claimer)
         if not free:
             return False
         with _locked(self.dir / ".takeover.lock"):  # one takeover at a time

@@ -16,6 +16,7 @@ nuclei, the bundled model's nuclei of a 2000 x 2000 demo-slide region 1.15 -> 0.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from math import sqrt
 
 import cv2
@@ -237,6 +238,25 @@ def nucleus_measurements(
     return {i: out[i] if i in out else dict(empty) for i in wanted}
 
 
+@dataclass(frozen=True)
+class _Pixels:
+    """The labelled pixels of a label map padded by one pixel of background, flattened: their
+    flat indices `idx` (ascending) and labels `lab`, and each label's box origin (`row0`,
+    `col0`, in the padded map) and height."""
+
+    flat: np.ndarray
+    width: int
+    idx: np.ndarray
+    lab: np.ndarray
+    row0: np.ndarray
+    col0: np.ndarray
+    heights: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.idx.shape != self.lab.shape:
+            raise ValueError("one label per labelled pixel")
+
+
 def _measure(
     labels: np.ndarray,
     ids: np.ndarray,
@@ -253,14 +273,36 @@ def _measure(
         row0[i], col0[i], heights[i] = rows.start + 1, cols.start + 1, rows.stop - rows.start
 
     padded = np.pad(labels, 1)
-    width = padded.shape[1]
     flat = padded.ravel()
     idx = np.flatnonzero(flat != 0)  # (of a boolean map: ~10x faster than of the labels)
     lab = flat[idx].astype(np.intp)
+    px = _Pixels(flat, padded.shape[1], idx, lab, row0, col0, heights)
     area = np.bincount(lab, minlength=n_labels)
+    perimeter, run_end = _perimeters(px, ids, n_labels)
+    ecc = _eccentricities(px, area, ids, n_labels)
+    solidity = _solidities(px, run_end, area, ids)
 
-    # perimeter: border pixels (a 4-neighbour of another label, background or outside), coded
-    # 1 + 2 * (border 4-neighbours) + 10 * (border diagonal neighbours) of the same label
+    rings = _outlines(padded, ids, boxes, offset) if outlines else None
+    out: dict[int, dict] = {}
+    for k, i in enumerate(ids.tolist()):
+        values: dict = {
+            "area": float(area[i]),
+            "perimeter": perimeter[k],
+            "eccentricity": float(ecc[k]),
+            "solidity": float(solidity[k]),
+        }
+        if rings is not None:
+            values["outline"] = rings[k]
+        out[i] = values
+    return out
+
+
+def _perimeters(px: _Pixels, ids: np.ndarray, n_labels: int) -> tuple[list[float], np.ndarray]:
+    """skimage's perimeter of each of `ids`, and which labelled pixels end a run in their row.
+
+    Border pixels (a 4-neighbour of another label, background or outside) are coded
+    1 + 2 * (border 4-neighbours) + 10 * (border diagonal neighbours) of the same label."""
+    flat, idx, lab, width = px.flat, px.idx, px.lab, px.width
     same = [flat[idx + step] == lab for step in (-1, 1, -width, width)]
     run_end = ~(same[0] & same[1])
     border = run_end | ~(same[2] & same[3])
@@ -284,10 +326,15 @@ def _measure(
     # one vector-vector product per nucleus as skimage (`histogram @ weights`), so the same sum;
     # one matrix-vector product for all adds in another order (last bits differ)
     perimeter = [float(row @ _PERIMETER_WEIGHTS) for row in hist.reshape(-1, 50).astype(float)]
+    return perimeter, run_end
 
-    # eccentricity from the second central moments, in box coordinates as regionprops
-    r = idx // width - row0[lab]
-    c = idx % width - col0[lab]
+
+def _eccentricities(px: _Pixels, area: np.ndarray, ids: np.ndarray, n_labels: int) -> np.ndarray:
+    """The eccentricity of each of `ids`, from the second central moments in box coordinates,
+    as regionprops."""
+    idx, lab, width = px.idx, px.lab, px.width
+    r = idx // width - px.row0[lab]
+    c = idx % width - px.col0[lab]
     n = area.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         dr = r - (np.bincount(lab, r, n_labels) / n)[lab]
@@ -304,32 +351,22 @@ def _measure(
     tensor[:, 0, 1] = tensor[:, 1, 0] = -mu_rc / n_ids
     eig = np.clip(np.linalg.eigvalsh(tensor), 0, None)  # ascending: [l2, l1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        ecc = np.where(eig[:, 1] == 0, 0.0, np.sqrt(1 - eig[:, 0] / eig[:, 1]))
+        return np.where(eig[:, 1] == 0, 0.0, np.sqrt(1 - eig[:, 0] / eig[:, 1]))
 
-    # convex hulls of the diamonds of the first and last pixel of every run in a row: the other
-    # pixels' diamonds lie between them (doubled box coordinates, x = 2c, y = 2r)
-    eidx, elab = idx[run_end], lab[run_end]
+
+def _solidities(px: _Pixels, run_end: np.ndarray, area: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Area over convex-hull area of each of `ids`. The hulls are those of the diamonds of the
+    first and last pixel of every run in a row: the other pixels' diamonds lie between them
+    (doubled box coordinates, x = 2c, y = 2r)."""
+    width = px.width
+    eidx, elab = px.idx[run_end], px.lab[run_end]
     order = np.argsort(elab, kind="stable")
     eidx, elab = eidx[order], elab[order]
-    corner = np.stack([eidx % width - col0[elab], eidx // width - row0[elab]], axis=1)
+    corner = np.stack([eidx % width - px.col0[elab], eidx // width - px.row0[elab]], axis=1)
     diamonds = (2 * corner.astype(np.int32)[:, None, :] + _DIAMOND).reshape(-1, 2)
     bounds = 4 * np.searchsorted(elab, np.stack([ids, ids + 1]))
     hulls = [cv2.convexHull(diamonds[s:e]) for s, e in bounds.T.tolist()]
-    solidity = area[ids] / _hull_pixel_counts(hulls, heights[ids])
-
-    rings = _outlines(padded, ids, boxes, offset) if outlines else None
-    out: dict[int, dict] = {}
-    for k, i in enumerate(ids.tolist()):
-        values: dict = {
-            "area": float(area[i]),
-            "perimeter": perimeter[k],
-            "eccentricity": float(ecc[k]),
-            "solidity": float(solidity[k]),
-        }
-        if rings is not None:
-            values["outline"] = rings[k]
-        out[i] = values
-    return out
+    return area[ids] / _hull_pixel_counts(hulls, px.heights[ids])
 
 
 def _outlines(

@@ -14,9 +14,9 @@ give the same nuclei:
 5. marker-controlled watershed of the energy inside the foreground.
 
 Records (bbox, centroid from image moments, the first OpenCV contour of the cropped instance,
-majority-vote type) follow the original too, but are built from `scipy.ndimage.find_objects`
-bounding-box crops and one `np.bincount` per statistic over the nuclei's pixels instead of one
-full-image mask and `np.unique` per nucleus.
+majority-vote type; `hovernet.infer.records`) follow the original too, but are built from
+`scipy.ndimage.find_objects` bounding-box crops and one `np.bincount` per statistic over the
+nuclei's pixels instead of one full-image mask and `np.unique` per nucleus.
 
 Speed. Every step gives the original's values bit for bit, with as few passes over the whole
 map as possible (see the comments): 1.5-1.9x on dense 1000 x 1000 maps, 2.5-3.7x on a 2000 x
@@ -45,7 +45,6 @@ Two defects of the original are fixed; neither changes anything on the 19 refere
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
@@ -53,7 +52,7 @@ from scipy import ndimage
 from skimage.segmentation import watershed
 
 from hovernet.errors import HoverNetError
-from hovernet.resources import gc_paused
+from hovernet.infer.records import Nucleus, instance_records
 
 # Constants of the original post-processing.
 FOREGROUND_THRESHOLD = 0.5
@@ -61,7 +60,6 @@ MIN_OBJECT_SIZE = 10
 SOBEL_KSIZE = 21
 MARKER_THRESHOLD = 0.4
 MARKER_OPEN_KSIZE = 5
-MIN_CONTOUR_POINTS = 3
 REFERENCE_MPP = 0.25  # the resolution the constants above are for (40x)
 
 
@@ -92,9 +90,6 @@ class PostprocessParams:
             sobel_ksize=_odd(SOBEL_KSIZE * k, 3, 31),  # OpenCV's Sobel takes odd sizes <= 31
             marker_open_ksize=_odd(MARKER_OPEN_KSIZE * k, 1, 63),
         )
-
-
-Nucleus = dict[str, Any]
 
 
 def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -256,123 +251,6 @@ def _watershed_in_box(energy: np.ndarray, markers: np.ndarray, fg: np.ndarray) -
     out = watershed(energy[box], markers=markers[box], mask=fg[box])
     labels[box] = out
     return labels
-
-
-def _outer_contour(mask: np.ndarray) -> np.ndarray | None:
-    """The original's contour of a cropped uint8 mask: the first one OpenCV finds, as N x 2."""
-    contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-    contour = np.squeeze(contours[0].astype(np.int32))
-    if contour.ndim != 2 or contour.shape[0] < MIN_CONTOUR_POINTS:
-        return None
-    return contour
-
-
-def _vote_types(ids: np.ndarray, types: np.ndarray, n_ids: int) -> tuple[np.ndarray, np.ndarray]:
-    """The original's majority vote per instance id, from the ids and types of the nuclei's
-    pixels: (type, type_prob) arrays indexed by id.
-
-    The original sorts (type, count) by count, stable, and skips type 0 when another type is
-    present: that is the first arg-max over types >= 1. type_prob = count / (pixels + 1e-6),
-    the same division per id as the original's loop.
-    """
-    n_types = int(types.max()) + 1 if len(types) else 1
-    counts = np.bincount(ids * n_types + types, minlength=(n_ids + 1) * n_types)
-    counts = counts.reshape(n_ids + 1, n_types)
-    inst_type = np.zeros(n_ids + 1, np.intp)
-    if n_types > 1:
-        typed = counts[:, 1:].any(axis=1)
-        inst_type[typed] = np.argmax(counts[typed, 1:], axis=1) + 1
-    chosen = counts[np.arange(n_ids + 1), inst_type]
-    return inst_type, chosen / (counts.sum(axis=1) + 1.0e-6)
-
-
-def instance_records(
-    inst_map: np.ndarray,
-    type_map: np.ndarray | None = None,
-    type_softmax: np.ndarray | None = None,
-) -> tuple[np.ndarray, dict[int, Nucleus]]:
-    """Per-nucleus records of a labelled map; returns (relabelled map 1..N, records).
-
-    `type_map` (H x W non-negative ints) gives the majority-vote `type` and its pixel share
-    `type_prob` as the original: background votes (0) lose to any other type present.
-    `type_softmax` (H x W x C) adds `type_probs`, the mean softmax of each class over the nucleus.
-    Instances whose contour has < 3 points are dropped from records and map alike.
-
-    Per-id statistics come from the nuclei's pixels only, in raster order (`np.bincount`: each
-    id's sum adds the same values in the same order as over the whole map, so the same
-    floats); the centroid is the original's `cv2.moments` m10 / m00 + cmin, with the exact
-    integer pixel sums in box coordinates.
-    """
-    inst_map = np.asarray(inst_map)
-    if inst_map.ndim != 2 or not np.issubdtype(inst_map.dtype, np.integer):
-        raise HoverNetError(
-            f"instance map has shape {inst_map.shape} and dtype {inst_map.dtype}: "
-            "pass a 2-D integer label image"
-        )
-    n_ids = int(inst_map.max()) if inst_map.size else 0
-    flat = inst_map.ravel()
-    pixels = np.flatnonzero(flat > 0)
-    ids = flat[pixels].astype(np.intp)
-    inst_type = type_prob = mean_probs = None
-    if type_map is not None:
-        type_map = np.asarray(type_map).astype(np.int32)
-        if type_map.min(initial=0) < 0:
-            raise HoverNetError("type map has negative values: pass type ids >= 0 (0 = background)")
-        inst_type, type_prob = _vote_types(ids, type_map.ravel()[pixels], n_ids)
-    areas = np.bincount(ids, minlength=n_ids + 1).astype(np.float64)
-    if type_softmax is not None:
-        softmax = np.asarray(type_softmax)
-        softmax = softmax.reshape(-1, softmax.shape[-1])[pixels]
-        sums = np.stack(
-            [
-                np.bincount(ids, weights=softmax[:, c], minlength=n_ids + 1)
-                for c in range(softmax.shape[1])
-            ],
-            axis=1,
-        )
-        mean_probs = sums / np.maximum(areas, 1)[:, None]
-
-    boxes = ndimage.find_objects(inst_map) if n_ids else []
-    row0 = np.zeros(n_ids + 1, np.intp)
-    col0 = np.zeros(n_ids + 1, np.intp)
-    for old_id, sl in enumerate(boxes, start=1):
-        if sl is not None:
-            row0[old_id], col0[old_id] = sl[0].start, sl[1].start
-    width = inst_map.shape[1]
-    m10 = np.bincount(ids, weights=pixels % width - col0[ids], minlength=n_ids + 1)
-    m01 = np.bincount(ids, weights=pixels // width - row0[ids], minlength=n_ids + 1)
-    del pixels, ids
-    # Python floats, as the original's cv2.moments values
-    m00, m10, m01 = areas.tolist(), m10.tolist(), m01.tolist()
-    if inst_type is not None:
-        inst_type, type_prob = inst_type.tolist(), type_prob.tolist()
-
-    nuclei: dict[int, Nucleus] = {}
-    new_ids = np.zeros(n_ids + 1, dtype=np.int32)
-    with gc_paused():  # thousands of small lists: see gc_paused
-        for old_id, sl in enumerate(boxes, start=1):
-            if sl is None:
-                continue
-            contour = _outer_contour((inst_map[sl] == old_id).view(np.uint8))
-            if contour is None:
-                continue
-            rmin, cmin = sl[0].start, sl[1].start
-            record: Nucleus = {
-                "bbox": [[rmin, cmin], [sl[0].stop, sl[1].stop]],
-                "centroid": [m10[old_id] / m00[old_id] + cmin, m01[old_id] / m00[old_id] + rmin],
-                "contour": (contour + np.array([cmin, rmin], dtype=np.int32)).tolist(),
-                "type": None,
-                "type_prob": None,
-            }
-            if inst_type is not None:
-                record["type"] = inst_type[old_id]
-                record["type_prob"] = type_prob[old_id]
-            if mean_probs is not None:
-                record["type_probs"] = mean_probs[old_id].tolist()
-            new_id = len(nuclei) + 1
-            new_ids[old_id] = new_id
-            nuclei[new_id] = record
-    return new_ids[inst_map], nuclei
 
 
 def postprocess(

@@ -3,7 +3,7 @@ job-array tasks; each slide is processed by exactly one of them.
 
 `share_slides` hands them out as the processes become free (`hovernet.infer.claims`): a counter
 in the process group's store under torchrun, claim files in the output folder between job-array
-tasks. `my_slides` is the fixed split (every n-th slide), kept for comparison."""
+tasks."""
 
 from __future__ import annotations
 
@@ -33,11 +33,6 @@ def rank_and_world(shard: tuple[int, int] = (0, 1)) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     i, n = shard
     return i * world + rank, n * world
-
-
-def my_slides(slides: list[Path], rank: int, world: int) -> list[Path]:
-    """Every world-th slide from `rank`: each slide belongs to exactly one rank."""
-    return slides[rank::world]
 
 
 def init_distributed() -> bool:

@@ -30,7 +30,7 @@ from hovernet import __version__
 from hovernet.errors import HoverNetError
 from hovernet.grids import Grid
 from hovernet.infer.claims import Cohort, as_cohort
-from hovernet.infer.engine import EngineConfig, read_ahead, run_engine
+from hovernet.infer.engine import EngineConfig, FrontEnd, read_ahead, run_engine
 from hovernet.infer.maps import PhaseCollector, PredMaps, merge_phase_maps
 from hovernet.infer.regions import NUCLEUS_MARGIN, Region, TissueBoxes
 from hovernet.infer.resample import phase_inputs, phase_offsets
@@ -301,10 +301,8 @@ def run_slide(
                         span_images=False,  # a region's maps do not depend on the previous one
                     )
                     items = run.items(todo, config.read_workers)
-                    stats = run_engine(
-                        model, items, run.make_job, region_nuclei, run.on_result, engine,
-                        pool if workers else None, run.near_tissue,
-                    )  # fmt: skip
+                    front = FrontEnd(run.make_job, region_nuclei, run.on_result, run.near_tissue)
+                    stats = run_engine(model, items, front, engine, pool if workers else None)
                 if run.failures:
                     raise HoverNetError(
                         f"{len(run.failures)} region(s) failed (rerun to retry them): "

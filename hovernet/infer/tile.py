@@ -23,7 +23,13 @@ import torch
 from hovernet.errors import HoverNetError
 from hovernet.infer import resample
 from hovernet.infer.backends import effective_precision
-from hovernet.infer.engine import EngineConfig, physical_memory, read_ahead, run_engine
+from hovernet.infer.engine import (
+    EngineConfig,
+    FrontEnd,
+    physical_memory,
+    read_ahead,
+    run_engine,
+)
 from hovernet.infer.maps import PhaseCollector, PredMaps, merge_phase_maps
 from hovernet.infer.tile_worker import TileJob, finish_tile, is_done
 from hovernet.infer.tiling import TileGrid
@@ -300,7 +306,8 @@ def run_tile(
         report_as_done=True,
     )
     try:
-        stats = run_engine(model, run.images(), run.make_job, finish_tile, run.on_result, engine)
+        front = FrontEnd(run.make_job, finish_tile, run.on_result)
+        stats = run_engine(model, run.images(), front, engine)
         summary.n_patches = stats.n_windows
         summary.network_s = stats.network_s
         if run.fatal:

@@ -17,7 +17,7 @@ from hovernet.infer.features import nucleus_features
 from hovernet.infer.maps import PredMaps, maps_to_nuclei
 from hovernet.infer.measure import nucleus_measurements
 from hovernet.infer.workers import maps_nbytes
-from hovernet.io import writers
+from hovernet.io import overlay_files, writers
 from hovernet.io.type_info import TypeInfo
 
 OUTPUT_KINDS = ("json", "mat", "overlay", "qupath", "csv")
@@ -81,7 +81,9 @@ def finish_tile(job: TileJob) -> tuple[str, int, float, float]:
     writers.write_mat(
         paths["mat"], inst_map, nuclei, raw_map=raw_map, typed=job.nr_types is not None
     )
-    writers.write_overlay(paths["overlay"], job.image, nuclei, job.type_info, draw_dot=job.draw_dot)
+    overlay_files.write_overlay(
+        paths["overlay"], job.image, nuclei, job.type_info, draw_dot=job.draw_dot
+    )
     writers.write_geojson(paths["qupath"], nuclei, job.type_info, measurements=shapes)
     writers.write_csv(paths["csv"], nuclei, job.type_info, shapes, job.features)
     return job.name, len(nuclei), mid - start, time.perf_counter() - mid

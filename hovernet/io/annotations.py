@@ -29,6 +29,7 @@ import numpy as np
 
 from hovernet.errors import HoverNetError
 from hovernet.io.colour_masks import ColourMaskLabels
+from hovernet.io.label_options import LabelOptions
 from hovernet.io.labels import read_label_array
 from hovernet.io.points import open_points
 from hovernet.io.slides import IMAGE_SUFFIXES, read_mask_image
@@ -38,6 +39,7 @@ __all__ = [
     "CLASS_MERGES",
     "FORMATS",
     "ArrayLabels",
+    "LabelOptions",
     "PolygonLabels",
     "detect_format",
     "merge_table",
@@ -416,24 +418,15 @@ def open_labels(
     fmt: str,
     *,
     shape: tuple[int, int],
-    type_info: TypeInfo | None = None,
-    merge: str | dict | None = None,
-    min_size: int = 10,
-    tolerance: int = 0,
-    workdir: str | os.PathLike | None = None,
-    points: dict | None = None,
+    options: LabelOptions = LabelOptions(),
 ):
-    """Open any annotation format for band reading; `shape` (H, W) is the image size.
-    `points`: keyword arguments of `hovernet.io.points.open_points` (classes, base, radius)."""
+    """Open any annotation format for band reading; `shape` (H, W) is the image size,
+    `options` the format's settings (type_info, class merging, colour-mask rules, points)."""
+    type_info, merge = options.type_info, options.merge
     if fmt == "points":
-        return open_points(path, shape, type_info, **(points or {}))
+        return open_points(path, shape, type_info, **(options.points or {}))
     if fmt == "colour":
-        if type_info is None:
-            raise HoverNetError(f"{path}: colour masks need --type-info type_info.json")
-        return ColourMaskLabels(
-            Path(path), type_info, min_size=min_size, tolerance=tolerance, expect_size=shape,
-            workdir=workdir,
-        )  # fmt: skip
+        return ColourMaskLabels(Path(path), options, expect_size=shape)
     if fmt == "inst":
         return read_label_maps(path, merge=merge, expect_size=shape)
     if fmt == "mat":

@@ -11,7 +11,6 @@ lives on disk (4 bytes per pixel) and is read back band by band.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from collections import Counter
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hovernet.errors import HoverNetError
+from hovernet.io.label_options import LabelOptions
 from hovernet.io.slides import ImageReader, open_image
 
 UNKNOWN = 255
@@ -68,15 +68,18 @@ class ColourMaskLabels:
     def __init__(
         self,
         path: Path,
-        type_info: dict[int, tuple[str, tuple[int, int, int]]],
+        options: LabelOptions,
         *,
-        min_size: int = 10,
-        tolerance: int = 0,
         strip_rows: int = 1024,
         expect_size: tuple[int, int] | None = None,
-        workdir: str | os.PathLike | None = None,
     ):
+        """The mask at `path`, painted in the colours of `options.type_info`, labelled with
+        `options.min_size` and `options.tolerance` in bands of `strip_rows` rows into a
+        temporary file under `options.workdir`; `expect_size` (H, W): its image's size."""
         self.path = Path(path)
+        type_info = options.type_info
+        if type_info is None:
+            raise HoverNetError(f"{path}: colour masks need --type-info type_info.json")
         ids = sorted(type_info)
         colours = np.array([type_info[i][1] for i in ids], np.int32)
         class_ids = np.array(ids, np.uint8)
@@ -88,10 +91,12 @@ class ColourMaskLabels:
                     f"{self.path}: mask is {self.width} x {self.height} px but its image is "
                     f"{expect_size[1]} x {expect_size[0]} px; give the mask made for that image"
                 )
-            self._tmpdir = tempfile.TemporaryDirectory(prefix=".hovernet-labels-", dir=workdir)
+            self._tmpdir = tempfile.TemporaryDirectory(
+                prefix=".hovernet-labels-", dir=options.workdir
+            )
             self._file = Path(self._tmpdir.name) / "labels.u32"
             lookup, inst_type = self._label(
-                reader, colours, class_ids, min_size, tolerance, strip_rows
+                reader, colours, class_ids, options.min_size, options.tolerance, strip_rows
             )
         except BaseException:
             self.close()

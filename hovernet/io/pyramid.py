@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from hovernet.io.atomic import atomic_path
 
 MAX_RGB24 = 2**24 - 1
+COMPRESSION = "zlib"  # deflate
 
 
 def encode_rgb24(labels: np.ndarray) -> np.ndarray:
@@ -86,7 +88,6 @@ def write_label_pyramid(
     mpp: float,
     tile: int = 512,
     dtype: np.dtype | type | str = np.uint32,
-    compression: str = "zlib",
 ) -> Path:
     """Write a tiled pyramidal TIFF of the (height, width) label map that `read_tile` serves.
 
@@ -98,29 +99,65 @@ def write_label_pyramid(
     import tifffile
 
     path = Path(path)
-    if tile % 16 or tile <= 0:
-        raise ValueError(f"tile must be a positive multiple of 16, got {tile}")
-    if not mpp > 0:
-        raise ValueError(f"mpp must be positive, got {mpp!r}")
-    dtype = np.dtype(dtype)
-    if dtype.kind not in "ui":
-        raise ValueError(f"label maps must be integers, got {dtype}")
-    rgb24 = dtype.itemsize > 2
-    shapes = pyramid_shapes(shape, tile)
-    height, width = shapes[0]
-    samples = 3 if rgb24 else 1
-    store_dtype = np.uint8 if rgb24 else dtype
-    raw_bytes = sum(h * w for h, w in shapes) * samples * np.dtype(store_dtype).itemsize
-    description = json.dumps(
-        {
-            "hovernet": "label pyramid",
-            "labels": str(dtype),
-            "encoding": "rgb24: id = R*65536 + G*256 + B" if rgb24 else "grey",
-            "mpp": mpp,
-        }
-    )
+    layout = _Layout((int(shape[0]), int(shape[1])), tile, dtype, mpp)
+    with atomic_path(path) as tmp:
+        with tifffile.TiffWriter(tmp, bigtiff=layout.bigtiff) as tw:
+            tw.write(layout.level0_tiles(read_tile), **layout.options(0))
+        for level in range(1, len(layout.shapes)):
+            prev = _PageTiles(tmp, level - 1)
+            try:
+                with tifffile.TiffWriter(tmp, bigtiff=layout.bigtiff, append=True) as tw:
+                    tw.write(layout.reduced_tiles(prev, level), **layout.options(level))
+            finally:
+                prev.close()
+    return path
 
-    def level0_tiles():
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a label pyramid is stored: level 0's (height, width), the tile side, the labels'
+    dtype (grey up to 16 bits, else 24-bit RGB) and the level-0 resolution; `shapes`: every
+    level's (height, width)."""
+
+    level0: tuple[int, int]
+    tile: int
+    dtype: np.dtype
+    mpp: float
+    shapes: tuple[tuple[int, int], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.tile % 16 or self.tile <= 0:
+            raise ValueError(f"tile must be a positive multiple of 16, got {self.tile}")
+        if not self.mpp > 0:
+            raise ValueError(f"mpp must be positive, got {self.mpp!r}")
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+        if self.dtype.kind not in "ui":
+            raise ValueError(f"label maps must be integers, got {self.dtype}")
+        object.__setattr__(self, "shapes", tuple(pyramid_shapes(self.level0, self.tile)))
+
+    @property
+    def rgb24(self) -> bool:
+        return self.dtype.itemsize > 2
+
+    @property
+    def samples(self) -> int:
+        return 3 if self.rgb24 else 1
+
+    @property
+    def store_dtype(self) -> np.dtype:
+        return np.dtype(np.uint8) if self.rgb24 else self.dtype
+
+    @property
+    def bigtiff(self) -> bool:
+        pixels = sum(h * w for h, w in self.shapes)
+        return pixels * self.samples * self.store_dtype.itemsize > 2**31
+
+    def empty_tile(self) -> np.ndarray:
+        return np.zeros((self.tile, self.tile, self.samples), self.store_dtype)
+
+    def level0_tiles(self, read_tile: Callable[[int, int, int, int], np.ndarray]):
+        height, width = self.shapes[0]
+        tile = self.tile
         for y in range(0, height, tile):
             for x in range(0, width, tile):
                 h, w = min(tile, height - y), min(tile, width - x)
@@ -130,15 +167,18 @@ def write_label_pyramid(
                         f"read_tile({x}, {y}, {w}, {h}) returned shape {labels.shape}, "
                         f"expected {(h, w)}"
                     )
-                out = np.zeros((tile, tile, samples), store_dtype)
-                out[:h, :w] = encode_rgb24(labels) if rgb24 else labels.astype(dtype)[:, :, None]
+                out = self.empty_tile()
+                out[:h, :w] = (
+                    encode_rgb24(labels) if self.rgb24 else labels.astype(self.dtype)[:, :, None]
+                )
                 yield out
 
-    def reduced_tiles(prev: _PageTiles, level_shape: tuple[int, int]):
-        lh, lw = level_shape
+    def reduced_tiles(self, prev: _PageTiles, level: int):
+        lh, lw = self.shapes[level]
+        tile, half = self.tile, self.tile // 2
         for ty in range(-(-lh // tile)):
             for tx in range(-(-lw // tile)):
-                out = np.zeros((tile, tile, samples), store_dtype)
+                out = self.empty_tile()
                 # tile (tx, ty) of this level = every second pixel of 2 x 2 tiles of the last
                 for dy in range(2):
                     for dx in range(2):
@@ -146,37 +186,35 @@ def write_label_pyramid(
                         if px * tile >= prev.width or py * tile >= prev.height:
                             continue
                         src = prev.tile(px, py)
-                        half = tile // 2
                         out[dy * half : (dy + 1) * half, dx * half : (dx + 1) * half] = src[
                             ::2, ::2
-                        ].reshape(half, half, samples)
+                        ].reshape(half, half, self.samples)
                 yield out
 
-    def options(level: int) -> dict:
-        lh, lw = shapes[level]
-        level_mpp = mpp * (width / lw + height / lh) / 2
+    def options(self, level: int) -> dict:
+        """tifffile's `write` arguments for page `level`."""
+        height, width = self.shapes[0]
+        lh, lw = self.shapes[level]
+        level_mpp = self.mpp * (width / lw + height / lh) / 2
         return {
-            "shape": (lh, lw, samples) if rgb24 else (lh, lw),
-            "dtype": store_dtype,
-            "tile": (tile, tile),
-            "compression": compression,
-            "photometric": "rgb" if rgb24 else "minisblack",
+            "shape": (lh, lw, self.samples) if self.rgb24 else (lh, lw),
+            "dtype": self.store_dtype,
+            "tile": (self.tile, self.tile),
+            "compression": COMPRESSION,
+            "photometric": "rgb" if self.rgb24 else "minisblack",
             "resolution": (1e4 / level_mpp, 1e4 / level_mpp),
             "resolutionunit": "CENTIMETER",
             "subfiletype": 1 if level else 0,
             "metadata": None,
-            "description": description if level == 0 else None,
+            "description": self.description() if level == 0 else None,
         }
 
-    bigtiff = raw_bytes > 2**31
-    with atomic_path(path) as tmp:
-        with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
-            tw.write(level0_tiles(), **options(0))
-        for level in range(1, len(shapes)):
-            prev = _PageTiles(tmp, level - 1)
-            try:
-                with tifffile.TiffWriter(tmp, bigtiff=bigtiff, append=True) as tw:
-                    tw.write(reduced_tiles(prev, shapes[level]), **options(level))
-            finally:
-                prev.close()
-    return path
+    def description(self) -> str:
+        return json.dumps(
+            {
+                "hovernet": "label pyramid",
+                "labels": str(self.dtype),
+                "encoding": "rgb24: id = R*65536 + G*256 + B" if self.rgb24 else "grey",
+                "mpp": self.mpp,
+            }
+        )

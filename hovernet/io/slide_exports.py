@@ -38,17 +38,18 @@ import numpy as np
 from hovernet.io.atomic import atomic_path, write_text_atomic
 from hovernet.io.density_files import density_sinks
 from hovernet.io.names import output_stem
+from hovernet.io.overlay_files import write_overlay_canvas
 from hovernet.io.store import NucleusStore
 from hovernet.io.type_info import TypeInfo
 from hovernet.io.writers import (
     CoordinateText,
+    FeatureClasses,
     class_of,
     csv_header,
     csv_row,
     nucleus_feature,
     nucleus_feature_json,
     prob_names,
-    write_overlay_canvas,
 )
 from hovernet.nuclei import FEATURES
 
@@ -251,31 +252,26 @@ class Level0Features:
         self.stem, self.type_info = stem, type_info
         self.scale = float(meta["scale"])
         self.names = _meta_class_names(meta, type_info)
+        self.classes = FeatureClasses(type_info, self.names)
         self._coords = CoordinateText(self.scale)  # shared by the nuclei of a file
 
     def feature(self, nid: int, rec: Mapping[str, Any]) -> dict[str, Any]:
         shapes = {nid: level0_shapes(rec, self.scale)}
         key = f"{self.stem}/{nid}"
-        return nucleus_feature(key, nid, rec, self.type_info, shapes, self.names, self.scale)
+        return nucleus_feature(key, nid, rec, self.classes, shapes, self.scale)
 
     def text(self, nid: int, rec: Mapping[str, Any]) -> str:
         """`json.dumps(self.feature(nid, rec))`, written quicker."""
         shapes = {nid: level0_shapes(rec, self.scale)}
         key = f"{self.stem}/{nid}"
-        return nucleus_feature_json(key, nid, rec, self.type_info, shapes, self.names, self._coords)
-
-
-def export_geojson(
-    path: PathLike, store: NucleusStore, type_info: TypeInfo | None, stem: str
-) -> None:
-    """Gzipped QuPath GeoJSON FeatureCollection in level-0 pixels (see `write_geojson`)."""
-    _export(store, _geojson_sink(path, store, type_info, stem))
+        return nucleus_feature_json(key, nid, rec, self.classes, shapes, self._coords)
 
 
 @contextlib.contextmanager
 def _geojson_sink(
     path: PathLike, store: NucleusStore, type_info: TypeInfo | None, stem: str
 ) -> Iterator[Sink]:
+    """Gzipped QuPath GeoJSON FeatureCollection in level-0 pixels (see `write_geojson`)."""
     features = Level0Features(store.meta, type_info, stem)
     # no file name or time stamp in the gzip header: equal contents give equal bytes
     with (
@@ -293,13 +289,9 @@ def _geojson_sink(
         fh.write("\n]}\n")
 
 
-def export_csv(path: PathLike, store: NucleusStore, type_info: TypeInfo | None) -> None:
-    """One row per nucleus, tile mode's columns, in level-0 pixels."""
-    _export(store, _csv_sink(path, store, type_info))
-
-
 @contextlib.contextmanager
 def _csv_sink(path: PathLike, store: NucleusStore, type_info: TypeInfo | None) -> Iterator[Sink]:
+    """One row per nucleus, tile mode's columns, in level-0 pixels."""
     scale = float(store.meta["scale"])
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
@@ -313,17 +305,12 @@ def _csv_sink(path: PathLike, store: NucleusStore, type_info: TypeInfo | None) -
         yield add
 
 
-def export_json(path: PathLike, store: NucleusStore, mag: float | None) -> None:
-    """The original's JSON (`{"mag", "nuc": {id: {bbox, centroid, contour, type_prob, type}}}`)
-    in the store's whole-slide pixels (the processing resolution, or twice as fine with
-    sub-pixel phases), which `mag` names. The bboxes are
-    [[rmin, cmin], [rmax, cmax]] of the whole slide (rows first, as tile mode and the
-    original's tile mode write them)."""
-    _export(store, _json_sink(path, mag))
-
-
 @contextlib.contextmanager
 def _json_sink(path: PathLike, mag: float | None) -> Iterator[Sink]:
+    """The original's JSON (`{"mag", "nuc": {id: {bbox, centroid, contour, type_prob, type}}}`)
+    in the store's whole-slide pixels (the processing resolution, or twice as fine with
+    sub-pixel phases), which `mag` names. The bboxes are [[rmin, cmin], [rmax, cmax]] of the
+    whole slide (rows first, as tile mode and the original's tile mode write them)."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write('{"mag": ' + json.dumps(mag) + ', "nuc": {')
 
@@ -343,22 +330,12 @@ def _json_sink(path: PathLike, mag: float | None) -> Iterator[Sink]:
         fh.write("}}\n")
 
 
-def export_overlay(
-    path: PathLike,
-    thumb: np.ndarray,
-    thumb_scale: float,
-    store: NucleusStore,
-    type_info: TypeInfo | None,
-) -> None:
-    """The thumbnail with each nucleus outlined (or dotted, when small) in its class colour,
-    and a legend of class names with counts. `thumb_scale`: processing px per thumbnail px."""
-    _export(store, _overlay_sink(path, thumb, thumb_scale, type_info))
-
-
 @contextlib.contextmanager
 def _overlay_sink(
     path: PathLike, thumb: np.ndarray, thumb_scale: float, type_info: TypeInfo | None
 ) -> Iterator[Sink]:
+    """The thumbnail with each nucleus outlined (or dotted, when small) in its class colour,
+    and a legend of class names with counts. `thumb_scale`: processing px per thumbnail px."""
     import cv2
 
     canvas = cv2.cvtColor(np.ascontiguousarray(thumb, dtype=np.uint8), cv2.COLOR_RGB2BGR)

@@ -299,7 +299,7 @@ class _TiffReader(ImageReader):
         self._check_region(x, y, w, h)
         # grey segments (one sample) are broadcast to the three channels
         grid = (self._ch, self._cw, self._per_row)
-        return assemble_chunks(x, y, w, h, grid, self._segment, 3)
+        return assemble_chunks((x, y, w, h), grid, self._segment, 3)
 
     def close(self) -> None:
         self._tif.close()
@@ -321,18 +321,16 @@ class _OpenSlideReader(ImageReader):
 
 
 def assemble_chunks(
-    x: int,
-    y: int,
-    w: int,
-    h: int,
+    box: tuple[int, int, int, int],
     grid: tuple[int, int, int],
     chunk: Callable[[int], np.ndarray],
     channels: int,
 ) -> np.ndarray:
-    """The (h, w, channels) uint8 region at (x, y) of an image stored in chunks (TIFF strips or
-    tiles): `grid` = (chunk rows, chunk columns, chunks per row), `chunk(index)` decodes chunk
-    `index` (row-major) to rows x cols x samples. A one-sample chunk fills every channel; extra
-    samples are dropped. The region must lie inside the image."""
+    """The (h, w, channels) uint8 region `box` = (x, y, w, h) of an image stored in chunks (TIFF
+    strips or tiles): `grid` = (chunk rows, chunk columns, chunks per row), `chunk(index)`
+    decodes chunk `index` (row-major) to rows x cols x samples. A one-sample chunk fills every
+    channel; extra samples are dropped. The region must lie inside the image."""
+    x, y, w, h = box
     ch, cw, per_row = grid
     out = np.empty((h, w, channels), np.uint8)
     for ty in range(y // ch, (y + h - 1) // ch + 1):

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import sqlite3
 from bisect import bisect_left
@@ -47,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from hovernet.errors import HoverNetError
+from hovernet.io.store_rows import COLUMNS, record_row, row_record
 from hovernet.nuclei import FEATURES, MEASUREMENTS
 
 _SCHEMA = """
@@ -69,12 +69,8 @@ CREATE INDEX IF NOT EXISTS nuclei_region ON nuclei (region);
 RTREE_TABLE = "nuclei_rtree"
 _RTREE_ROWS = "SELECT id, cmin, cmax, rmin, rmax FROM nuclei"
 
-_BASE_COLUMNS = (
-    "region, type, type_prob, x, y, cx, cy, rmin, cmin, rmax, cmax, "
-    + ", ".join(MEASUREMENTS)
-    + ", type_probs, contour, outline"
-)
-_COLUMNS = _BASE_COLUMNS + ", " + ", ".join(FEATURES)
+_COLUMNS = ", ".join(COLUMNS)  # the nuclei columns but id, in the order of `record_row`
+_BASE_COLUMNS = ", ".join(COLUMNS[: -len(FEATURES)])  # without the colour features
 _NO_FEATURES = ", NULL" * len(FEATURES)
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1
 Types = Iterable[int | None] | None  # nucleus types to keep (None: all; a None in it: untyped)
@@ -146,7 +142,7 @@ class NucleusStore:
         bbox, centroid, contour, type, type_prob[, type_probs]) plus `measurements` (a dict of
         MEASUREMENTS) and `xy` (level-0 centroid).
         """
-        rows = [_row(index, rec) for rec in nuclei]
+        rows = [record_row(index, rec) for rec in nuclei]
         marks = ", ".join("?" * (len(MEASUREMENTS) + len(FEATURES) + 14))
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -189,7 +185,7 @@ class NucleusStore:
             sql += " WHERE cmax > ? AND rmax > ? AND cmin < ? AND rmin < ?"
             args = tuple(int(v) for v in box)
         for row in self._db.execute(sql + " ORDER BY region, id", args):
-            yield _record(row)
+            yield row_record(row)
 
 
 def _differences(key: str, old: str, new: str) -> list[str]:
@@ -255,65 +251,7 @@ def records_by_id(db: sqlite3.Connection, ids: list[int]) -> list[dict[str, Any]
     for chunk in id_batches(ids):
         sql = f"SELECT id, {columns} FROM nuclei WHERE id IN ({_marks(chunk)})"
         rows.update((row[0], row) for row in db.execute(sql, chunk))
-    return [_record(rows[int(i)]) for i in ids if int(i) in rows]
-
-
-def _row(region: int, rec: Mapping[str, Any]) -> tuple:
-    (rmin, cmin), (rmax, cmax) = rec["bbox"]
-    shapes = rec["measurements"]
-    probs = rec.get("type_probs")
-    t, p = rec.get("type"), rec.get("type_prob")
-    return (
-        region,
-        None if t is None else int(t),
-        None if p is None else float(p),
-        float(rec["xy"][0]),
-        float(rec["xy"][1]),
-        float(rec["centroid"][0]),
-        float(rec["centroid"][1]),
-        int(rmin),
-        int(cmin),
-        int(rmax),
-        int(cmax),
-        *(float(shapes[k]) for k in MEASUREMENTS),
-        None if probs is None else json.dumps([float(v) for v in probs]),
-        np.asarray(rec["contour"], dtype=np.int32).tobytes(),
-        # the outer boundary of the nucleus pixels in corner coordinates (GeoJSON polygons)
-        json.dumps(shapes["outline"]) if shapes.get("outline") else None,
-        # colour features when measured (NaN is stored as NULL, as SQLite has no NaN)
-        *(_real(shapes.get(k)) for k in FEATURES),
-    )
-
-
-def _real(value: Any) -> float | None:
-    return None if value is None or value != value else float(value)
-
-
-def _record(row: tuple) -> dict[str, Any]:
-    nid, region, t, p, x, y, cx, cy, rmin, cmin, rmax, cmax, *rest = row
-    n = len(MEASUREMENTS)
-    shapes, probs, contour, outline = rest[:n], rest[n], rest[n + 1], rest[n + 2]
-    colour = rest[n + 3 :]
-    rec: dict[str, Any] = {
-        "store_id": nid,
-        "region": region,
-        "bbox": [[rmin, cmin], [rmax, cmax]],
-        "centroid": [cx, cy],
-        "contour": np.frombuffer(contour, dtype=np.int32).reshape(-1, 2),
-        "type": t,
-        "type_prob": p,
-        "xy": [x, y],
-        "measurements": dict(zip(MEASUREMENTS, shapes, strict=True)),
-    }
-    if outline is not None:
-        rec["measurements"]["outline"] = json.loads(outline)
-    if any(v is not None for v in colour):  # measured: NULL is NaN
-        rec["measurements"].update(
-            (k, math.nan if v is None else v) for k, v in zip(FEATURES, colour, strict=True)
-        )
-    if probs is not None:
-        rec["type_probs"] = json.loads(probs)
-    return rec
+    return [row_record(rows[int(i)]) for i in ids if int(i) in rows]
 
 
 # -- reading a store without changing it (the viewer) ---------------------------------------------
@@ -381,6 +319,10 @@ class StoreReader:
 
     def close(self) -> None:
         self._db.close()
+
+    def interrupt(self) -> None:
+        """Make the query running now (in another thread) stop with sqlite3.OperationalError."""
+        self._db.interrupt()
 
     def meta(self) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")}

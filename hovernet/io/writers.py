@@ -1,4 +1,5 @@
-"""Output writers for segmented nuclei: JSON, MAT, overlay PNG, QuPath GeoJSON and CSV.
+"""Output writers for segmented nuclei: JSON, MAT, QuPath GeoJSON and CSV (the overlay PNG:
+`hovernet.io.overlay_files`).
 
 Every writer takes the records of `hovernet.infer.postprocess.postprocess` (`{id: {"bbox",
 "centroid", "contour", "type", "type_prob"[, "type_probs"]}}`) and writes one file atomically
@@ -16,14 +17,13 @@ import io
 import json
 import os
 import uuid
-from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from operator import mul
 from typing import Any
 
 import numpy as np
 
-from hovernet.errors import HoverNetError
 from hovernet.io.atomic import atomic_path, write_text_atomic
 from hovernet.io.type_info import TypeInfo
 from hovernet.nuclei import FEATURE_LABELS, FEATURES, MEASUREMENTS, Measurements, Nuclei
@@ -224,9 +224,21 @@ class CoordinateText(dict):
 _LABELS = {k: k.capitalize() + (f" ({u})" if u else "") for k, u in MEASUREMENTS.items()}
 
 
-def _feature_properties(nid, rec, type_info, shapes, class_names) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FeatureClasses:
+    """How the Features of one file name classes: `type_info` (None: an untyped model) and the
+    names of the type-probability measurements (`prob_names`)."""
+
+    type_info: TypeInfo | None
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(self.names))
+
+
+def _feature_properties(nid, rec, classes: FeatureClasses, shapes) -> dict[str, Any]:
     """The properties of `nucleus_feature` (same arguments)."""
-    name, colour = class_of(rec, type_info)
+    name, colour = class_of(rec, classes.type_info)
     values: dict[str, float] = {"Nucleus ID": nid}
     if rec.get("type_prob") is not None:
         values["Type probability"] = float(rec["type_prob"])
@@ -238,7 +250,7 @@ def _feature_properties(nid, rec, type_info, shapes, class_names) -> dict[str, A
             for k, label in FEATURE_LABELS.items()
             if (v := shapes[nid].get(k)) is not None and v == v
         )
-    for cname, p in zip(class_names, rec.get("type_probs") or [], strict=False):
+    for cname, p in zip(classes.names, rec.get("type_probs") or [], strict=False):
         values[f"Probability {cname}"] = float(p)
     return {
         "objectType": "detection",
@@ -251,9 +263,8 @@ def nucleus_feature(
     key: str,
     nid: int,
     rec: Mapping[str, Any],
-    type_info: TypeInfo | None,
+    classes: FeatureClasses,
     shapes: Mapping[int, Mapping[str, float]] | None,
-    class_names: list[str],
     scale: float = 1.0,
 ) -> dict[str, Any]:
     """One QuPath detection Feature (see `write_geojson`); `key` seeds its deterministic UUID.
@@ -268,7 +279,7 @@ def nucleus_feature(
         "type": "Feature",
         "id": str(uuid.uuid5(_UUID_NAMESPACE, key)),
         "geometry": feature_geometry(outline, rec["contour"], scale),
-        "properties": _feature_properties(nid, rec, type_info, shapes, class_names),
+        "properties": _feature_properties(nid, rec, classes, shapes),
     }
 
 
@@ -276,9 +287,8 @@ def nucleus_feature_json(
     key: str,
     nid: int,
     rec: Mapping[str, Any],
-    type_info: TypeInfo | None,
+    classes: FeatureClasses,
     shapes: Mapping[int, Mapping[str, float]] | None,
-    class_names: list[str],
     coords: CoordinateText,
 ) -> str:
     """`json.dumps(nucleus_feature(..., scale=coords.scale))`; a simple ring's points are
@@ -292,7 +302,7 @@ def nucleus_feature_json(
         xs, ys = (map(coords.__getitem__, v) for v in ring)
         points = "], [".join(map(", ".join, zip(xs, ys, strict=True)))
         geometry = '{"type": "Polygon", "coordinates": [[[' + points + "]]]}"
-    properties = _feature_properties(nid, rec, type_info, shapes, class_names)
+    properties = _feature_properties(nid, rec, classes, shapes)
     head = f'{{"type": "Feature", "id": "{uuid.uuid5(_UUID_NAMESPACE, key)}", "geometry": '
     return f'{head}{geometry}, "properties": {json.dumps(properties, default=_plain)}}}'
 
@@ -318,9 +328,9 @@ def write_geojson(
     """
     stem = os.fspath(path).replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
     shapes = measurements
-    names = _prob_names(nuclei, type_info)
+    classes = FeatureClasses(type_info, _prob_names(nuclei, type_info))
     features = [
-        nucleus_feature(f"{stem}/{int(nid)}", int(nid), rec, type_info, shapes, names)
+        nucleus_feature(f"{stem}/{int(nid)}", int(nid), rec, classes, shapes)
         for nid, rec in nuclei.items()
     ]
     doc = {"type": "FeatureCollection", "features": features}
@@ -393,83 +403,3 @@ def write_csv(
     for nid, rec in nuclei.items():
         writer.writerow(csv_row(int(nid), rec, type_info, shapes[int(nid)], features))
     write_text_atomic(path, buf.getvalue())
-
-
-def _draw_legend(canvas: np.ndarray, entries: list[tuple[str, tuple, int]]) -> None:
-    """Class colour swatches with "name: count" in the top-left corner (in place, BGR)."""
-    import cv2
-
-    if not entries:
-        return
-    scale = max(0.4, min(canvas.shape[:2]) / 1500)
-    thick = max(1, round(scale * 2))
-    (_, text_h), _ = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-    line_h, pad = int(text_h * 1.8), int(text_h * 0.6)
-    texts = [f"{name}: {count}" for name, _, count in entries]
-    width = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] for t in texts)
-    box_w, box_h = pad * 3 + text_h + width, pad * 2 + line_h * len(entries)
-    region = canvas[:box_h, :box_w]
-    region[:] = (0.35 * region + 0.65 * 255).astype(np.uint8)
-    for k, ((_, colour, _), text) in enumerate(zip(entries, texts, strict=True)):
-        y = pad + k * line_h
-        bgr = tuple(int(c) for c in colour[::-1])
-        cv2.rectangle(canvas, (pad, y + 2), (pad + text_h, y + 2 + text_h), bgr, -1)
-        org = (pad * 2 + text_h, y + 2 + text_h)
-        cv2.putText(canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick)
-
-
-def write_overlay(
-    path: PathLike,
-    image: np.ndarray,
-    nuclei: Nuclei,
-    type_info: TypeInfo | None,
-    draw_dot: bool = False,
-) -> None:
-    """PNG of the RGB `image` with each contour in its class colour (2 px, as the original),
-    a 3-px centroid dot when `draw_dot`, and a legend of every class name (all of `type_info`
-    but the background, or the untyped class) with its nucleus count, 0 included."""
-    import cv2
-
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise HoverNetError(
-            f"overlay {path}: the image has shape {image.shape}; pass the H x W x 3 RGB image "
-            "the nuclei were found in"
-        )
-    canvas = cv2.cvtColor(np.ascontiguousarray(image, dtype=np.uint8), cv2.COLOR_RGB2BGR)
-    counts: Counter = Counter()
-    for rec in nuclei.values():
-        name, colour = class_of(rec, type_info)
-        counts[(name, colour)] += 1
-        bgr = tuple(int(c) for c in colour[::-1])
-        contour = np.asarray(rec["contour"], dtype=np.int32).reshape(-1, 1, 2)
-        cv2.drawContours(canvas, [contour], -1, bgr, 2)
-        if draw_dot:
-            x, y = (int(round(v)) for v in rec["centroid"])
-            cv2.circle(canvas, (x, y), 3, bgr, -1)
-    # every class is in the legend, with 0 when the image has none of it
-    if type_info is not None:
-        for t, (n, c) in type_info.items():
-            if int(t) > 0:
-                counts[(str(n), tuple(int(v) for v in c))] += 0
-    else:
-        counts[UNTYPED_CLASS] += 0
-    write_overlay_canvas(path, canvas, counts, type_info)
-
-
-def write_overlay_canvas(
-    path: PathLike, canvas: np.ndarray, counts: Counter, type_info: TypeInfo | None
-) -> None:
-    """Draw the legend (classes in type-id order, with their counts) on a BGR overlay and write
-    it atomically as PNG. `counts` is {(class name, colour): nuclei}."""
-    import cv2
-
-    if type_info is not None:
-        order = {class_of({"type": t}, type_info): t for t in type_info}
-        keys = sorted(counts, key=lambda k: (order.get(k, 1 << 30), k[0]))
-    else:
-        keys = list(counts)
-    _draw_legend(canvas, [(name, colour, counts[(name, colour)]) for name, colour in keys])
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), canvas):
-            raise OSError(f"OpenCV could not write the overlay {path}")

@@ -145,23 +145,26 @@ class Slide:
         f = self._factor(mpp)
         level = self.best_level(mpp)
         dx, dy = self.level_downsamples[level]
-        return self._read_level_resampled(level, x, y, w, h, f / dx, f / dy)
+        return self._read_level_resampled(level, (x, y, w, h), f / dx, f / dy)
 
     def _read_level_resampled(
-        self, level: int, x: int, y: int, w: int, h: int, fx: float, fy: float
+        self, level: int, box: tuple[int, int, int, int], fx: float, fy: float
     ) -> np.ndarray:
+        x, y, w, h = box
         src_bytes = (w * max(fx, 1.0) + 4) * (h * max(fy, 1.0) + 4) * 3
         if src_bytes > READ_CHUNK_BYTES and (w > 1 or h > 1):
             # same pixels in pieces: every output pixel depends only on its own position
             out = np.empty((h, w, 3), np.uint8)
             if h >= w:
                 half = h // 2
-                out[:half] = self._read_level_resampled(level, x, y, w, half, fx, fy)
-                out[half:] = self._read_level_resampled(level, x, y + half, w, h - half, fx, fy)
+                out[:half] = self._read_level_resampled(level, (x, y, w, half), fx, fy)
+                out[half:] = self._read_level_resampled(level, (x, y + half, w, h - half), fx, fy)
             else:
                 half = w // 2
-                out[:, :half] = self._read_level_resampled(level, x, y, half, h, fx, fy)
-                out[:, half:] = self._read_level_resampled(level, x + half, y, w - half, h, fx, fy)
+                out[:, :half] = self._read_level_resampled(level, (x, y, half, h), fx, fy)
+                out[:, half:] = self._read_level_resampled(
+                    level, (x + half, y, w - half, h), fx, fy
+                )
             return out
         import cv2
 

@@ -129,7 +129,7 @@ class _TiffLevel:
         if not self._chunked:
             return np.ascontiguousarray(self._read_whole()[y : y + h, x : x + w])
         grid = (self._ch, self._cw, self._per_row)
-        out = assemble_chunks(x, y, w, h, grid, self._segment, self._spp)
+        out = assemble_chunks((x, y, w, h), grid, self._segment, self._spp)
         return _composite(out, self._alpha_premultiplied)
 
 

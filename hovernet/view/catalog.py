@@ -14,11 +14,13 @@ GeoJSON (its first features), with a warning for any class not found there.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,8 @@ class ViewSlide:
     type_info: TypeInfo | None
     _slide: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _readers: int = field(default=0, repr=False)  # threads reading the image now
+    _closed: bool = field(default=False, repr=False)
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -60,14 +64,26 @@ class ViewSlide:
     def pyramid(self) -> Pyramid:
         return Pyramid(*self.dimensions)
 
-    def slide(self):
-        """The image, opened on first use with the resolution slide mode used."""
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Any]:
+        """The image (a `hovernet.io.wsi.Slide`, opened on first use with the resolution slide
+        mode used), kept open until this read ends: a `close` meanwhile leaves it to the last
+        reader (closing it under a read crashes or hangs the process)."""
         with self._lock:
+            if self._closed:
+                raise HoverNetError(f"the image of {self.name} is closed (the viewer stopped)")
             if self._slide is None:
                 from hovernet.io.wsi import open_slide
 
                 self._slide = open_slide(self.image_path, mpp=self.summary.get("slide_mpp"))
-            return self._slide
+            self._readers += 1
+        try:
+            yield self._slide
+        finally:
+            with self._lock:
+                self._readers -= 1
+                if self._closed and not self._readers:
+                    self._close_image()
 
     def classes(self) -> list[dict[str, Any]]:
         """Legend entries: every class of type_info but the background, plus any type found,
@@ -91,7 +107,14 @@ class ViewSlide:
         return out
 
     def close(self) -> None:
+        """Close the store and the image; what other threads read now closes as they finish."""
         self.index.close()
+        with self._lock:
+            self._closed = True
+            if not self._readers:
+                self._close_image()
+
+    def _close_image(self) -> None:
         if self._slide is not None:
             self._slide.close()
             self._slide = None

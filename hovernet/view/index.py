@@ -2,7 +2,11 @@
 
 `StoreIndex(path)` opens a slide-mode nucleus store (`hovernet.io.store`) **read-only**: SQLite
 `mode=ro`, plus `immutable=1` when no `-wal` file lies beside it, so that nothing is created or
-changed in the output folder. Each server thread gets its own connection. Every query goes
+changed in the output folder. Each server thread gets its own connection. `close` may come
+while other threads query (Ctrl-C while the viewer counts the nuclei): it interrupts their
+running queries and leaves each of those connections to its thread, which closes it when the
+query returns; closing a connection under a running query crashes the process or hangs it.
+Every query goes
 through the store's read-only API (`hovernet.io.store.StoreReader`), which alone knows its
 tables; this module decides where the sidecar lives, what is cached, and how answers are packed.
 
@@ -19,12 +23,14 @@ level-0 pixels per store pixel.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +81,9 @@ class StoreIndex:
         self._lock = threading.Lock()
         self._compute_lock = threading.Lock()
         self._cache: dict[str, Any] = {}
-        self._readers: list[StoreReader] = []
+        self._readers: list[StoreReader] = []  # every thread's, open
+        self._busy: Counter[StoreReader] = Counter()  # those running a query now (nested: 2)
+        self._closed = False
         self._sidecar: Path | None = None
         reader = self._open()
         try:
@@ -106,13 +114,25 @@ class StoreIndex:
                 f"cannot open {self.path} read-only ({exc}): check its permissions"
             ) from exc
 
-    def _reader(self) -> StoreReader:
-        reader = getattr(self._local, "reader", None)
-        if reader is None:
-            reader = self._local.reader = self._open()
-            with self._lock:
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[StoreReader]:
+        """This thread's connection, marked busy while the caller queries (see `close`)."""
+        with self._lock:
+            if self._closed:
+                raise HoverNetError(f"the index of {self.path} is closed (the viewer stopped)")
+            reader = getattr(self._local, "reader", None)
+            if reader is None:
+                reader = self._local.reader = self._open()
                 self._readers.append(reader)
-        return reader
+            self._busy[reader] += 1
+        try:
+            yield reader
+        finally:
+            with self._lock:
+                self._busy[reader] -= 1
+                if self._closed and not self._busy[reader]:  # `close` left this one to us
+                    self._readers.remove(reader)
+                    reader.close()
 
     def _ensure_sidecar(self, signature: str, cache_dir: Path | None) -> Path:
         target = sidecar_path(self.path, cache_dir)
@@ -129,11 +149,17 @@ class StoreIndex:
         return target
 
     def close(self) -> None:
+        """Close the idle connections now; interrupt the queries running in other threads (they
+        raise sqlite3.OperationalError), whose connections close as those queries return.
+        Queries after this raise HoverNetError."""
         with self._lock:
+            self._closed = True
             for reader in self._readers:
-                reader.close()
-            self._readers.clear()
-        self._local = threading.local()
+                if self._busy[reader]:
+                    reader.interrupt()
+                else:
+                    reader.close()
+            self._readers = [r for r in self._readers if self._busy[r]]
 
     # -- queries --------------------------------------------------------------------------------
     def count(self) -> int:
@@ -157,7 +183,8 @@ class StoreIndex:
 
         Returns the binary answer of `pack_nuclei` (`unpack_nuclei` reads it), with `header`'s
         fields added to its header."""
-        rows = self._reader().outlines_in_box(box, types, limit)
+        with self._use() as reader:
+            rows = reader.outlines_in_box(box, types, limit)
         return pack_nuclei(rows[:limit], len(rows) > limit, self.um_per_px, header)
 
     def ids_in_box(
@@ -167,7 +194,8 @@ class StoreIndex:
         limit: int = 10000,
     ) -> tuple[list[int], bool]:
         """Store ids of the nuclei `query` finds (at most `limit`), and whether more met `box`."""
-        ids = self._reader().ids_in_box(box, types, limit)
+        with self._use() as reader:
+            ids = reader.ids_in_box(box, types, limit)
         return ids[:limit], len(ids) > limit
 
     def count_in_box(
@@ -177,17 +205,20 @@ class StoreIndex:
         limit: int = 10000,
     ) -> int:
         """How many nuclei `ids_in_box` finds (the same rule), counted up to `limit` + 1."""
-        return self._reader().count_in_box(box, types, limit)
+        with self._use() as reader:
+            return reader.count_in_box(box, types, limit)
 
     def records(self, ids: list[int]) -> list[dict[str, Any]]:
         """Full records (`hovernet.io.store` layout, `store_id` included) of these store ids."""
-        return self._reader().records(ids)
+        with self._use() as reader:
+            return reader.records(ids)
 
     def export_numbers(self, ids: Iterable[int]) -> dict[int, int]:
         """Store id -> the nucleus' number in the exports (1..N in store order: by region, then
         id), as the CSV's `id` and the GeoJSON's "Nucleus ID" give it."""
         offsets = self._cached("offsets", StoreReader.region_offsets)
-        return self._reader().export_numbers(ids, offsets)
+        with self._use() as reader:
+            return reader.export_numbers(ids, offsets)
 
     def density(self, bins: int = DENSITY_BINS) -> dict[str, Any]:
         """Nucleus centroids counted on a grid of `cell`-pixel squares (store pixels), per type:
@@ -235,7 +266,8 @@ class StoreIndex:
             with self._compute_lock:
                 value = self._cache.get(key)
                 if value is None:
-                    value = self._cache[key] = compute(self._reader())
+                    with self._use() as reader:
+                        value = self._cache[key] = compute(reader)
         return value
 
 

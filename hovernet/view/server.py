@@ -28,10 +28,11 @@ import json
 import logging
 import math
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, abort, request, send_from_directory
+from flask import Flask, Response, abort, current_app, request, send_from_directory
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from hovernet.view.catalog import ViewSlide, class_key
@@ -116,18 +117,23 @@ def create_app(
     Host header may carry (against DNS rebinding when bound to the loopback); None: any."""
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     app.url_map.merge_slashes = False  # "/static//etc/passwd" is a 404, not a redirect
-    by_name = {s.name: s for s in slides}
     cache = TileCache() if tile_cache_bytes is None else TileCache(tile_cache_bytes)
-    app.extensions["hovernet_view"] = {"slides": by_name, "tiles": cache}
+    app.extensions["hovernet_view"] = {"slides": {s.name: s for s in slides}, "tiles": cache}
+    _add_guards(app, allowed_hosts)
+    _add_slide_routes(app, slides, max_nuclei)
+    _add_nuclei_routes(app, max_nuclei)
+    return app
 
-    def get_slide(name: str) -> ViewSlide:
-        slide = by_name.get(name)
-        if slide is None:
-            abort(404, description=f"no slide named {name[:80]!r} here")
-        return slide
 
-    def class_keys(slide: ViewSlide) -> dict[str, int | None]:
-        return {c["key"]: c["type"] for c in slide.classes()}
+def _get_slide(name: str) -> ViewSlide:
+    slide = current_app.extensions["hovernet_view"]["slides"].get(name)
+    if slide is None:
+        abort(404, description=f"no slide named {name[:80]!r} here")
+    return slide
+
+
+def _add_guards(app: Flask, allowed_hosts: set[str] | None) -> None:
+    """The Host check, the headers of every answer, and errors as one JSON line."""
 
     @app.before_request
     def check_host() -> None:
@@ -148,6 +154,10 @@ def create_app(
         log.exception("request %s failed", request.path)
         return _json({"error": f"internal error ({type(exc).__name__}); see the server's log"}, 500)
 
+
+def _add_slide_routes(app: Flask, slides: list[ViewSlide], max_nuclei: int) -> None:
+    """The page, the slide list, one slide's description, its tiles and its heat map."""
+
     @app.get("/")
     def page():
         return send_from_directory(STATIC_DIR, "index.html")
@@ -158,7 +168,7 @@ def create_app(
 
     @app.get("/api/slides/<name>")
     def slide_info(name: str):
-        s = get_slide(name)
+        s = _get_slide(name)
         pyramid = s.pyramid
         doc = _slide_entry(s)
         doc.update(
@@ -176,41 +186,75 @@ def create_app(
 
     @app.get("/api/slides/<name>/tiles/<level>/<tile>")
     def tile(name: str, level: str, tile: str):
-        s = get_slide(name)
-        pyramid = s.pyramid
-        lv = parse_uint(level, "level", 0, pyramid.max_level)
-        match = _TILE.fullmatch(tile)
-        if match is None:
-            abort(404, description="tiles are named <x>_<y>.jpg")
-        x, y = (int(v) for v in match.groups())
-        try:
-            pyramid.tile_box(lv, x, y)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        key = (s.name, lv, x, y)
-        data = cache.get(key)
-        if data is None:
-            data = encode_jpeg(read_tile(s.slide(), pyramid, lv, x, y))
-            cache.put(key, data)
-        response = Response(data, mimetype="image/jpeg")
-        response.headers["Cache-Control"] = "private, max-age=3600"
-        return response
+        return _tile(_get_slide(name), level, tile)
 
-    def store_box(s: ViewSlide, param: str) -> tuple[float, ...]:
-        x0, y0, x1, y1 = parse_bbox(request.args.get(param), *s.dimensions, param)
-        k = s.index.scale
-        return x0 / k, y0 / k, x1 / k, y1 / k
+    @app.get("/api/slides/<name>/density")
+    def density(name: str):
+        return _density(_get_slide(name))
 
-    def box_and_types(s: ViewSlide) -> tuple[tuple[float, ...], list | None]:
-        return store_box(s, "bbox"), parse_types(request.args.get("types"), class_keys(s))
+
+def _tile(s: ViewSlide, level: str, tile: str) -> Response:
+    pyramid = s.pyramid
+    lv = parse_uint(level, "level", 0, pyramid.max_level)
+    match = _TILE.fullmatch(tile)
+    if match is None:
+        abort(404, description="tiles are named <x>_<y>.jpg")
+    x, y = (int(v) for v in match.groups())
+    try:
+        pyramid.tile_box(lv, x, y)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    cache = current_app.extensions["hovernet_view"]["tiles"]
+    key = (s.name, lv, x, y)
+    data = cache.get(key)
+    if data is None:
+        with s.reading() as image:
+            rgb = read_tile(image, pyramid, lv, x, y)
+        data = encode_jpeg(rgb)
+        cache.put(key, data)
+    response = Response(data, mimetype="image/jpeg")
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def _density(s: ViewSlide) -> Response:
+    grid = s.index.density()
+    counts = grid["counts"]
+    dtype = "uint16" if counts.size == 0 or counts.max() < 65536 else "uint32"
+    data = counts.astype("<u2" if dtype == "uint16" else "<u4").tobytes()
+    return _json(
+        {
+            "cell": grid["cell"],
+            "shape": grid["shape"],
+            "classes": [class_key(t) for t in grid["types"]],
+            "dtype": dtype,
+            "counts": base64.b64encode(data).decode("ascii"),
+        }
+    )
+
+
+def _store_box(s: ViewSlide, param: str) -> tuple[float, ...]:
+    """The level-0 box of query parameter `param`, in store pixels."""
+    x0, y0, x1, y1 = parse_bbox(request.args.get(param), *s.dimensions, param)
+    k = s.index.scale
+    return x0 / k, y0 / k, x1 / k, y1 / k
+
+
+def _box_and_types(s: ViewSlide) -> tuple[tuple[float, ...], list | None]:
+    keys = {c["key"]: c["type"] for c in s.classes()}
+    return _store_box(s, "bbox"), parse_types(request.args.get("types"), keys)
+
+
+def _add_nuclei_routes(app: Flask, max_nuclei: int) -> None:
+    """The nuclei in a box (binary, or as GeoJSON) and one nucleus' values."""
 
     @app.get("/api/slides/<name>/nuclei")
     def nuclei(name: str):
-        s = get_slide(name)
-        box, types = box_and_types(s)
+        s = _get_slide(name)
+        box, types = _box_and_types(s)
         header = None
         if "view" in request.args:  # counted as the download of that box counts
-            n = s.index.count_in_box(store_box(s, "view"), types, MAX_GEOJSON)
+            n = s.index.count_in_box(_store_box(s, "view"), types, MAX_GEOJSON)
             header = {"view": {"count": min(n, MAX_GEOJSON), "more": n > MAX_GEOJSON}}
         response = Response(s.index.query(box, types, max_nuclei, header), mimetype=BINARY)
         response.headers["Cache-Control"] = "no-store"
@@ -218,8 +262,8 @@ def create_app(
 
     @app.get("/api/slides/<name>/nuclei.geojson")
     def nuclei_geojson(name: str):
-        s = get_slide(name)
-        box, types = box_and_types(s)
+        s = _get_slide(name)
+        box, types = _box_and_types(s)
         ids, truncated = s.index.ids_in_box(box, types, MAX_GEOJSON)
         doc = _feature_collection(s, ids)
         bbox = request.args["bbox"]
@@ -230,32 +274,14 @@ def create_app(
         response.headers["Content-Disposition"] = f'attachment; filename="{s.name}_{label}.geojson"'
         return response
 
-    @app.get("/api/slides/<name>/density")
-    def density(name: str):
-        grid = get_slide(name).index.density()
-        counts = grid["counts"]
-        dtype = "uint16" if counts.size == 0 or counts.max() < 65536 else "uint32"
-        data = counts.astype("<u2" if dtype == "uint16" else "<u4").tobytes()
-        return _json(
-            {
-                "cell": grid["cell"],
-                "shape": grid["shape"],
-                "classes": [class_key(t) for t in grid["types"]],
-                "dtype": dtype,
-                "counts": base64.b64encode(data).decode("ascii"),
-            }
-        )
-
     @app.get("/api/slides/<name>/nucleus/<nid>")
     def nucleus(name: str, nid: str):
-        s = get_slide(name)
+        s = _get_slide(name)
         store_id = parse_uint(nid, "nucleus id", 1, 2**62)
         recs = s.index.records([store_id])
         if not recs:
             abort(404, description=f"no nucleus {store_id} in {s.name}")
         return _json(_nucleus_doc(s, recs[0]))
-
-    return app
 
 
 def _slide_entry(s: ViewSlide) -> dict[str, Any]:
@@ -313,6 +339,8 @@ def _num(value: Any, digits: int) -> float | None:
 
 # -- running it --------------------------------------------------------------------------------
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+THREADS = 4  # waitress threads answering requests
+STOP_WAIT_S = 2.0  # how long Ctrl-C waits for the threads to return (their reads interrupted)
 
 
 def serve(
@@ -322,70 +350,101 @@ def serve(
     port: int = 8765,
     open_browser: bool = True,
     echo=print,
-    threads: int = 4,
 ) -> None:
     """Serve `out_dir`'s slides until interrupted (see `hovernet view --help`)."""
-    import os
-    import sys
-    import threading
-    import warnings
-    import webbrowser
-
-    from waitress import create_server
-
-    from hovernet.errors import HoverNetError, HoverNetWarning
     from hovernet.progress import set_status
     from hovernet.view.catalog import load_slides
 
     slides = load_slides(out_dir, slide)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is 2"
     try:
-        loopback = host in LOOPBACK
-        allowed = LOOPBACK | {host} if loopback else None
-        app = create_app(slides, allowed_hosts=allowed)
-        try:
-            server = create_server(app, host=host, port=port, threads=threads, ident="hovernet")
-        except (OSError, ValueError) as exc:
-            raise HoverNetError(
-                f"cannot listen on {host}:{port} ({getattr(exc, 'strerror', None) or exc}): "
-                "pass another --port (--port 0: any free one) or --host"
-            ) from None
-        if not loopback:
-            warnings.warn(
-                f"--host {host}: anyone on the network who can reach this machine can see these "
-                "slides and their nuclei; use the default --host 127.0.0.1 to keep them private",
-                HoverNetWarning,
-                stacklevel=2,
-            )
+        server = _listen(slides, host, port)
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{getattr(server, 'effective_port', port)}/"
         names = ", ".join(s.name for s in slides[:3]) + (", ..." if len(slides) > 3 else "")
+        set_status(f"the viewer of {out_dir} stopped (nothing in it was changed)")
         echo(f"viewing {len(slides)} slide(s) of {out_dir} ({names}) at {url}")
         echo("press Ctrl-C to stop")
-        gui = (
-            sys.platform in ("darwin", "win32")
-            or os.environ.get("DISPLAY")
-            or os.environ.get("WAYLAND_DISPLAY")
-        )
-        if open_browser and gui:
-            threading.Timer(0.5, webbrowser.open, [url]).start()
-        elif open_browser:
-            echo(f"no display found: open {url} in a browser")
-        set_status(f"the viewer of {out_dir} stopped (nothing in it was changed)")
-        threading.Thread(target=_warm_up, args=(slides,), daemon=True).start()
-        try:
-            server.run()
-        finally:
-            server.close()
+        if open_browser:
+            _open_browser(url, echo)
+        _run(server, slides)
     finally:
         for s in slides:
             s.close()
 
 
-def _warm_up(slides: list[ViewSlide]) -> None:
-    """Count the nuclei per class and cell (one pass over each store) before the page asks."""
+def _run(server, slides: list[ViewSlide]) -> None:
+    """Serve until interrupted; then take no more requests, close the slides (which interrupts
+    what other threads read, see `ViewSlide.close`) and give the threads up to STOP_WAIT_S to
+    return, so that the interpreter does not exit under a thread still inside SQLite, numpy
+    or OpenCV (which crashed or aborted the viewer now and then)."""
+    stopping = threading.Event()
+    warm = threading.Thread(target=_warm_up, args=(slides, stopping), daemon=True)
+    warm.start()
+    try:
+        server.run()
+    finally:
+        stopping.set()
+        server.close()
+        for s in slides:
+            s.close()
+        warm.join(STOP_WAIT_S)
+        server.task_dispatcher.shutdown(timeout=STOP_WAIT_S)
+
+
+def _listen(slides: list[ViewSlide], host: str, port: int):
+    """The waitress server of the app on host:port (warning when that is not the loopback)."""
+    import warnings
+
+    from waitress import create_server
+
+    from hovernet.errors import HoverNetError, HoverNetWarning
+
+    loopback = host in LOOPBACK
+    allowed = LOOPBACK | {host} if loopback else None
+    app = create_app(slides, allowed_hosts=allowed)
+    try:
+        server = create_server(app, host=host, port=port, threads=THREADS, ident="hovernet")
+    except (OSError, ValueError) as exc:
+        raise HoverNetError(
+            f"cannot listen on {host}:{port} ({getattr(exc, 'strerror', None) or exc}): "
+            "pass another --port (--port 0: any free one) or --host"
+        ) from None
+    if not loopback:
+        warnings.warn(
+            f"--host {host}: anyone on the network who can reach this machine can see these "
+            "slides and their nuclei; use the default --host 127.0.0.1 to keep them private",
+            HoverNetWarning,
+            stacklevel=3,
+        )
+    return server
+
+
+def _open_browser(url: str, echo) -> None:
+    """Open `url` in a browser half a second from now, or say where to when there is no display."""
+    import os
+    import sys
+    import webbrowser
+
+    gui = (
+        sys.platform in ("darwin", "win32")
+        or os.environ.get("DISPLAY")
+        or os.environ.get("WAYLAND_DISPLAY")
+    )
+    if gui:
+        threading.Timer(0.5, webbrowser.open, [url]).start()
+    else:
+        echo(f"no display found: open {url} in a browser")
+
+
+def _warm_up(slides: list[ViewSlide], stopping: threading.Event) -> None:
+    """Count the nuclei per class and cell (one pass over each store) before the page asks;
+    stops quietly once `stopping` is set (the count in progress is interrupted by `close`)."""
     for s in slides:
+        if stopping.is_set():
+            return
         try:
             s.index.density()
         except Exception:  # the request that needs it reports the problem
-            log.exception("counting the nuclei of %s failed", s.name)
+            if not stopping.is_set():
+                log.exception("counting the nuclei of %s failed", s.name)

@@ -20,12 +20,12 @@ from hovernet.infer.ranks import (
     gather,
     init_distributed,
     leave_distributed,
-    my_slides,
     rank_and_world,
 )
 from hovernet.infer.slide import run_slides
 from hovernet.infer.slide_setup import SlideConfig
 from hovernet.model.standin import BlobNet
+from support.fixed_split import my_slides  # noqa: E402
 from support.slide_helpers import ArraySlide, dark_tissue  # noqa: E402
 
 
