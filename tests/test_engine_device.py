@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import DATA
+from support.network_batch import run_batch
 
 from hovernet.config import ModelGeometry
 from hovernet.device import autocast_dtype
@@ -26,7 +27,6 @@ from hovernet.infer.predict import (
     batch_size_for,
     predict_maps,
     predict_stream,
-    run_batch,
 )
 from hovernet.infer.sharedmem import SHM_DIR, SharedArrays, run_shipped, sweep_stale
 from hovernet.infer.tiling import Stitcher, TileGrid

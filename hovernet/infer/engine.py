@@ -182,8 +182,8 @@ def run_engine(
             return chosen
 
         stream = predict_stream(
-            model, items, config.batch_size, config.precision, geometry, alloc, clock,
-            select=counted, span=config.span_images,
+            model, items, config.batch_size, config.precision, geometry=geometry, alloc=alloc,
+            clock=clock, select=counted, span=config.span_images,
         )  # fmt: skip
         t_net = time.perf_counter()
         for key, image, maps in stream:
