@@ -49,14 +49,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_slide import SyntheticSlide, timed_slide_run  # noqa: E402
 
 from hovernet.device import autocast_dtype, model_device  # noqa: E402
+from hovernet.infer.gpu import compile_for_inference, probe_batch_size  # noqa: E402
 from hovernet.infer.maps import to_pred_maps  # noqa: E402
 from hovernet.infer.predict import (  # noqa: E402
     StageClock,
-    compile_for_inference,
     network_maps,
     predict_maps,
     predict_stream,
-    probe_batch_size,
 )
 from hovernet.infer.sharedmem import SharedArrays  # noqa: E402
 from hovernet.infer.tiling import Stitcher, TileGrid  # noqa: E402

@@ -275,7 +275,7 @@ def _gpu_settings(model, opts: InferOptions, batch_given: bool, compile_network:
     """The batch size (from free device memory on CUDA unless given), cuDNN's autotuner, and
     the compiled network if asked for."""
     from hovernet.device import model_device
-    from hovernet.infer.predict import compile_for_inference, probe_batch_size
+    from hovernet.infer.gpu import compile_for_inference, probe_batch_size
 
     if model_device(model).type != "cuda":
         if compile_network:
