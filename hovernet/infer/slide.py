@@ -37,6 +37,7 @@ from hovernet.infer.hv_calibration import calibrate_hv_ranges
 from hovernet.infer.maps import PredMaps
 from hovernet.infer.phased import PhasedStream
 from hovernet.infer.regions import NUCLEUS_MARGIN, Region, TissueBoxes
+from hovernet.infer.resample import model_mpp
 from hovernet.infer.resolution import plausibility_warnings
 from hovernet.infer.slide_plan import (
     SlideContext,
@@ -97,10 +98,10 @@ def run_slide(
     estimate = None
     if config.slide_mpp == "auto":
         config, estimate = resolve_auto_mpp(model, path, config, context.opener, context.log)
+    start = time.perf_counter()  # the wall time counts opening the slide, as it always did
     with context.open(path, config) as slide:
         if paths["summary"].exists() and not config.overwrite:
             return _finished_before(model, slide, config, name)
-        start = time.perf_counter()
         with slide_lock(config.output_dir / f"{name}.lock"):
             if config.overwrite:
                 remove_outputs(paths)
@@ -114,8 +115,7 @@ def run_slide(
 
 def _finished_before(model, slide, config: SlideConfig, name: str) -> SlideResult:
     """A finished slide: skipped when made by the same run, else a HoverNetError."""
-    model_mpp = getattr(getattr(model, "meta", None), "mpp", None)
-    frame = make_frame(slide, config, model_mpp, name, _quiet)
+    frame = make_frame(slide, config, model_mpp(model), name, _quiet)
     summary = output_paths(config.output_dir, name)["summary"]
     differs = finished_differs(summary, slide_record(model, config, slide.mpp, frame))
     if differs is None:

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from hovernet.config import ModelGeometry
+from hovernet.infer import resample
 from hovernet.infer.backends import effective_precision
 from hovernet.infer.phased import Phases
 from hovernet.infer.regions import NUCLEUS_MARGIN, Region, RegionPlan, plan_regions
-from hovernet.infer.resample import phase_offsets
 from hovernet.infer.run_record import RunRecord, recorded_run
 from hovernet.infer.slide_setup import SlideConfig
 from hovernet.infer.slide_tissue import default_tissue, no_tissue_warning, processed_mask
@@ -36,7 +36,7 @@ FORMAT_VERSION = 1  # of the store
 def slide_phases(slide_mpp: float, proc_mpp: float, phases: int | None) -> int:
     """How many sub-pixel phases to run: `phases`, or 4 where the slide is at least 1.5x finer
     than the processing resolution (`hovernet.infer.resample.phase_offsets`), else 1."""
-    return len(phase_offsets(slide_mpp / proc_mpp, phases))
+    return len(resample.phase_offsets(slide_mpp / proc_mpp, phases))
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ class SlideFrame:
         """How the network sees a region read at the frame: shrunk to the processing
         resolution at each phase (one phase: as read)."""
         k = self.k
-        return Phases(tuple(phase_offsets(1 / k, self.n_phases)), None if k == 1 else 1 / k)
+        offsets = resample.phase_offsets(1 / k, self.n_phases)
+        return Phases(tuple(offsets), None if k == 1 else 1 / k)
 
 
 def make_frame(slide, config: SlideConfig, model_mpp: float | None, name: str, log) -> SlideFrame:
@@ -227,8 +228,7 @@ def prepare_slide(
 ) -> SlidePlan:
     """The plan of the open `slide` (outputs named `name`): its frame, record, tissue mask and
     regions; `context.log` gets the frame's notes and a warning where no region holds tissue."""
-    frame = make_frame(slide, config, getattr(getattr(model, "meta", None), "mpp", None), name,
-                       context.log)  # fmt: skip
+    frame = make_frame(slide, config, resample.model_mpp(model), name, context.log)
     thumb, thumb_mpp, mask, mask_mpp = (context.tissue_fn or default_tissue)(slide, name, config)
     regions = plan_slide(model.geometry, frame, config.region_size, config.margin)
     mask = np.asarray(mask, bool)
