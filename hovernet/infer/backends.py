@@ -1,7 +1,7 @@
 """Inference backends: what runs the network on a batch of windows.
 
 The engine (`hovernet.infer.predict.predict_stream`, used by tile and slide mode and by
-`segment_image`) runs every batch through one function, `run_batch(model, patches, dtype)`.
+`segment_image`) runs every batch through one function, `network_maps(model, x, dtype)`.
 `use_backend(model, name)` records a backend for the model (in a table keyed weakly by the
 model, read back with `backend_of`); without one the batch runs through PyTorch. So the choice
 is made once, where the model is loaded, and nothing downstream changes.
