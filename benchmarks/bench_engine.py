@@ -52,14 +52,13 @@ from bench_slide import SyntheticSlide, timed_slide_run  # noqa: E402
 from support.stitcher import Stitcher  # noqa: E402
 
 from hovernet.device import autocast_dtype, model_device  # noqa: E402
+from hovernet.infer.gpu import compile_for_inference, probe_batch_size  # noqa: E402
 from hovernet.infer.maps import to_pred_maps  # noqa: E402
 from hovernet.infer.predict import (  # noqa: E402
     StageClock,
-    compile_for_inference,
     network_maps,
     predict_maps,
     predict_stream,
-    probe_batch_size,
 )
 from hovernet.infer.sharedmem import SharedArrays  # noqa: E402
 from hovernet.infer.tiling import TileGrid  # noqa: E402

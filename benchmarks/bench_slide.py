@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.network_batch
 
 MPP = 0.25
 TISSUE_RGB = (205, 150, 190)
@@ -219,9 +220,9 @@ def _network_only(model, windows: int, args, precision, wall) -> dict:
     import math
 
     import torch
+    from support.network_batch import run_batch
 
     from hovernet.device import autocast_dtype
-    from hovernet.infer.predict import run_batch
 
     g = model.geometry
     batch = np.random.default_rng(0).integers(

@@ -15,8 +15,9 @@ from support.slide_helpers import ArraySlide, dark_tissue, disk_image
 from support.view_helpers import CROP, slide_output
 
 from hovernet.errors import HoverNetError
+from hovernet.infer.hv_calibration import calibration_windows
 from hovernet.infer.slide import run_slides
-from hovernet.infer.slide_setup import SlideConfig, calibration_windows
+from hovernet.infer.slide_setup import SlideConfig
 from hovernet.infer.tissue import tissue_area_mm2
 from hovernet.io.density_files import read_density_tiff, write_density_tiff
 from hovernet.io.slide_exports import output_paths

@@ -15,19 +15,19 @@ import numpy as np
 import pytest
 import torch
 from conftest import DATA
+from support.network_batch import run_batch
 from support.stitcher import Stitcher
 
 from hovernet.config import ModelGeometry
 from hovernet.device import autocast_dtype
 from hovernet.errors import HoverNetError
 from hovernet.infer.engine import EngineConfig, FrontEnd, run_engine
+from hovernet.infer.gpu import batch_size_for
 from hovernet.infer.maps import maps_to_nuclei, to_pred_maps
 from hovernet.infer.predict import (
     StageClock,
-    batch_size_for,
     predict_maps,
     predict_stream,
-    run_batch,
 )
 from hovernet.infer.sharedmem import SHM_DIR, SharedArrays, run_shipped, sweep_stale
 from hovernet.infer.tiling import TileGrid
@@ -268,7 +268,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA dev
 @pytest.mark.gpu
 @gpu
 def test_cuda_maps_match_the_cpu_and_come_in_order():
-    from hovernet.infer.predict import probe_batch_size
+    from hovernet.infer.gpu import probe_batch_size
 
     cpu_model = BlobNet()
     cuda_model = BlobNet().cuda()

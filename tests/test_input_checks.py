@@ -30,7 +30,8 @@ from test_input_mpp import MONUSEG, blob_net
 
 from hovernet.errors import HoverNetError, HoverNetWarning
 from hovernet.infer.predict import segment_image
-from hovernet.infer.slide_setup import TissueSource, tissue_of
+from hovernet.infer.slide_setup import TissueSource
+from hovernet.infer.slide_tissue import tissue_of
 from hovernet.io.input_checks import colour_problem, format_mismatch, sniff_format
 from hovernet.io.slides import read_mask_image, read_rgb
 from hovernet.io.wsi import open_slide

@@ -206,18 +206,8 @@ KEYWORD_API = {
     "pred centroids and types) and radius=, type_ids=, as the original's compute_stats",
     "metrics/multiclass.py:pannuke_pq": "docs/metrics.md: four per-image map lists, the tissue "
     "names and class_ids=, match_iou=, as PanNuke's metrics",
-}
-
-# TEMPORARY: today's offenders in files other workers of issue 27 are splitting in parallel
-# (infer/, io/, view/). The lead empties this list once their branches are merged; an entry
-# that no longer offends fails the check, so the list can only shrink.
-NOT_YET_SPLIT = {
-    "infer/predict.py:_Image.__init__",
-    "infer/predict.py:predict_stream",
-    "infer/predict.py:segment_image",
-    "infer/slide.py:run_slide",
-    "infer/slide_setup.py:make_frame",
-    "infer/slide_setup.py:calibrate_hv_ranges",
+    "infer/predict.py:segment_image": "README, docs/inference.md: the Python API's one call, an "
+    "image with batch_size=, precision=, backend=, input_mpp=, proc_mpp=, phases=",
 }
 
 
@@ -297,8 +287,6 @@ def test_functions_outside_cli_are_short_and_take_few_parameters():
     found = _package_offenders()
     wrong = []
     for key, over in sorted(found.items()):
-        if key in NOT_YET_SPLIT:
-            continue
         if key in KEYWORD_API:
             over = {k: v for k, v in over.items() if k != "params"}
         if over:
@@ -307,8 +295,7 @@ def test_functions_outside_cli_are_short_and_take_few_parameters():
     assert not wrong, f"functions over {limits} (split them, or pass a config object):\n" + (
         "\n".join(wrong)
     )
-    stale = sorted(k for k in NOT_YET_SPLIT if k not in found)
-    stale += sorted(k for k in KEYWORD_API if "params" not in found.get(k, {}))
+    stale = sorted(k for k in KEYWORD_API if "params" not in found.get(k, {}))
     assert not stale, "allowed above but no longer over the limits: remove\n" + "\n".join(stale)
 
 

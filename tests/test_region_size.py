@@ -4,8 +4,8 @@ The original's watershed normalises the HV gradients by their extremes over what
 given; a trained model's extremes hardly depend on the map's extent, a weak model's do, and
 each region of a slide was then post-processed differently (with a model trained 4 minutes on
 seed_format, slide_b gave 1,575 nuclei with --region_size 1000 and 1,416 with 4000). Slide mode
-now measures the extremes once per slide (`slide_setup.calibrate_hv_ranges`) and every region uses
-them. The weak model here is the bundled one with HV outputs damped where the tissue is bright
+now measures the extremes once per slide (`hv_calibration.calibrate_hv_ranges`) and every region
+uses them. The weak model here is the bundled one with HV outputs damped where the tissue is bright
 (so the extremes vary from region to region)."""
 
 from __future__ import annotations

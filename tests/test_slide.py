@@ -23,10 +23,11 @@ from support.fixed_split import my_slides
 from support.slide_helpers import ArraySlide, dark_tissue, disk_image
 
 from hovernet.errors import HoverNetError
+from hovernet.infer.hv_calibration import calibration_windows
 from hovernet.infer.predict import segment_image
 from hovernet.infer.ranks import parse_shard
 from hovernet.infer.slide import run_slides
-from hovernet.infer.slide_setup import SlideConfig, calibration_windows
+from hovernet.infer.slide_setup import SlideConfig
 from hovernet.io.inputs import list_slides
 from hovernet.io.slide_exports import output_paths
 from hovernet.io.store import NucleusStore
@@ -563,6 +564,7 @@ def test_one_region_is_post_processed_here_without_the_pool(tmp_path):
     """A slide with a single tissue region has nothing to overlap: no worker is started for it,
     and the nuclei are those of a run with workers."""
     from hovernet.infer.slide import run_slide
+    from hovernet.infer.slide_plan import SlideContext
 
     image = disk_image((300, 300), disk_centres(300, 300))
     nuclei = {}
@@ -573,15 +575,8 @@ def test_one_region_is_post_processed_here_without_the_pool(tmp_path):
             tmp_path / str(region_size), proc_mpp=MPP, region_size=region_size, quiet=True,
             post_proc_workers=1,
         )  # fmt: skip
-        result = run_slide(
-            BlobNet(),
-            slide.path,
-            config,
-            pool,
-            lambda line: None,
-            lambda p, c, s=slide: s,
-            dark_tissue,
-        )
+        context = SlideContext(lambda line: None, lambda p, c, s=slide: s, dark_tissue, pool)
+        result = run_slide(BlobNet(), slide.path, config, context)
         assert result.status == "done"
         assert (pool.submitted > 0) is expect_pool
         assert result.summary["regions_this_run"] == (1 if not expect_pool else pool.submitted)
@@ -648,6 +643,7 @@ def test_a_run_stopped_after_any_region_resumes_to_the_same_bits(tmp_path):
     from dataclasses import replace as _replace
 
     from hovernet.infer.slide import run_slide
+    from hovernet.infer.slide_plan import SlideContext
 
     class Stop(Exception):
         pass
@@ -660,8 +656,8 @@ def test_a_run_stopped_after_any_region_resumes_to_the_same_bits(tmp_path):
     )  # fmt: skip
 
     def go(model, cfg):
-        return run_slide(model, slide.path, cfg, None, lambda line: None, lambda p, c: slide,
-                         dark_tissue)  # fmt: skip
+        context = SlideContext(lambda line: None, lambda p, c: slide, dark_tissue)
+        return run_slide(model, slide.path, cfg, context)
 
     whole = go(BlobNet(), config)
     reference = exports_of(output_paths(config.output_dir, "s"))

@@ -13,6 +13,7 @@ from support.slide_helpers import ArraySlide, dark_tissue, disk_image
 
 from hovernet.errors import HoverNetError
 from hovernet.infer.slide import run_slide, run_slides
+from hovernet.infer.slide_plan import SlideContext
 from hovernet.infer.slide_setup import SlideConfig
 from hovernet.io.slide_exports import output_paths
 from hovernet.io.store import NucleusStore
@@ -130,20 +131,18 @@ def test_a_half_done_slide_resumes_only_for_the_same_model(tmp_path):
         batch_size=1, model_id="aaaa",
     )  # fmt: skip
     slide = ArraySlide(Path("s.svs"), IMAGE, MPP)
+    context = SlideContext(stored.append, lambda p, c: slide, dark_tissue)
     set_status(None)
     with pytest.raises(Stop):
-        run_slide(OneRegionThenStop(), slide.path, config, None, stored.append,
-                  lambda p, c: slide, dark_tissue)  # fmt: skip
+        run_slide(OneRegionThenStop(), slide.path, config, context)
     with NucleusStore(output_paths(tmp_path, "s")["store"], {}) as store:
         n_done = len(store.done_regions())
     assert n_done >= 1
     assert f"{n_done} of " in current_status() and "tissue regions stored" in current_status()
     assert not (tmp_path / "s.lock").exists()
     with pytest.raises(HoverNetError, match="other settings.*model_id.*--overwrite"):
-        run_slide(BlobNet(), slide.path, _replace(config, model_id="bbbb"), None, stored.append,
-                  lambda p, c: slide, dark_tissue)  # fmt: skip
-    done = run_slide(BlobNet(), slide.path, config, None, stored.append, lambda p, c: slide,
-                     dark_tissue)  # fmt: skip
+        run_slide(BlobNet(), slide.path, _replace(config, model_id="bbbb"), context)
+    done = run_slide(BlobNet(), slide.path, config, context)
     assert (
         done.status == "done" and done.summary["regions_this_run"] < done.summary["regions_tissue"]
     )

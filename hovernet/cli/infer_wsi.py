@@ -11,6 +11,7 @@ tasks of a `--shard i/n` job array: each process takes the next unclaimed slide 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -144,8 +145,7 @@ def register_wsi(infer_app: typer.Typer) -> None:
             raise HoverNetError("give --slide_mpp or --slide_mag, not both")
         if input_mask_dir is not None and not input_mask_dir.is_dir():
             raise HoverNetError(f"--input_mask_dir {input_mask_dir} is not a folder")
-        run_wsi(
-            opts,
+        request = WsiRequest(
             input_dir,
             output_dir,
             shard,
@@ -170,6 +170,7 @@ def register_wsi(infer_app: typer.Typer) -> None:
             batch_given=batch_given,
             compile_network=compile_network,
         )
+        run_wsi(opts, request)
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -182,16 +183,20 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return parent.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
 
 
-def run_wsi(
-    opts: InferOptions,
-    input_dir: str,
-    output_dir: Path,
-    shard: str | None,
-    fields: dict,
-    mem_usage: float,
-    batch_given: bool = True,
-    compile_network: bool = False,
-) -> None:
+@dataclass(frozen=True)
+class WsiRequest:
+    """What `hovernet infer wsi` is asked besides the options it shares with `infer tile`."""
+
+    input_dir: str
+    output_dir: Path
+    shard: str | None
+    fields: dict  # SlideConfig's fields from the command line
+    mem_usage: float  # share of physical memory for maps waiting for post-processing
+    batch_given: bool = True  # --batch_size given (else sized from free CUDA memory)
+    compile_network: bool = False
+
+
+def run_wsi(opts: InferOptions, request: WsiRequest) -> None:
     """List and share out the slides, load the model, run, report; exit 2 if any failed.
 
     On CUDA without an explicit --batch_size the batch is sized from free device memory."""
@@ -217,8 +222,9 @@ def run_wsi(
     from hovernet.io.atomic import check_writable_dir, remove_empty_dirs
     from hovernet.io.inputs import list_slides
 
-    slides = list_slides(input_dir)
-    shard_of = parse_shard(shard)
+    output_dir = request.output_dir
+    slides = list_slides(request.input_dir)
+    shard_of = parse_shard(request.shard)
     rank, world = rank_and_world(shard_of)
     distributed = init_distributed()
     created = check_writable_dir(output_dir)  # the claims of a job array live there
@@ -231,7 +237,7 @@ def run_wsi(
     load = opts.load_options()
     model, type_info = load_for_inference(load)
     stain_norm = opts.attach_stain_norm(model)
-    batch_size = _gpu_settings(model, opts, batch_given, compile_network)
+    batch_size = _gpu_settings(model, opts, request.batch_given, request.compile_network)
     who = f"rank {rank}/{world}: " if world > 1 else ""
     line = describe_model(model, type_info, load, batch_size)
     shared = "; taken one at a time as ranks free up" if world > 1 else ""
@@ -242,12 +248,12 @@ def run_wsi(
         precision=opts.precision,
         post_proc_workers=opts.post_proc_workers(at_most=8, at_least=1),
         read_workers=max(1, opts.nr_inference_workers),
-        mem_budget=int(mem_usage * physical_memory()),
+        mem_budget=int(request.mem_usage * physical_memory()),
         type_info=type_info,
         model_name=model_label(load.model_path),  # as the demo names it; not the run's identity
         model_id=checkpoint_id(load.model_path),
         stain_norm=stain_norm,
-        **fields,
+        **request.fields,
     )
     try:
         results = run_slides(model, mine, config, log=_log)
@@ -257,9 +263,15 @@ def run_wsi(
     if distributed:
         results = gather(results)
         leave_distributed()
+    _report(results, output_dir, rank == 0 or not distributed)
+
+
+def _report(results: list, output_dir: Path, prints: bool) -> None:
+    """The closing line (where `prints`: rank 0 of a torchrun job), and a HoverNetError naming
+    the slides that failed."""
     failed = [r for r in results if r.status == "failed"]
     done = [r for r in results if r.status == "done"]
-    if rank == 0 or not distributed:
+    if prints:
         skipped = len(results) - len(done) - len(failed)
         print(
             f"{len(done)} slides done ({sum(r.n_nuclei for r in done)} nuclei), {skipped} "
@@ -275,7 +287,7 @@ def _gpu_settings(model, opts: InferOptions, batch_given: bool, compile_network:
     """The batch size (from free device memory on CUDA unless given), cuDNN's autotuner, and
     the compiled network if asked for."""
     from hovernet.device import model_device
-    from hovernet.infer.predict import compile_for_inference, probe_batch_size
+    from hovernet.infer.gpu import compile_for_inference, probe_batch_size
 
     if model_device(model).type != "cuda":
         if compile_network:

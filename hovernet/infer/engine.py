@@ -190,8 +190,9 @@ class _EngineRun:
         config = self.config
         alloc = self.shared.empty if self.shared is not None else None
         stream = predict_stream(
-            self.model, items, config.batch_size, config.precision, self.model.geometry, alloc,
-            self.clock, select=self.counted, span=config.span_images,
+            self.model, items, config.batch_size, config.precision,
+            geometry=self.model.geometry, alloc=alloc, clock=self.clock, select=self.counted,
+            span=config.span_images,
         )  # fmt: skip
         t_net = time.perf_counter()
         for key, image, maps in stream:

@@ -23,6 +23,7 @@ import time
 import warnings
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,8 @@ from hovernet.device import autocast_dtype, model_device
 from hovernet.errors import HoverNetError, HoverNetWarning
 from hovernet.infer import resample
 from hovernet.infer.backends import backend_of, use_backend
-from hovernet.infer.maps import PredMaps, maps_to_nuclei, merge_phase_maps
+from hovernet.infer.maps import PredMaps, maps_to_nuclei
+from hovernet.infer.phased import Phases, phased_stream
 from hovernet.infer.tiling import TileGrid
 from hovernet.model.inference import logits_to_maps
 
@@ -93,33 +95,30 @@ def network_maps(
     return logits_to_maps(out)
 
 
-def run_batch(model: torch.nn.Module, patches: np.ndarray, dtype: torch.dtype | None) -> np.ndarray:
-    """N x S x S x 3 uint8 windows -> N x s x s x (3 + C) float32 [np prob, h, v, softmax...]
-    on the host (one batch in and out: benchmarks' network-only baseline)."""
-    backend = backend_of(model)
-    if backend is not None:
-        return backend.run(patches)
-    x = torch.from_numpy(patches)
-    device = model_device(model)
-    if device.type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
-    return network_maps(model, x, dtype).to("cpu").numpy()
-
-
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """A host array as a tensor on `device` (CUDA: through pinned memory, not waiting)."""
     tensor = torch.from_numpy(array)
     return tensor if device.type != "cuda" else tensor.pin_memory().to(device, non_blocking=True)
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where an image's maps are made: their type channels, the device, the host arrays."""
+
+    nr_types: int
+    device: torch.device
+    alloc: Alloc
+
+
 class _Image:
     """One image in flight: its padded pixels and its maps being filled, on the device."""
 
-    def __init__(self, key, image, grid: TileGrid, padded, nr_types: int, device, alloc: Alloc):
+    def __init__(self, key, image, grid: TileGrid, padded, target: _Target):
         self.key, self.image, self.grid, self.padded = key, image, grid, padded
         self.windows = grid.windows()
         self.left = len(self.windows)
         h, w = grid.image_shape
+        nr_types, device = target.nr_types, target.device
         self.typed = nr_types > 0
         self.host = device.type == "cpu"  # maps written straight into host arrays
 
@@ -127,7 +126,7 @@ class _Image:
 
         def empty(*shape: int) -> torch.Tensor:
             if self.host:
-                self.arrays.append(alloc(shape, np.float32))
+                self.arrays.append(target.alloc(shape, np.float32))
                 return torch.from_numpy(self.arrays[-1])
             return torch.empty(shape, dtype=torch.float32, device=device)
 
@@ -193,23 +192,40 @@ class _Image:
         return PredMaps(*out)
 
 
+@dataclass(frozen=True)
+class StreamOptions:
+    """How `predict_stream` runs (see there): windows per batch, autocast precision, the
+    network's geometry (None: `model.geometry`), the maps' host arrays (`alloc(shape, dtype)`,
+    None: `np.empty`), stage timing, finished images waiting for their copy (CUDA), the windows
+    to run (`select`, None: all) and whether batches span images."""
+
+    batch_size: int = 8
+    precision: str = "auto"
+    geometry: ModelGeometry | None = None
+    alloc: Alloc | None = None
+    clock: StageClock | None = None
+    max_lag: int = 2
+    select: Select | None = None
+    span: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise HoverNetError(f"batch size must be at least 1, got {self.batch_size}")
+
+
 def predict_stream(
     model: torch.nn.Module,
     items: Iterable[tuple[Any, np.ndarray]],
     batch_size: int = 8,
     precision: str = "auto",
-    geometry: ModelGeometry | None = None,
-    alloc: Alloc | None = None,
-    clock: StageClock | None = None,
-    max_lag: int = 2,
-    select: Select | None = None,
-    span: bool = True,
+    **options: Any,
 ) -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
     """Yield (key, image, PredMaps) for each (key, RGB uint8 image), in order.
 
     Windows of consecutive images share batches. The model runs under `torch.inference_mode`
     on the device of its parameters, with autocast per `precision` (see `autocast_dtype`).
-    `geometry` defaults to `model.geometry`; `model.nr_types` (None = untyped) sets the maps.
+    `options` are `StreamOptions`' other fields, by keyword. `geometry` defaults to
+    `model.geometry`; `model.nr_types` (None = untyped) sets the maps.
     `alloc(shape, dtype)` makes the host arrays of the maps (default `np.empty`); `clock`
     times the stages (`StageClock`). A model marked `fixed_batch` (compiled for one shape) gets
     its last batch filled up with copies of its first window, whose outputs are dropped.
@@ -222,82 +238,102 @@ def predict_stream(
     one bit for bit). Where `model.stain_norm` is set (`--stain_norm`), the network sees
     `model.stain_norm(image)`; the yielded image is the one given.
     """
-    if batch_size < 1:
-        raise HoverNetError(f"batch size must be at least 1, got {batch_size}")
-    geometry = geometry or model.geometry
-    nr_types = getattr(model, "nr_types", None) or 0
-    on = model_device(model) if backend_of(model) is None else torch.device("cpu")
-    dtype = autocast_dtype(model_device(model), precision)
-    alloc = alloc or (lambda shape, dt: np.empty(shape, dt))
-    clock = clock or NO_CLOCK
-    fixed = bool(getattr(model, "fixed_batch", False))
-    norm = getattr(model, "stain_norm", None)  # RGB -> RGB; the maps keep the image's pixels
-    copier = torch.cuda.Stream(on) if on.type == "cuda" else None
-    waiting: deque[_Image] = deque()  # images with windows still to run, in order
-    finishing: deque[tuple[_Image, Any]] = deque()  # CUDA: done there, not yet copied back
-    batch: list[tuple[_Image, int]] = []
+    stream = _Stream(model, StreamOptions(batch_size, precision, **options))
+    with torch.inference_mode():
+        waited = time.perf_counter()
+        for key, image in items:
+            if stream.clock is not NO_CLOCK:
+                stream.clock.seconds["read"] += time.perf_counter() - waited
+            yield from stream.add(key, image)
+            waited = time.perf_counter()
+        yield from stream.close()
 
-    def drain(force: bool) -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
-        while finishing and (force or len(finishing) > max_lag or finishing[0][1].query()):
-            state, ready = finishing.popleft()
-            with clock("download"):
-                maps = state.maps(alloc, copier, ready)
-            yield state.key, state.image, maps
 
-    def flush() -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
+class _Stream:
+    """`predict_stream`'s state: images with windows still to run (in order), the batch being
+    filled, and (CUDA) finished images whose maps are being copied back."""
+
+    def __init__(self, model: torch.nn.Module, opts: StreamOptions):
+        self.model, self.opts = model, opts
+        self.geometry = opts.geometry or model.geometry
+        on = model_device(model) if backend_of(model) is None else torch.device("cpu")
+        self.dtype = autocast_dtype(model_device(model), opts.precision)
+        self.alloc = opts.alloc or (lambda shape, dt: np.empty(shape, dt))
+        self.target = _Target(getattr(model, "nr_types", None) or 0, on, self.alloc)
+        self.clock = opts.clock or NO_CLOCK
+        self.fixed = bool(getattr(model, "fixed_batch", False))
+        self.norm = getattr(model, "stain_norm", None)  # RGB -> RGB; maps keep the image's pixels
+        self.copier = torch.cuda.Stream(on) if on.type == "cuda" else None
+        self.waiting: deque[_Image] = deque()  # images with windows still to run, in order
+        self.finishing: deque[tuple[_Image, Any]] = deque()  # CUDA: done, not yet copied back
+        self.batch: list[tuple[_Image, int]] = []
+
+    def add(self, key: Any, image: np.ndarray) -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
+        """Queue `image`'s windows (running each batch as it fills); yield what is finished."""
+        opts, clock = self.opts, self.clock
+        image = check_image(image, key)
+        grid = TileGrid(image.shape[:2], self.geometry.input_size, self.geometry.output_size)
+        with clock("pad"):
+            pixels = image if self.norm is None else self.norm(image)
+            padded = to_device(grid.pad(pixels), self.target.device)
+        state = _Image(key, image, grid, padded, self.target)
+        self.waiting.append(state)
+        run = opts.select(key, grid) if opts.select is not None else None
+        for index in range(len(grid)):
+            if run is not None and not run[index]:
+                state.blank(index)
+                continue
+            self.batch.append((state, index))
+            if len(self.batch) == opts.batch_size:
+                yield from self.flush()
+        if self.batch and not opts.span:
+            yield from self.flush()
+        yield from self.release()  # an image without windows to run (else a no-op)
+
+    def close(self) -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
+        if self.batch:
+            yield from self.flush()
+        yield from self.drain(force=True)
+
+    def flush(self) -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
+        """Run the batch and place its outputs."""
+        clock, batch = self.clock, self.batch
         with clock("cut"):
             views = [state.window(index) for state, index in batch]
-            views += views[:1] * (batch_size - len(views) if fixed else 0)
+            views += views[:1] * (self.opts.batch_size - len(views) if self.fixed else 0)
             x = torch.stack(views)
         with clock("network"):
-            outputs = network_maps(model, x, dtype)
+            outputs = network_maps(self.model, x, self.dtype)
         with clock("stitch"):
             for (state, index), output in zip(batch, outputs, strict=False):
                 state.place(index, output)
         clock.count("windows", len(batch))
         batch.clear()
-        yield from release()
+        yield from self.release()
 
-    def release() -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
+    def release(self) -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
         """The images at the head of the queue whose windows are all done, in order."""
-        while waiting and waiting[0].left == 0:
-            state = waiting.popleft()
-            with clock("finish"):
+        while self.waiting and self.waiting[0].left == 0:
+            state = self.waiting.popleft()
+            with self.clock("finish"):
                 state.finish()
-            if copier is None:
-                yield state.key, state.image, state.maps(alloc)
+            if self.copier is None:
+                yield state.key, state.image, state.maps(self.alloc)
                 continue
             ready = torch.cuda.Event()
             ready.record()
-            finishing.append((state, ready))
-        yield from drain(force=False)
+            self.finishing.append((state, ready))
+        yield from self.drain(force=False)
 
-    with torch.inference_mode():
-        waited = time.perf_counter()
-        for key, image in items:
-            if clock is not NO_CLOCK:
-                clock.seconds["read"] += time.perf_counter() - waited
-            image = check_image(image, key)
-            grid = TileGrid(image.shape[:2], geometry.input_size, geometry.output_size)
-            with clock("pad"):
-                padded = to_device(grid.pad(image if norm is None else norm(image)), on)
-            state = _Image(key, image, grid, padded, nr_types, on, alloc)
-            waiting.append(state)
-            run = select(key, grid) if select is not None else None
-            for index in range(len(grid)):
-                if run is not None and not run[index]:
-                    state.blank(index)
-                    continue
-                batch.append((state, index))
-                if len(batch) == batch_size:
-                    yield from flush()
-            if batch and not span:
-                yield from flush()
-            yield from release()  # an image without windows to run (else a no-op)
-            waited = time.perf_counter()
-        if batch:
-            yield from flush()
-        yield from drain(force=True)
+    def drain(self, force: bool) -> Iterator[tuple[Any, np.ndarray, PredMaps]]:
+        finishing = self.finishing
+        while finishing and (
+            force or len(finishing) > self.opts.max_lag or finishing[0][1].query()
+        ):
+            state, ready = finishing.popleft()
+            with self.clock("download"):
+                maps = state.maps(self.alloc, self.copier, ready)
+            yield state.key, state.image, maps
 
 
 def check_image(image: np.ndarray, key: Any) -> np.ndarray:
@@ -317,48 +353,29 @@ def predict_maps(
     geometry: ModelGeometry | None = None,
 ) -> PredMaps:
     """The stitched network maps of one RGB uint8 image of any size."""
-    ((_, _, maps),) = predict_stream(model, [("image", image)], batch_size, precision, geometry)
+    stream = predict_stream(model, [("image", image)], batch_size, precision, geometry=geometry)
+    ((_, _, maps),) = stream
     return maps
-
-
-def predict_phases(
-    model: torch.nn.Module,
-    image: np.ndarray,
-    scale: float | None,
-    offsets: list[tuple[int, int]],
-    batch_size: int = 8,
-    precision: str = "auto",
-) -> tuple[PredMaps, np.ndarray]:
-    """The maps of `image` resampled by `scale` at its sub-pixel phases `offsets`, merged
-    (`merge_phase_maps`): (maps on the network grid, nucleus probability at the image's
-    pixels, or at the network's for one phase)."""
-    ((maps, prob),) = predict_phases_many(model, [image], scale, offsets, batch_size, precision)
-    return maps, prob
 
 
 def predict_phases_many(
     model: torch.nn.Module,
     images: list[np.ndarray],
-    scale: float | None,
-    offsets: list[tuple[int, int]],
+    phases: Phases,
     batch_size: int = 8,
     precision: str = "auto",
-) -> list[tuple[PredMaps, np.ndarray]]:
-    """`predict_phases` of each image, their windows sharing batches (for the bundled model
-    the same bits as one image at a time, measured; in general a kernel's work split can move
-    a value by one float step with the batch, see `predict_stream`'s `span`)."""
-    items = (
-        ((i, k), phase)
-        for i, image in enumerate(images)
-        for k, phase in enumerate(resample.phase_inputs(image, offsets, scale))
-    )
-    phase_maps: list[list[PredMaps]] = [[] for _ in images]
-    for (i, _), _, maps in predict_stream(model, items, batch_size, precision):
-        phase_maps[i].append(maps)
-    return [
-        merge_phase_maps(maps, offsets, image.shape)
-        for maps, image in zip(phase_maps, images, strict=True)
-    ]
+) -> list[tuple[PredMaps, np.ndarray | None]]:
+    """(merged maps on the network grid, merged nucleus probability at the image's pixels or
+    None for one phase) of each image run at `phases` (`hovernet.infer.phased`), their windows
+    sharing batches (for the bundled model the same bits as one image at a time, measured; in
+    general a kernel's work split can move a value by one float step with the batch, see
+    `predict_stream`'s `span`)."""
+
+    def predict(items: Iterable[tuple[Any, np.ndarray]]) -> Iterator:
+        return predict_stream(model, items, batch_size, precision)
+
+    merged = phased_stream(predict, enumerate(images), phases)
+    return [(maps, prob) for _, _, maps, prob in merged]
 
 
 def segment_image(
@@ -394,57 +411,9 @@ def segment_image(
         whose = "the model's" if proc_mpp is None else "proc_mpp's"
         said = f"image: no input_mpp given, so it is taken to be at {whose} {map_mpp:g} um/px"
         warnings.warn(HoverNetWarning(f"{said}; pass input_mpp=... (0.25 for 40x)"), stacklevel=2)
-    offsets = resample.phase_offsets(scale, phases)
-    maps, prob = predict_phases(model, image, scale, offsets, batch_size, precision)
+    ((maps, prob),) = predict_phases_many(
+        model, [image], Phases.of(scale, phases), batch_size, precision
+    )
     inst_map, nuclei = maps_to_nuclei(maps, model.nr_types, map_mpp, image.shape, prob)
     typed = maps.type_softmax is not None
     return inst_map, nuclei, resample.maps_to_input(maps.pred_map, image.shape, typed)
-
-
-# ----------------------------------------------------------------------------------------------
-# GPU settings: batch size from free memory, compiled network
-
-
-def batch_size_for(
-    free_bytes: int, per_window: float, fixed: float = 0.0, share: float = 0.5, cap: int = 512
-) -> int:
-    """The largest batch whose network memory (`fixed` + `per_window` x batch) fits in `share`
-    of `free_bytes` (the rest is left for the maps of the images in flight), rounded down to a
-    multiple of 8 from 8 on, at most `cap`, at least 1."""
-    if per_window <= 0:
-        raise HoverNetError(f"memory per window must be positive, got {per_window}")
-    n = int((free_bytes * share - fixed) // per_window)
-    n = min(cap, n)
-    return max(1, n // 8 * 8 if n >= 8 else n)
-
-
-def probe_batch_size(model: torch.nn.Module, precision: str = "auto", cap: int = 512) -> int:
-    """A batch size for `model` on its CUDA device from the memory that batches of 4 and 8
-    windows take (peak allocated) and the device's free memory (`torch.cuda.mem_get_info`)."""
-    device = model_device(model)
-    if device.type != "cuda":
-        raise HoverNetError(f"batch sizes are measured on CUDA devices, not on {device}")
-    dtype = autocast_dtype(device, precision)
-    size = model.geometry.input_size
-    peaks = []
-    with torch.inference_mode():
-        for n in (4, 8):
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            x = torch.zeros((n, size, size, 3), dtype=torch.uint8, device=device)
-            network_maps(model, x, dtype)
-            torch.cuda.synchronize(device)
-            peaks.append(torch.cuda.max_memory_allocated(device) - base)
-            del x
-    per_window = max(1.0, (peaks[1] - peaks[0]) / 4)
-    free, _ = torch.cuda.mem_get_info(device)
-    return batch_size_for(free, per_window, max(0.0, peaks[0] - 4 * per_window), cap=cap)
-
-
-def compile_for_inference(model: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
-    """`torch.compile` the network in place for one batch shape (`fixed_batch`: the last batch
-    of a stream is filled up, so nothing recompiles); the first batch pays the compilation."""
-    model.compile(dynamic=False, mode=mode)
-    model.fixed_batch = True
-    return model

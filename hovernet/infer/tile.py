@@ -30,7 +30,9 @@ from hovernet.infer.engine import (
     read_ahead,
     run_engine,
 )
-from hovernet.infer.maps import PhaseCollector, PredMaps, merge_phase_maps
+from hovernet.infer.maps import PredMaps
+from hovernet.infer.phased import PhasedStream, Phases
+from hovernet.infer.run_record import RUN_RECORD, RunRecord, recorded_run
 from hovernet.infer.tile_worker import TileJob, finish_tile, is_done
 from hovernet.infer.tiling import TileGrid
 from hovernet.io.atomic import (
@@ -46,7 +48,6 @@ from hovernet.io.type_info import TypeInfo
 from hovernet.io.write_errors import write_failure
 from hovernet.progress import Progress, set_status
 
-RUN_RECORD = "hovernet-run.json"  # the model and settings the folder's outputs were made with
 RESUME = "rerun the same command to resume (finished images are skipped)"
 
 
@@ -95,26 +96,26 @@ class TileSummary:
 
 
 class _TileRun:
-    """The state of one `run_tile`: what is done, the phases waiting, the progress bar. Its
-    methods are the engine's `make_job` and `on_result`."""
+    """The state of one `run_tile`: what is done, the progress bar. Its methods make the
+    engine's `make_job` (of an image's merged phases) and `on_result`."""
 
     def __init__(self, model, config: TileConfig, files: list[Path], log, bar: Progress):
         self.model, self.config, self.files, self.log, self.bar = model, config, files, log, bar
         self.mpp = resample.model_mpp(model)
         self.scale = resample.resolution_scale(config.input_mpp, self.mpp, config.proc_mpp)
-        self.offsets = resample.phase_offsets(self.scale, config.phases)
+        self.phases = Phases.of(self.scale, config.phases)
         self.summary = TileSummary()
-        self.key = {
-            "model_id": config.model_id,
-            "mode": getattr(model, "mode", None),
-            "nr_types": getattr(model, "nr_types", None),
-            "precision": effective_precision(model, config.precision),
-            "input_mpp": config.input_mpp,
-            "proc_mpp": config.proc_mpp or self.mpp,
-            "phases": len(self.offsets),
-            "features": config.features,
-            "stain_norm": config.stain_norm,
-        }
+        self.record = RunRecord.of(
+            config.model_id,
+            mode=getattr(model, "mode", None),
+            nr_types=getattr(model, "nr_types", None),
+            precision=effective_precision(model, config.precision),
+            input_mpp=config.input_mpp,
+            proc_mpp=config.proc_mpp or self.mpp,
+            phases=self.phases.n,
+            features=config.features,
+            stain_norm=config.stain_norm,
+        )
         self.todo: list[Path] = []
         for path in files:
             if not config.overwrite and is_done(config.output_dir, output_stem(path)):
@@ -124,8 +125,7 @@ class _TileRun:
         self.sizes = {p: image_size(p) for p in self.todo}
         self.lock = threading.Lock()
         self.fatal: list[str] = []
-        self.originals: dict[Path, np.ndarray] = {}  # input images while resampled ones run
-        self.phases = PhaseCollector(len(self.offsets))
+        self.stream = PhasedStream(self.phases)  # each image's phases out, merged maps back
         # the input images' resolution: given, else the network's (they are not resampled)
         self.image_mpp = config.input_mpp or config.proc_mpp or self.mpp
 
@@ -136,7 +136,7 @@ class _TileRun:
         record = out / RUN_RECORD
         if s.skipped:
             try:
-                old = json.loads(record.read_text(encoding="utf-8"))
+                old = recorded_run(record)
             except (OSError, ValueError):
                 old = None
             if not isinstance(old, dict):
@@ -145,15 +145,16 @@ class _TileRun:
                     f"readable {RUN_RECORD} saying which model made them: pass --overwrite to "
                     "redo them, or choose another --output_dir"
                 )
-            diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in self.key.items() if old.get(k) != v]
+            diff = self.record.differences(old)
             if diff:
                 raise HoverNetError(
                     f"the outputs in {out} were made with another model or settings "
-                    f"({'; '.join(diff)}): pass --overwrite to redo them, or choose another "
+                    f"({diff}): pass --overwrite to redo them, or choose another "
                     "--output_dir"
                 )
         try:
-            write_text_atomic(record, json.dumps(self.key, indent=1, sort_keys=True))
+            record_text = json.dumps(self.record.to_dict(), indent=1, sort_keys=True)
+            write_text_atomic(record, record_text)
         except OSError as exc:
             message = write_failure(exc, out, RESUME)
             if message is None:
@@ -166,8 +167,8 @@ class _TileRun:
 
     def total_patches(self) -> int:
         known = [s for s in self.sizes.values() if s is not None]
-        each = [self.patches_of(resample.model_shape(s, self.scale)) for s in known]
-        return len(self.offsets) * sum(each)
+        each = [self.patches_of(self.phases.network_shape(s)) for s in known]
+        return self.phases.n * sum(each)
 
     def status(self) -> None:
         s = self.summary
@@ -179,7 +180,7 @@ class _TileRun:
         )
 
     def images(self) -> Iterator[tuple[Path, np.ndarray]]:
-        """(path, network input) for each readable image and each of its phases."""
+        """(path, image) for each readable image."""
         for path, future in read_ahead(self.todo, read_rgb, self.config.read_workers):
             try:
                 image = future.result()
@@ -188,29 +189,24 @@ class _TileRun:
                 # a HoverNetError names the file already
                 self.log(f"skipped {exc}" if str(path) in str(exc) else f"skipped {path}: {exc}")
                 continue
-            for resampled in resample.phase_inputs(image, self.offsets, self.scale):
-                if resampled is not image:
-                    self.originals[path] = image
-                yield path, resampled
+            yield path, image
 
-    def make_job(self, path: Path, image: np.ndarray, maps: PredMaps) -> tuple[Any, int]:
+    def make_job(
+        self, path: Path, image: np.ndarray, maps: PredMaps, prob: np.ndarray | None
+    ) -> tuple[Any, int]:
+        """The job of an image's merged maps (`prob`: with several phases)."""
         if self.fatal:
             raise HoverNetError(self.fatal[0])
-        n_patches = self.patches_of(image.shape)
-        if self.sizes.get(path) is None and self.phases.is_first(path):  # size unknown before
-            self.bar.set_total((self.bar.total or 0) + len(self.offsets) * n_patches)
+        n_patches = self.phases.n * self.patches_of(self.phases.network_shape(image.shape))
+        if self.sizes.get(path) is None:  # its size was unknown before
+            self.bar.set_total((self.bar.total or 0) + n_patches)
         with self.lock:
             nuclei = sum(self.summary.done.values())
         self.bar.advance(n_patches, nuclei=nuclei)
-        done = self.phases.add(path, maps)
-        if done is None:
-            return None, 0  # the image's other phases are still to come
-        original = self.originals.pop(path, image)
-        maps, prob = merge_phase_maps(done, self.offsets, original.shape)
         config = self.config
         job = TileJob(
             name=output_stem(path),
-            image=original,
+            image=image,
             maps=maps,
             nr_types=self.model.nr_types,
             output_dir=config.output_dir,
@@ -218,7 +214,7 @@ class _TileRun:
             draw_dot=config.draw_dot,
             save_raw_map=config.save_raw_map,
             maps_mpp=config.proc_mpp or self.mpp,
-            prob=prob if len(self.offsets) > 1 else None,
+            prob=prob,
             features=config.features,
             image_mpp=self.image_mpp,
         )
@@ -278,12 +274,12 @@ def run_tile(
             "warning: the images' resolution is unknown (the checkpoint records none): the "
             "ring features (ring_*) are left empty; pass --input_mpp to measure them"
         )
-    n = len(run.offsets)
+    n = run.phases.n
     if n > 1:
         log(
             f"the network runs on {n} sub-pixel phases of each image (shifted by half a network "
-            f"pixel, {run.offsets[-1][0]} input px), averaged: finer outlines for {n}x the "
-            "network time (--phases 1: one)"
+            f"pixel, {run.phases.offsets[-1][0]} input px), averaged: finer outlines for {n}x "
+            "the network time (--phases 1: one)"
         )
     out = config.output_dir
     created = check_writable_dir(out)
@@ -306,8 +302,8 @@ def run_tile(
         report_as_done=True,
     )
     try:
-        front = FrontEnd(run.make_job, finish_tile, run.on_result)
-        stats = run_engine(model, run.images(), front, engine)
+        front = FrontEnd(run.stream.make_job(run.make_job), finish_tile, run.on_result)
+        stats = run_engine(model, run.stream.inputs(run.images()), front, engine)
         summary.n_patches = stats.n_windows
         summary.network_s = stats.network_s
         if run.fatal:

@@ -1,6 +1,6 @@
 """PQ of the original post-processing against slide mode's region-independent variant (the HV
 extremes measured once, on the most tissue-rich 512-px windows at the processing resolution, as
-`hovernet.infer.slide_setup.calibrate_hv_ranges` does), with the bundled model, one phase, on
+`hovernet.infer.hv_calibration.calibrate_hv_ranges` does), with the bundled model, one phase, on
 the MoNuSeg test images and the CoNSeP test crops at 40x (0.25 um/px).
 
     .venv/bin/python scripts/bundled_model/score_hv_ranges.py ../shared/data
@@ -17,8 +17,9 @@ import tifffile
 
 import hovernet
 from hovernet.infer.maps import maps_to_nuclei
+from hovernet.infer.phased import Phases
 from hovernet.infer.postprocess import PostprocessParams, hv_ranges
-from hovernet.infer.predict import predict_phases
+from hovernet.infer.predict import predict_phases_many
 from hovernet.infer.resample import resolution_scale
 from hovernet.io.labels import read_label_array
 from hovernet.io.slides import read_rgb
@@ -42,7 +43,7 @@ def score(model, images: list[Path], label_of) -> dict[str, float]:
     for path in images:
         image = read_rgb(path)
         scale = resolution_scale(MPP, 0.5, None)
-        maps, prob = predict_phases(model, image, scale, [(0, 0)], 8, "fp32")
+        ((maps, prob),) = predict_phases_many(model, [image], Phases(scale=scale), 8, "fp32")
         pred = maps.pred_map
         parts = [(pred[box][..., -2], pred[box][..., -1]) for box in windows(pred)]
         border = min(ksize, min(h.shape[0] for h, _ in parts) // 4)
