@@ -59,7 +59,7 @@ def stages(store, spec, name: str, paths: dict) -> dict:
     from hovernet.io import slide_exports as ex
     from hovernet.io import writers
 
-    info, scale = spec.type_info, spec.thumb_mpp / spec.frame_mpp
+    info, per_thumb_px = spec.type_info, spec.thumb_mpp / spec.frame_mpp
     rows = {"read the store": lambda: sum(1 for _ in store.nuclei())}
     if hasattr(writers, "feature_geometry"):
         recs, s = list(store.nuclei()), float(store.meta["scale"])
@@ -69,9 +69,13 @@ def stages(store, spec, name: str, paths: dict) -> dict:
         ]
     one = ex if hasattr(ex, "export_geojson") else _single_exports()  # older: the package's
     rows["GeoJSON"] = lambda: one.export_geojson(paths["geojson"], store, info, name)
-    rows["CSV"] = lambda: one.export_csv(paths["csv"], store, info)
+    # the package's own export_csv (older) took no resolution; the sinks take the store's
+    csv_args = (info,) if one is ex else (info, spec.frame_mpp)
+    rows["CSV"] = lambda: one.export_csv(paths["csv"], store, *csv_args)
     rows["JSON"] = lambda: one.export_json(paths["json"], store, spec.mag)
-    rows["overlay"] = lambda: one.export_overlay(paths["overlay"], spec.thumb, scale, store, info)
+    rows["overlay"] = lambda: one.export_overlay(
+        paths["overlay"], spec.thumb, per_thumb_px, store, info
+    )
     rows["export_slide (the four files)"] = lambda: ex.export_slide(
         store, paths, spec, log=lambda _: None
     )

@@ -15,6 +15,7 @@ from support.slide_helpers import ArraySlide, dark_tissue, disk_image
 from support.view_helpers import CROP, slide_output
 
 from hovernet.errors import HoverNetError
+from hovernet.grids import Grid
 from hovernet.infer.hv_calibration import calibration_windows
 from hovernet.infer.slide import run_slides
 from hovernet.infer.slide_setup import SlideConfig
@@ -150,7 +151,7 @@ def test_a_resumed_slide_writes_the_same_density_map(tmp_path):
     assert done.status == "done", done.reason
     config = SlideConfig(tmp_path, proc_mpp=0.25, region_size=328)
     _, _, mask, mask_mpp = dark_tissue(ArraySlide(Path("s.svs"), image, 0.25), "slide", config)
-    n_calibration = len(calibration_windows(mask, mask_mpp / 0.25, 560, 550))
+    n_calibration = len(calibration_windows(mask, Grid(mask_mpp), Grid(0.25), 560, 550))
 
     class Failing(ArraySlide):
         reads = 0

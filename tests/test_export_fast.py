@@ -183,7 +183,7 @@ def old_geojson_bytes(store: NucleusStore, stem: str) -> bytes:
     ):
         fh.write('{"type": "FeatureCollection", "features": [')
         for nid, rec in enumerate(store.nuclei(), start=1):
-            shapes = {nid: slide_exports._level0(rec, scale)[1]}
+            shapes = {nid: slide_exports.level0_shapes(rec, scale)}
             classes = FeatureClasses(TYPE_INFO, names)
             feature = nucleus_feature(f"{stem}/{nid}", nid, rec, classes, shapes, scale)
             outline = shapes[nid]["outline"]
@@ -209,7 +209,7 @@ def test_one_pass_writes_what_each_exporter_writes(store, tmp_path) -> None:
     export_slide(store, paths, SPEC, log=lambda _: None)
     one = output_paths(tmp_path / "one", "s")
     single_exports.export_geojson(one["geojson"], store, TYPE_INFO, "s")
-    single_exports.export_csv(one["csv"], store, TYPE_INFO)
+    single_exports.export_csv(one["csv"], store, TYPE_INFO, SPEC.frame_mpp)
     single_exports.export_json(one["json"], store, 20.0)
     single_exports.export_overlay(one["overlay"], THUMB, 4.0, store, TYPE_INFO)
     for key in ("geojson", "csv", "json", "overlay"):

@@ -2,8 +2,9 @@
 
 The `_old_*` functions are the formulas each call site wrote before `Grid` existed (regions.py's
 TissueBoxes.count, slide_worker.py's mask_window / MaskWindow.contains / the level-0 xy,
-slide_setup.py's calibration_windows and processed_mask); the conversions through `Grid` must
-give exactly their results over many random boxes, points and resolutions, ties included.
+hv_calibration.py's calibration_windows, slide_tissue.py's processed_mask, slide_exports.py's
+level-0 bbox); the conversions through `Grid` must give exactly their results over many random
+boxes, points and resolutions, ties included.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import pytest
 
 from hovernet.errors import HoverNetError
 from hovernet.grids import Grid
-from hovernet.infer.regions import TissueBoxes
+from hovernet.infer.hv_calibration import CALIBRATION_SIZE, calibration_windows
+from hovernet.infer.regions import RegionPlan, TissueBoxes
+from hovernet.infer.slide_tissue import processed_mask
 from hovernet.infer.slide_worker import mask_window
+from hovernet.io.slide_exports import _level0
 
 N = 3000
 
@@ -176,3 +180,57 @@ def test_region_of_a_slide_touching_tissue_of_a_coarse_mask():
     # half of the touched mask pixels are tissue: 10 of 20 columns, 10 rows
     assert boxes.count((1600, 640, 1920, 800)) == (100, 200)
     assert boxes.count((1440, 640, 1920, 800)) == (100, 300)
+
+
+def _old_processed_mask(plan: RegionPlan, mask, scale: float, indices) -> np.ndarray:
+    covered = np.zeros(mask.shape, bool)
+    for index in indices:
+        c0, r0, c1, r1 = _old_centred(scale, plan.region(index).core)
+        covered[max(0, r0) : max(0, r1), max(0, c0) : max(0, c1)] = True
+    return mask & covered
+
+
+def _old_calibration_windows(mask, scale: float, width: int, height: int):
+    size, scored = CALIBRATION_SIZE, []
+    for y0 in range(0, height, size):
+        for x0 in range(0, width, size):
+            x1, y1 = min(width, x0 + size), min(height, y0 + size)
+            c0, r0, c1, r1 = _old_calibration_cell(scale, (x0, y0, x1, y1))
+            cell = mask[r0:r1, c0:c1]
+            tissue = float(cell.mean()) if cell.size else 0.0
+            if tissue > 0:
+                scored.append((-tissue * (x1 - x0) * (y1 - y0), y0, x0, (x0, y0, x1, y1)))
+    return [box for *_, box in sorted(scored)[:4]]
+
+
+def test_processed_mask_and_calibration_windows_as_before():
+    """The two slide-mode call sites that take a frame box to the mask, whole."""
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        mask_mpp, frame_mpp = _resolutions(rng)
+        scale = mask_mpp / frame_mpp
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        mask = rng.random((h, w)) < rng.uniform(0, 1)
+        width, height = (max(1, int(v * scale)) for v in rng.uniform(0.5, 1.2, 2) * (w, h))
+        plan = RegionPlan(width, height, int(rng.integers(16, 700)), int(rng.integers(0, 40)))
+        indices = sorted(rng.choice(len(plan), int(rng.integers(0, len(plan) + 1)), False))
+        new = processed_mask(plan, mask, Grid(mask_mpp), Grid(frame_mpp), indices)
+        assert np.array_equal(new, _old_processed_mask(plan, mask, scale, indices))
+        windows = calibration_windows(mask, Grid(mask_mpp), Grid(frame_mpp), width, height)
+        assert windows == _old_calibration_windows(mask, scale, width, height)
+
+
+def test_level0_bbox_of_a_stored_record():
+    """The CSV's level-0 bbox ([[rmin, cmin], [rmax, cmax]]) through the store's grid."""
+    rng = np.random.default_rng(8)
+    for _ in range(N):
+        down = float(rng.uniform(0.5, 8)) if rng.random() < 0.8 else float(rng.integers(1, 5))
+        rmin, cmin = (int(v) for v in rng.integers(0, 10**5, 2))
+        rmax, cmax = rmin + int(rng.integers(1, 90)), cmin + int(rng.integers(1, 90))
+        rec = {"bbox": [[rmin, cmin], [rmax, cmax]], "xy": [1.0, 2.0], "measurements": {}}
+        rec["measurements"] = {"area": 10.0, "perimeter": 4.0}
+        out, _ = _level0(rec, Grid(0.5, down))
+        assert out["bbox"] == [
+            [math.floor(rmin * down), math.floor(cmin * down)],
+            [math.ceil(rmax * down), math.ceil(cmax * down)],
+        ]

@@ -26,7 +26,7 @@ from hovernet.infer.resample import (
     labels_to_input,
     nuclei_to_input,
     refine_to_foreground,
-    resolution_scale,
+    resolution_zoom,
     to_model_resolution,
 )
 from hovernet.infer.tile import TileConfig, run_tile
@@ -142,8 +142,8 @@ def test_coarser_input_drops_vanishing_nuclei_and_renumbers():
 def test_no_resampling_when_the_resolutions_agree(image):
     net = blob_net()
     crop = image[:300, :300]
-    assert to_model_resolution(crop, resolution_scale(0.5, 0.5)) is crop
-    assert resolution_scale(None, 0.5) is None
+    assert to_model_resolution(crop, resolution_zoom(0.5, 0.5)) is crop
+    assert resolution_zoom(None, 0.5) is None
     a = segment_image(net, crop, input_mpp=0.5)
     with pytest.warns(HoverNetWarning, match="no input_mpp given.* 0.5 um/px"):
         b = segment_image(net, crop)

@@ -23,6 +23,7 @@ from support.fixed_split import my_slides
 from support.slide_helpers import ArraySlide, dark_tissue, disk_image
 
 from hovernet.errors import HoverNetError
+from hovernet.grids import Grid
 from hovernet.infer.hv_calibration import calibration_windows
 from hovernet.infer.predict import segment_image
 from hovernet.infer.ranks import parse_shard
@@ -151,7 +152,7 @@ def test_interrupted_slide_resumes_to_the_same_exports(disk_run, tmp_path):
     config = SlideConfig(tmp_path, proc_mpp=MPP, region_size=328, quiet=True, post_proc_workers=0)
     # slide mode first reads a few windows to measure the HV ranges, then the regions
     _, _, mask, mask_mpp = dark_tissue(ArraySlide(Path("s.svs"), image, MPP), "slide", config)
-    n_calibration = len(calibration_windows(mask, mask_mpp / MPP, 700, 690))
+    n_calibration = len(calibration_windows(mask, Grid(mask_mpp), Grid(MPP), 700, 690))
 
     class Failing(ArraySlide):
         reads = 0

@@ -5,10 +5,9 @@ region is normalised alike and the nuclei do not depend on the region size.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from hovernet.grids import Grid
 from hovernet.infer.postprocess import PostprocessParams, hv_ranges
 from hovernet.infer.predict import predict_phases_many
 from hovernet.infer.slide_plan import SlidePlan
@@ -19,18 +18,18 @@ CALIBRATION_WINDOWS = 4  # the most tissue-rich windows of a fixed grid over the
 
 
 def calibration_windows(
-    mask: np.ndarray, mask_scale: float, width: int, height: int
+    mask: np.ndarray, mask_grid: Grid, proc: Grid, width: int, height: int
 ) -> list[tuple[int, int, int, int]]:
-    """(x0, y0, x1, y1) boxes at the processing resolution: the CALIBRATION_WINDOWS cells of a
-    fixed CALIBRATION_SIZE grid (from the slide's origin, whatever the region size) with the
-    most tissue (`mask`: one pixel covers `mask_scale` processing pixels per side)."""
+    """(x0, y0, x1, y1) boxes of the processing grid `proc` (`width` x `height`): the
+    CALIBRATION_WINDOWS cells of a fixed CALIBRATION_SIZE grid (from the slide's origin,
+    whatever the region size) with the most tissue (`mask`, in `mask_grid`: the mask pixels
+    each cell touches)."""
     size = CALIBRATION_SIZE
     scored = []
     for y0 in range(0, height, size):
         for x0 in range(0, width, size):
             x1, y1 = min(width, x0 + size), min(height, y0 + size)
-            r0, r1 = math.floor(y0 / mask_scale), math.ceil(y1 / mask_scale)
-            c0, c1 = math.floor(x0 / mask_scale), math.ceil(x1 / mask_scale)
+            c0, r0, c1, r1 = proc.box_to((x0, y0, x1, y1), mask_grid)
             cell = mask[r0:r1, c0:c1]
             tissue = float(cell.mean()) if cell.size else 0.0
             if tissue > 0:
@@ -47,7 +46,7 @@ def calibrate_hv_ranges(model, slide, plan: SlidePlan, config: SlideConfig) -> l
     vary from region to region; the original measures them over each image it is given)."""
     frame = plan.frame
     width, height = slide.size_at(frame.proc_mpp)
-    boxes = calibration_windows(plan.mask, plan.mask_mpp / frame.proc_mpp, width, height)
+    boxes = calibration_windows(plan.mask, plan.mask_grid, Grid(frame.proc_mpp), width, height)
     if not boxes:
         return []  # no tissue: no region is run
     ksize = PostprocessParams.for_mpp(frame.proc_mpp).sobel_ksize

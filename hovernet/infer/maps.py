@@ -99,14 +99,14 @@ class PhaseCollector:
 def maps_to_nuclei(
     maps: PredMaps,
     nr_types: int | None,
-    map_mpp: float | None,
+    maps_mpp: float | None,
     shape: tuple[int, ...],
     prob: np.ndarray | None = None,
     ranges: Ranges | None = None,
 ) -> tuple[np.ndarray, dict[int, dict]]:
-    """The HV watershed on `maps` (at `map_mpp`, which scales its constants; `ranges`: fixed
+    """The HV watershed on `maps` (at `maps_mpp`, which scales its constants; `ranges`: fixed
     normalisation extremes, see `postprocess`), then the instance map and records mapped to an input
     of `shape` (`resample.nuclei_to_input`), outlines refined to `prob` (merged phases: the
     probability at the input's pixels; None: the maps' own)."""
-    inst_map, nuclei = postprocess(maps.pred_map, nr_types, maps.type_softmax, map_mpp, ranges)
+    inst_map, nuclei = postprocess(maps.pred_map, nr_types, maps.type_softmax, maps_mpp, ranges)
     return resample.nuclei_to_input(inst_map, nuclei, shape, maps.prob if prob is None else prob)

@@ -405,15 +405,15 @@ def segment_image(
     if backend is not None:
         use_backend(model, backend, precision)
     image = check_image(image, "image")
-    scale = resample.resolution_scale(input_mpp, resample.model_mpp(model), proc_mpp)
-    map_mpp = proc_mpp or resample.model_mpp(model)  # the network maps' resolution
-    if input_mpp is None and map_mpp is not None:
+    zoom = resample.resolution_zoom(input_mpp, resample.model_mpp(model), proc_mpp)
+    maps_mpp = proc_mpp or resample.model_mpp(model)  # the network maps' resolution
+    if input_mpp is None and maps_mpp is not None:
         whose = "the model's" if proc_mpp is None else "proc_mpp's"
-        said = f"image: no input_mpp given, so it is taken to be at {whose} {map_mpp:g} um/px"
+        said = f"image: no input_mpp given, so it is taken to be at {whose} {maps_mpp:g} um/px"
         warnings.warn(HoverNetWarning(f"{said}; pass input_mpp=... (0.25 for 40x)"), stacklevel=2)
     ((maps, prob),) = predict_phases_many(
-        model, [image], Phases.of(scale, phases), batch_size, precision
+        model, [image], Phases.of(zoom, phases), batch_size, precision
     )
-    inst_map, nuclei = maps_to_nuclei(maps, model.nr_types, map_mpp, image.shape, prob)
+    inst_map, nuclei = maps_to_nuclei(maps, model.nr_types, maps_mpp, image.shape, prob)
     typed = maps.type_softmax is not None
     return inst_map, nuclei, resample.maps_to_input(maps.pred_map, image.shape, typed)

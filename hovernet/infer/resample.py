@@ -2,7 +2,7 @@
 
 Pure functions (arrays in, arrays out) used by tile inference (`--input_mpp`, `--proc_mpp`):
 
-- `resolution_scale`: the *zoom*, network pixels per input pixel (input um/px over the
+- `resolution_zoom`: the *zoom*, network pixels per input pixel (input um/px over the
   network's um/px), or None when the input is taken as it is;
 - `to_model_resolution`: the image resampled by that factor (area averaging when shrinking,
   bilinear when enlarging);
@@ -58,7 +58,7 @@ def model_mpp(model) -> float | None:
     return getattr(getattr(model, "meta", None), "mpp", None)
 
 
-def resolution_scale(
+def resolution_zoom(
     input_mpp: float | None,
     model_mpp: float | None,
     proc_mpp: float | None = None,
@@ -182,7 +182,7 @@ def check_phases(phases: int | None) -> int | None:
 def phase_offsets(zoom: float | None, phases: int | None = None) -> list[tuple[int, int]]:
     """(dy, dx) input-pixel shifts of the phases the network runs at, (0, 0) first.
 
-    `zoom` is `resolution_scale`'s (network pixels per input pixel). `phases`: 1 (also None,
+    `zoom` is `resolution_zoom`'s (network pixels per input pixel). `phases`: 1 (also None,
     the default); 2 (no shift and a diagonal one); 4 (every combination of a shift in y and in
     x), for inputs at least `PHASE_MIN_SHRINK` x finer than the network. A shift is half a
     network pixel rounded to whole input pixels. The default is one phase: on the MoNuSeg test

@@ -215,14 +215,14 @@ class SlidePlan:
             raise ValueError(f"tissue area must be at least 0, got {self.tissue_mm2}")
 
     @property
-    def mask_scale(self) -> float:
-        """Frame pixels per mask pixel."""
-        return self.mask_mpp / self.frame.mpp
+    def mask_grid(self) -> Grid:
+        """The tissue mask's pixel grid."""
+        return Grid(self.mask_mpp)
 
     @property
     def tissue_boxes(self) -> TissueBoxes:
         """The mask for box queries from the frame (which windows hold tissue)."""
-        return TissueBoxes.of(self.mask, Grid(self.mask_mpp), self.frame.grid)
+        return TissueBoxes.of(self.mask, self.mask_grid, self.frame.grid)
 
     def todo(self, done: set[int]) -> list[Region]:
         """The tissue regions not in `done` (stored before), in order."""
@@ -243,9 +243,10 @@ def prepare_slide(
     thumb, thumb_mpp, mask, mask_mpp = (context.tissue_fn or default_tissue)(slide, name, config)
     regions = plan_slide(model.geometry, frame, config.region_size, config.margin)
     mask = np.asarray(mask, bool)
-    tissue = TissueBoxes.of(mask, Grid(mask_mpp), frame.grid)
+    mask_grid = Grid(mask_mpp)
+    tissue = TissueBoxes.of(mask, mask_grid, frame.grid)
     tissue_idx = regions.tissue_indices(tissue, config.min_tissue_fraction)
-    covered = processed_mask(regions, mask, mask_mpp, frame.mpp, tissue_idx)
+    covered = processed_mask(regions, mask, mask_grid, frame.grid, tissue_idx)
     if not tissue_idx:
         context.log(no_tissue_warning(name, config.tissue_source()))
     record = slide_record(model, config, slide.mpp, frame)

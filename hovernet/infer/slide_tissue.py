@@ -5,12 +5,12 @@ on the thumbnail, or the whole slide) and the part of it that the processed regi
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
 from hovernet.errors import HoverNetError
+from hovernet.grids import Grid
 from hovernet.infer import tissue
 from hovernet.infer.regions import RegionPlan
 from hovernet.infer.slide_setup import SlideConfig, TissueSource
@@ -57,19 +57,16 @@ def no_tissue_warning(name: str, source: TissueSource) -> str:
 
 
 def processed_mask(
-    plan: RegionPlan, mask: np.ndarray, mask_mpp: float, frame_mpp: float, indices: list[int]
+    plan: RegionPlan, mask: np.ndarray, mask_grid: Grid, frame: Grid, indices: list[int]
 ) -> np.ndarray:
-    """The tissue mask where processed regions cover it: mask pixels whose centre lies in a
-    processed region's core (its area is the tissue the slide's figures are per). Every region
-    the mask touches is processed by default, and then this is the whole mask."""
-    scale = mask_mpp / frame_mpp  # frame pixels per mask pixel
+    """The tissue mask (in `mask_grid`) where processed regions cover it: mask pixels whose
+    centre lies in a processed region's core (in the `frame` grid; its area is the tissue the
+    slide's figures are per). Every region the mask touches is processed by default, and then
+    this is the whole mask."""
     h, w = mask.shape
     covered = np.zeros((h, w), bool)
     for index in indices:
-        x0, y0, x1, y1 = plan.region(index).core
-        # mask pixel i has its centre at (i + 0.5) * scale frame pixels
-        r0, r1 = math.ceil(y0 / scale - 0.5), math.ceil(y1 / scale - 0.5)
-        c0, c1 = math.ceil(x0 / scale - 0.5), math.ceil(x1 / scale - 0.5)
+        c0, r0, c1, r1 = frame.centres_to(plan.region(index).core, mask_grid)
         covered[max(0, r0) : max(0, r1), max(0, c0) : max(0, c1)] = True
     return mask & covered
 

@@ -102,8 +102,8 @@ class _TileRun:
     def __init__(self, model, config: TileConfig, files: list[Path], log, bar: Progress):
         self.model, self.config, self.files, self.log, self.bar = model, config, files, log, bar
         self.mpp = resample.model_mpp(model)
-        self.scale = resample.resolution_scale(config.input_mpp, self.mpp, config.proc_mpp)
-        self.phases = Phases.of(self.scale, config.phases)
+        self.zoom = resample.resolution_zoom(config.input_mpp, self.mpp, config.proc_mpp)
+        self.phases = Phases.of(self.zoom, config.phases)
         self.summary = TileSummary()
         self.record = RunRecord.of(
             config.model_id,

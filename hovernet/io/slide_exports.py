@@ -25,7 +25,6 @@ import csv
 import gzip
 import io
 import json
-import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from hovernet.grids import Grid
 from hovernet.io.atomic import atomic_path, write_text_atomic
 from hovernet.io.density_files import density_sinks
 from hovernet.io.names import output_stem
@@ -124,7 +124,7 @@ def export_slide(
     _export(
         store,
         _geojson_sink(paths["geojson"], store, info, name),
-        _csv_sink(paths["csv"], store, info),
+        _csv_sink(paths["csv"], store, info, spec.frame_mpp),
         _json_sink(paths["json"], spec.mag),
         _overlay_sink(paths["overlay"], spec.thumb, spec.thumb_mpp / spec.frame_mpp, info),
         *density_sinks(paths, spec, store.meta.get("nr_types")),
@@ -221,16 +221,15 @@ def has_features(store: NucleusStore) -> bool:
     return bool((store.meta.get("run") or {}).get("features"))
 
 
-def _level0(rec: Mapping[str, Any], scale: float) -> tuple[dict[str, Any], dict[str, float]]:
-    """The record with centroid and bbox in level-0 pixels, and its level-0 measurements."""
+def _level0(rec: Mapping[str, Any], outline: Grid) -> tuple[dict[str, Any], dict[str, float]]:
+    """The record (in the `outline` grid, the store's) with centroid and bbox in level-0
+    pixels, and its level-0 measurements."""
     (rmin, cmin), (rmax, cmax) = rec["bbox"]
+    x0, y0, x1, y1 = outline.box_to_level0((cmin, rmin, cmax, rmax))
     out = dict(rec)
     out["centroid"] = rec["xy"]
-    out["bbox"] = [
-        [math.floor(rmin * scale), math.floor(cmin * scale)],
-        [math.ceil(rmax * scale), math.ceil(cmax * scale)],
-    ]
-    return out, level0_shapes(rec, scale)
+    out["bbox"] = [[y0, x0], [y1, x1]]
+    return out, level0_shapes(rec, outline.level0)
 
 
 def _class_names(store: NucleusStore, type_info: TypeInfo | None) -> list[str]:
@@ -290,16 +289,19 @@ def _geojson_sink(
 
 
 @contextlib.contextmanager
-def _csv_sink(path: PathLike, store: NucleusStore, type_info: TypeInfo | None) -> Iterator[Sink]:
-    """One row per nucleus, tile mode's columns, in level-0 pixels."""
-    scale = float(store.meta["scale"])
+def _csv_sink(
+    path: PathLike, store: NucleusStore, type_info: TypeInfo | None, outline_mpp: float
+) -> Iterator[Sink]:
+    """One row per nucleus, tile mode's columns, in level-0 pixels (the store's pixels are at
+    `outline_mpp`)."""
+    outline = Grid(outline_mpp, float(store.meta["scale"]))
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         features = has_features(store)
         writer.writerow(csv_header(_class_names(store, type_info), features))
 
         def add(nid: int, rec: dict[str, Any]) -> None:
-            rec0, shapes = _level0(rec, scale)
+            rec0, shapes = _level0(rec, outline)
             writer.writerow(csv_row(nid, rec0, type_info, shapes, features))
 
         yield add
@@ -332,10 +334,11 @@ def _json_sink(path: PathLike, mag: float | None) -> Iterator[Sink]:
 
 @contextlib.contextmanager
 def _overlay_sink(
-    path: PathLike, thumb: np.ndarray, thumb_scale: float, type_info: TypeInfo | None
+    path: PathLike, thumb: np.ndarray, per_thumb_px: float, type_info: TypeInfo | None
 ) -> Iterator[Sink]:
     """The thumbnail with each nucleus outlined (or dotted, when small) in its class colour,
-    and a legend of class names with counts. `thumb_scale`: processing px per thumbnail px."""
+    and a legend of class names with counts. `per_thumb_px`: outline pixels (the store's) per
+    thumbnail pixel."""
     import cv2
 
     canvas = cv2.cvtColor(np.ascontiguousarray(thumb, dtype=np.uint8), cv2.COLOR_RGB2BGR)
@@ -345,13 +348,13 @@ def _overlay_sink(
         name, colour = class_of(rec, type_info)
         counts[(name, colour)] += 1
         bgr = colour[::-1]  # class_of gives ints
-        pts = (rec["contour"] / thumb_scale).round().astype(np.int32)
+        pts = (rec["contour"] / per_thumb_px).round().astype(np.int32)
         # extent (max - min) of 3 px or more; boundingRect's sides are extent + 1 (5 times
         # quicker than numpy's max and min of so few points)
         if max(cv2.boundingRect(pts)[2:]) >= 4:
             cv2.polylines(canvas, [pts.reshape(-1, 1, 2)], True, bgr, 1)
         else:
-            x, y = (int(round(v / thumb_scale)) for v in rec["centroid"])
+            x, y = (int(round(v / per_thumb_px)) for v in rec["centroid"])
             cv2.circle(canvas, (x, y), 1, bgr, -1)
 
     yield add

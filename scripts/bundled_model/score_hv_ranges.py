@@ -20,7 +20,7 @@ from hovernet.infer.maps import maps_to_nuclei
 from hovernet.infer.phased import Phases
 from hovernet.infer.postprocess import PostprocessParams, hv_ranges
 from hovernet.infer.predict import predict_phases_many
-from hovernet.infer.resample import resolution_scale
+from hovernet.infer.resample import resolution_zoom
 from hovernet.io.labels import read_label_array
 from hovernet.io.slides import read_rgb
 from hovernet.metrics import instance_stats
@@ -42,8 +42,8 @@ def score(model, images: list[Path], label_of) -> dict[str, float]:
     pq = {"original": [], "fixed ranges": []}
     for path in images:
         image = read_rgb(path)
-        scale = resolution_scale(MPP, 0.5, None)
-        ((maps, prob),) = predict_phases_many(model, [image], Phases(scale=scale), 8, "fp32")
+        zoom = resolution_zoom(MPP, 0.5, None)
+        ((maps, prob),) = predict_phases_many(model, [image], Phases(scale=zoom), 8, "fp32")
         pred = maps.pred_map
         parts = [(pred[box][..., -2], pred[box][..., -1]) for box in windows(pred)]
         border = min(ksize, min(h.shape[0] for h, _ in parts) // 4)

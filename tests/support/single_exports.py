@@ -15,8 +15,8 @@ def export_geojson(path, store: NucleusStore, type_info: TypeInfo | None, stem: 
     ex._export(store, ex._geojson_sink(path, store, type_info, stem))
 
 
-def export_csv(path, store: NucleusStore, type_info: TypeInfo | None) -> None:
-    ex._export(store, ex._csv_sink(path, store, type_info))
+def export_csv(path, store: NucleusStore, type_info: TypeInfo | None, outline_mpp: float) -> None:
+    ex._export(store, ex._csv_sink(path, store, type_info, outline_mpp))
 
 
 def export_json(path, store: NucleusStore, mag: float | None) -> None:
@@ -24,6 +24,6 @@ def export_json(path, store: NucleusStore, mag: float | None) -> None:
 
 
 def export_overlay(
-    path, thumb: np.ndarray, thumb_scale: float, store: NucleusStore, type_info: TypeInfo | None
+    path, thumb: np.ndarray, per_thumb_px: float, store: NucleusStore, type_info: TypeInfo | None
 ) -> None:
-    ex._export(store, ex._overlay_sink(path, thumb, thumb_scale, type_info))
+    ex._export(store, ex._overlay_sink(path, thumb, per_thumb_px, type_info))
