@@ -77,7 +77,7 @@ def test_the_plan_of_a_seed_format_slide_at_four_phases(bundled, tmp_path):
     frame = plan.frame
     # 0.25 um/px for a 0.5 um/px model: regions read at 0.25, shrunk by 2 at 4 phases
     assert (frame.proc_mpp, frame.mpp, frame.n_phases, frame.k) == (0.5, 0.25, 4, 2)
-    assert frame.phases.n == 4 and frame.phases.scale == 0.5
+    assert frame.phases.n == 4 and frame.phases.zoom == 0.5
     assert (frame.width, frame.height) == (2048, 3584)
     assert any("4 sub-pixel phases" in line for line in lines)
     assert plan.record.to_dict()["phases"] == 4 and plan.store_meta["phases"] == 4

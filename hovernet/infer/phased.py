@@ -3,9 +3,9 @@
 An image finer than the network can be run at several sub-pixel shifts of itself (its phases,
 `resample.phase_offsets`), whose maps are averaged back at the image's pixels
 (`maps.merge_phase_maps`). `Phases` says how an image is shown to the network (resampled by
-`scale`, at `offsets`); `PhasedStream` turns a stream of (key, image) into the network's inputs,
+`zoom`, at `offsets`); `PhasedStream` turns a stream of (key, image) into the network's inputs,
 each image's phases in order, and the maps of those inputs back into each image's merged maps.
-The front ends only say how many phases (and at what scale); they never see a single phase.
+The front ends only say how many phases (and at what zoom); they never see a single phase.
 """
 
 from __future__ import annotations
@@ -28,36 +28,36 @@ MakeJob = Callable[[Any, np.ndarray, PredMaps, "np.ndarray | None"], tuple[Any, 
 
 @dataclass(frozen=True)
 class Phases:
-    """How the network sees an image: resampled by `scale` (network pixels per image pixel;
+    """How the network sees an image: resampled by `zoom` (network pixels per image pixel;
     None: as it is) at each of the sub-pixel shifts `offsets` ((dy, dx) image pixels, (0, 0)
     first: one phase is just the image)."""
 
     offsets: tuple[tuple[int, int], ...] = ((0, 0),)
-    scale: float | None = None
+    zoom: float | None = None
 
     def __post_init__(self) -> None:
         if not self.offsets or tuple(self.offsets[0]) != (0, 0):
             raise ValueError(f"phase offsets must start with (0, 0), got {self.offsets}")
-        if self.scale is not None and not self.scale > 0:
-            raise ValueError(f"the phases' scale must be positive, got {self.scale}")
+        if self.zoom is not None and not self.zoom > 0:
+            raise ValueError(f"the phases' zoom must be positive, got {self.zoom}")
 
     @classmethod
-    def of(cls, scale: float | None, phases: int | None) -> Phases:
-        """`phases` (1, 2, 4; None: 1) of images resampled by `scale` (a HoverNetError where
+    def of(cls, zoom: float | None, phases: int | None) -> Phases:
+        """`phases` (1, 2, 4; None: 1) of images resampled by `zoom` (a HoverNetError where
         the images are not fine enough for them: `resample.phase_offsets`)."""
-        return cls(tuple(resample.phase_offsets(scale, phases)), scale)
+        return cls(tuple(resample.phase_offsets(zoom, phases)), zoom)
 
     @property
     def n(self) -> int:
         return len(self.offsets)
 
     def inputs(self, image: np.ndarray) -> Iterator[np.ndarray]:
-        """The network's input for each phase (one phase at scale None: `image` itself)."""
-        return resample.phase_inputs(image, list(self.offsets), self.scale)
+        """The network's input for each phase (one phase at zoom None: `image` itself)."""
+        return resample.phase_inputs(image, list(self.offsets), self.zoom)
 
     def network_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
         """(height, width) of each phase's input for an image of `shape`."""
-        return resample.model_shape(shape, self.scale)
+        return resample.model_shape(shape, self.zoom)
 
 
 class PhasedStream:

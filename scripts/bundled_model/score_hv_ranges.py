@@ -43,7 +43,7 @@ def score(model, images: list[Path], label_of) -> dict[str, float]:
     for path in images:
         image = read_rgb(path)
         zoom = resolution_zoom(MPP, 0.5, None)
-        ((maps, prob),) = predict_phases_many(model, [image], Phases(scale=zoom), 8, "fp32")
+        ((maps, prob),) = predict_phases_many(model, [image], Phases(zoom=zoom), 8, "fp32")
         pred = maps.pred_map
         parts = [(pred[box][..., -2], pred[box][..., -1]) for box in windows(pred)]
         border = min(ksize, min(h.shape[0] for h, _ in parts) // 4)
