@@ -101,9 +101,10 @@ class FrontEnd:
     window choice.
 
     `make_job(key, image, maps)` returns (job, bytes it holds), or (None, 0) when the item
-    makes no job of its own (tile mode's sub-pixel phases: the image's last phase makes the
-    job, and only it is reported); `work(job)` runs in a worker (a top-level function, so that
-    it pickles into spawned workers; inline when `EngineConfig.workers == 0`);
+    makes no job of its own (an image's sub-pixel phases, `phased.PhasedStream.make_job`: the
+    image's last phase makes the job, and only it is reported); `work(job)` runs in a worker
+    (a top-level function, so that it pickles into spawned workers; inline when
+    `EngineConfig.workers == 0`);
     `on_result(key, result, error)` reports a job. `select(key, grid)` chooses the windows of an
     image that the network runs (slide mode: those near tissue; see `predict_stream`); None:
     all of them."""

@@ -40,6 +40,11 @@ def slide_phases(slide_mpp: float, proc_mpp: float, phases: int | None) -> int:
     return len(resample.phase_offsets(slide_mpp / proc_mpp, phases))
 
 
+def phase_factor(n_phases: int) -> int:
+    """Frame pixels per processing pixel: 1 at one phase, 2 with sub-pixel phases."""
+    return 1 if n_phases == 1 else 2
+
+
 @dataclass(frozen=True)
 class SlideFrame:
     """Where a slide's nuclei are outlined: the processing resolution, or with sub-pixel phases
@@ -53,7 +58,7 @@ class SlideFrame:
 
     @property
     def k(self) -> int:
-        return 1 if self.n_phases == 1 else 2
+        return phase_factor(self.n_phases)
 
     @property
     def mpp(self) -> float:
@@ -83,7 +88,7 @@ def make_frame(slide, config: SlideConfig, model_mpp: float | None, name: str, l
             f"processing resolution ({proc:.3f} um/px): regions are upsampled"
         )
     n_phases = slide_phases(slide.mpp, proc, config.phases)
-    k = 1 if n_phases == 1 else 2
+    k = phase_factor(n_phases)
     if k > 1:
         log(
             f"{name}: the network runs on {n_phases} sub-pixel phases of each region "
