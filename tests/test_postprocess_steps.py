@@ -4,6 +4,8 @@ the original's outputs)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from conftest import DATA, REFERENCE
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from hovernet.errors import HoverNetError
 from hovernet.infer.postprocess import (
     PostprocessParams,
     _fill_holes,
@@ -120,3 +123,24 @@ def test_remove_small_equals_whole_map_bincount() -> None:
             small[0] = False
             expected[small[expected]] = 0
             assert np.array_equal(_remove_small(labels.copy(), min_size), expected)
+
+
+def test_thresholds_are_parameters_with_the_original_defaults() -> None:
+    """The foreground and marker thresholds come from the parameters: the defaults give the
+    original's labels, a stricter foreground threshold a smaller foreground inside the
+    original's, another marker threshold other nuclei in the same foreground; bad values
+    are refused."""
+    prob, h_map, v_map = _maps("typed_3")
+    params = PostprocessParams.for_mpp(None)
+    assert (params.foreground_threshold, params.marker_threshold) == (0.5, 0.4)
+    base = hv_watershed(prob, h_map, v_map, params)
+    assert np.array_equal(base, hv_watershed(prob, h_map, v_map))
+    strict = hv_watershed(prob, h_map, v_map, replace(params, foreground_threshold=0.8))
+    assert (strict > 0).sum() < (base > 0).sum() and not ((strict > 0) & (base == 0)).any()
+    assert not ((strict > 0) & ~_foreground(prob >= 0.8, params.min_object_size)).any()
+    cut = hv_watershed(prob, h_map, v_map, replace(params, marker_threshold=0.6))
+    fg = _foreground(prob >= 0.5, params.min_object_size)
+    assert not ((cut > 0) & ~fg).any() and len(np.unique(cut)) != len(np.unique(base))
+    for bad in ({"foreground_threshold": 1.0}, {"marker_threshold": 0.0}, {"sobel_ksize": 4}):
+        with pytest.raises(HoverNetError):
+            replace(params, **bad)

@@ -71,11 +71,25 @@ def _odd(x: float, low: int, high: int) -> int:
 
 @dataclass(frozen=True)
 class PostprocessParams:
-    """The pixel constants of the watershed; the defaults are the original's (40x maps)."""
+    """The constants of the watershed; the defaults are the original's (40x maps). The two
+    thresholds (foreground: nucleus probability, marker: boundary-ness) are the original's for
+    every resolution; other values were probed on the bundled model's validation images and
+    none beat them on both data sets (docs/model-card.md, `tune_postprocess.py`)."""
 
     min_object_size: int = MIN_OBJECT_SIZE
     sobel_ksize: int = SOBEL_KSIZE
     marker_open_ksize: int = MARKER_OPEN_KSIZE
+    foreground_threshold: float = FOREGROUND_THRESHOLD
+    marker_threshold: float = MARKER_THRESHOLD
+
+    def __post_init__(self) -> None:
+        for name in ("foreground_threshold", "marker_threshold"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise HoverNetError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.min_object_size < 1 or self.sobel_ksize % 2 == 0 or self.marker_open_ksize < 1:
+            raise HoverNetError(
+                f"{self}: sizes must be >= 1 and the Sobel kernel odd (OpenCV's rule)"
+            )
 
     @classmethod
     def for_mpp(cls, mpp: float | None) -> PostprocessParams:
@@ -167,7 +181,7 @@ def hv_watershed(
     h_map = np.asarray(h_map, dtype=np.float32)
     v_map = np.asarray(v_map, dtype=np.float32)
 
-    fg = _foreground(prob >= FOREGROUND_THRESHOLD, params.min_object_size)
+    fg = _foreground(prob >= params.foreground_threshold, params.min_object_size)
 
     # The original: overall = max(1 - norm(sobel_h), 1 - norm(sobel_v)) - (1 - fg) (float32 -
     # int32, so float64), negatives set to 0. Inside the foreground that is the float32
@@ -194,7 +208,7 @@ def hv_watershed(
     overall = overall.astype(np.float64)
 
     # fg - (overall >= 0.4), negatives 0: the foreground pixels not on a boundary
-    markers = fg & ~(overall >= MARKER_THRESHOLD)
+    markers = fg & ~(overall >= params.marker_threshold)
     # energy = -blur((1.0 - overall) * fg): 1 - overall in the foreground, +0.0 outside
     np.subtract(1.0, overall, out=overall, where=fg)
     energy = cv2.GaussianBlur(overall, (3, 3), 0)
