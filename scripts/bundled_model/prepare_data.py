@@ -14,7 +14,9 @@ for CoNSeP, `labels/<name>_type.tif`), ready for `hovernet extract-patches`:
             scaled by 0.62 and laid out 2 x 2 (4 consecutive ids per mosaic), no types.
 
 Images are resampled with area averaging, labels with nearest neighbour (ids are never mixed).
-Usage: python scripts/bundled_model/prepare_data.py ../shared/data OUT_DIR
+Usage: python scripts/bundled_model/prepare_data.py ../shared/data OUT_DIR [MPP]
+MPP (default 0.5): another target resolution, e.g. 0.25 for the 40x probe (MoNuSeg and CoNSeP
+as they are, CoNSeP's mosaics 1024 x 1024, DSB enlarged); the names and layout are the same.
 """
 
 from __future__ import annotations
@@ -91,8 +93,8 @@ def mosaic(pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], cols:
     return img, inst, typ
 
 
-def main(shared: Path, out: Path) -> None:
-    scale = 0.25 / TARGET_MPP
+def main(shared: Path, out: Path, target_mpp: float = TARGET_MPP) -> None:
+    scale = 0.25 / target_mpp
     mon = shared / "monuseg"
     for name in json.loads((mon / "split.json").read_text())["train"]:
         img = resize_image(read_image(mon / "images" / f"{name}.png"), scale)
@@ -126,7 +128,7 @@ def main(shared: Path, out: Path) -> None:
 
     dsb = shared / "dsb2018_he"
     ids = sorted(json.loads((dsb / "split.json").read_text())["train"])
-    dscale = DSB_MPP / TARGET_MPP
+    dscale = DSB_MPP / target_mpp
     for k in range(0, len(ids), 4):
         pieces = []
         for name in ids[k : k + 4]:
@@ -140,6 +142,6 @@ def main(shared: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         raise SystemExit(__doc__)
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), *map(float, sys.argv[3:]))
