@@ -1,7 +1,7 @@
 """The demo: `python -m hovernet.demo --output-dir demo_output` (what `make demo` runs).
 
 It segments the bundled CC0 slide `hovernet/samples/CMU-1-Small-Region.svs` (Aperio, 20x,
-0.499 um/px, 2220 x 2967 px) in slide mode with the bundled CPU model (`lite-v2`, see
+0.499 um/px, 2220 x 2967 px) in slide mode with the bundled CPU model (`lite-v3`, see
 docs/model-card.md), on the CPU unless told otherwise, and writes what `hovernet infer wsi` writes:
 an overlay PNG, a GeoJSON for QuPath, a CSV of nuclei, the original's JSON and a summary. Nothing is
 downloaded. `--slide` segments another slide, `--model-path` uses another checkpoint.

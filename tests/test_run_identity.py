@@ -29,6 +29,7 @@ from hovernet.io.names import output_stem
 from hovernet.io.slide_exports import output_paths
 from hovernet.io.store import NucleusStore
 from hovernet.io.write_errors import write_failure
+from hovernet.model.bundled import BUNDLED_NAME
 from hovernet.model.standin import BlobNet
 from hovernet.progress import Progress
 
@@ -78,7 +79,7 @@ def test_the_demos_folder_is_finished_for_the_cli_with_the_same_model(tmp_path):
     assert "4 nucleus types" in stderr and TYPES in stdout and "nr_types" not in stdout
     assert "segmented cmu.ome.tif in " in stdout
     summary = json.loads(output_paths(out, "cmu")["summary"].read_text())
-    assert summary["model"] == "lite-v2 (bundled)" and "model" not in summary["run"]
+    assert summary["model"] == f"{BUNDLED_NAME} (bundled)" and "model" not in summary["run"]
     assert len(summary["run"]["model_id"]) == 16
     stamp = output_paths(out, "cmu")["summary"].stat().st_mtime_ns
     # the demo again: already done, said so (no "segmented ... in 0.1 s")
