@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One short probe of the bundled model's recipe (docs/model-card.md, "Probes"): fine-tune
-# lite-v2 (probe.yaml: 400 steps) with the given data folders and `hovernet train` options, then score it
-# on the validation images (score.sh with SPLIT=valid) and print one line of figures.
+# One short probe of the bundled model's recipe (docs/model-card.md, "Probes"): fine-tune the
+# model in INIT (default: the bundled one; the model card's probes started from lite-v2:
+# INIT=lite-v2.pth, see train_v3.sh for getting it) for 400 steps (probe.yaml) with the given
+# data folders and `hovernet train` options, then score it on the validation images (score.sh
+# with SPLIT=valid) and print one line of figures.
 #   bash scripts/bundled_model/probe.sh WORK NAME "DATA_FOLDERS" [train options]
 # WORK holds ft_patches/ (finetune.sh's extraction, plus ft_patches/crchisto from
 # extract_points.sh). On CPUs without native bf16 add --precision fp32. Resumable: rerun it.
