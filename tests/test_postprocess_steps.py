@@ -23,6 +23,7 @@ from hovernet.infer.postprocess import (
     _watershed_in_box,
     hv_watershed,
     instance_records,
+    postprocess,
 )
 
 CASES = ["untyped_0", "untyped_2", "typed_3", "typed_15"]
@@ -128,8 +129,8 @@ def test_remove_small_equals_whole_map_bincount() -> None:
 def test_thresholds_are_parameters_with_the_original_defaults() -> None:
     """The foreground and marker thresholds come from the parameters: the defaults give the
     original's labels, a stricter foreground threshold a smaller foreground inside the
-    original's, another marker threshold other nuclei in the same foreground; bad values
-    are refused."""
+    original's, another marker threshold other nuclei in the same foreground; `postprocess`
+    takes them in place of its resolution's constants; bad values are refused."""
     prob, h_map, v_map = _maps("typed_3")
     params = PostprocessParams.for_mpp(None)
     assert (params.foreground_threshold, params.marker_threshold) == (0.5, 0.4)
@@ -141,6 +142,10 @@ def test_thresholds_are_parameters_with_the_original_defaults() -> None:
     cut = hv_watershed(prob, h_map, v_map, replace(params, marker_threshold=0.6))
     fg = _foreground(prob >= 0.5, params.min_object_size)
     assert not ((cut > 0) & ~fg).any() and len(np.unique(cut)) != len(np.unique(base))
+    # postprocess takes them too, in place of the constants its mpp would give
+    stacked = np.stack([prob, h_map, v_map], axis=-1)
+    inst, _ = postprocess(stacked, mpp=0.5, params=replace(params, foreground_threshold=0.8))
+    assert np.array_equal(inst, instance_records(strict)[0])
     for bad in ({"foreground_threshold": 1.0}, {"marker_threshold": 0.0}, {"sobel_ksize": 4}):
         with pytest.raises(HoverNetError):
             replace(params, **bad)

@@ -273,11 +273,13 @@ def postprocess(
     type_softmax: np.ndarray | None = None,
     mpp: float | None = None,
     ranges: Ranges | None = None,
+    params: PostprocessParams | None = None,
 ) -> tuple[np.ndarray, dict[int, Nucleus]]:
     """Turn HoVer-Net outputs into an instance map and per-nucleus records.
 
     `mpp` is the maps' resolution (um/px): the watershed's pixel constants are scaled to it
-    (`PostprocessParams.for_mpp`); None keeps the original's (40x) constants. `ranges` (from
+    (`PostprocessParams.for_mpp`); None keeps the original's (40x) constants. `params`: other
+    constants and thresholds instead of those (`mpp` is then not used). `ranges` (from
     `hv_ranges`): normalise the HV maps and their gradients by these fixed extremes instead of
     over this map (slide mode: a region's nuclei then do not depend on its size; with the map's
     own extremes the result is the original's bit for bit); None: the original.
@@ -320,7 +322,7 @@ def postprocess(
         inst_channels[..., 0],
         inst_channels[..., 1],
         inst_channels[..., 2],
-        PostprocessParams.for_mpp(mpp),
+        params or PostprocessParams.for_mpp(mpp),
         ranges,
     )
     type_map = None

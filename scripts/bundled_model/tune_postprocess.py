@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from hovernet.infer import resample
+from hovernet.infer.maps import maps_to_nuclei
 from hovernet.infer.phased import Phases
-from hovernet.infer.postprocess import PostprocessParams, hv_watershed
+from hovernet.infer.postprocess import PostprocessParams
 from hovernet.infer.predict import predict_phases_many
-from hovernet.infer.records import instance_records
 from hovernet.io.labels import list_label_files, read_centroids, read_instance_map
 from hovernet.io.slides import read_rgb
 from hovernet.metrics import instance_stats, radius_pixels, type_stats
@@ -52,14 +52,6 @@ def validation_items(shared: Path) -> list[tuple[str, Path, object]]:
         if src.stem.rsplit("_", 1)[0] in CONSEP_TILES:
             items.append(("consep", src, con[src.stem]))
     return items
-
-
-def nuclei_of(maps, prob, shape, params: PostprocessParams) -> tuple[np.ndarray, dict]:
-    """`maps.maps_to_nuclei` with explicit watershed parameters (`prob` None: the maps' own)."""
-    pm = maps.pred_map
-    labels = hv_watershed(pm[..., 1], pm[..., 2], pm[..., 3], params)
-    inst, nuclei = instance_records(labels, pm[..., 0].astype(np.int32), maps.type_softmax)
-    return resample.nuclei_to_input(inst, nuclei, shape, maps.prob if prob is None else prob)
 
 
 def typed_centroids(nuclei: dict, rule: str, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,13 +101,15 @@ def main() -> None:
         pq: dict[str, list[float]] = {"monuseg": [], "consep": []}
         found = []
         for (kind, _, _), (m, prob), image, true in zip(items, maps, images, truth, strict=True):
-            inst, nuclei = nuclei_of(m, prob, image.shape, params)
+            inst, nuclei = maps_to_nuclei(m, model.nr_types, None, image.shape, prob, None, params)
             pq[kind].append(instance_stats(true, inst).pq)
             found.append(nuclei)
         consep = [i for i, item in enumerate(items) if item[0] == "consep"]
-        means, stats = [], {}
+        means, stats, vote_types = [], {}, None
         for rule in rules:
             pred = [typed_centroids(found[i], rule, weights) for i in consep]
+            if rule == "vote":
+                vote_types = np.concatenate([p[1] for p in pred])
             stats[rule] = type_stats(
                 [points[i][0] for i in consep],
                 [points[i][1] for i in consep],
@@ -125,9 +119,7 @@ def main() -> None:
             )
             means.append(float(np.mean(list(stats[rule].f1_type.values()))))
         vote = stats["vote"]
-        unclassified = np.mean(
-            np.concatenate([typed_centroids(found[i], "vote", weights)[1] for i in consep]) == 0
-        )
+        unclassified = np.mean(vote_types == 0)
         f1 = " / ".join(f"{vote.f1_type[k]:.3f}" for k in sorted(vote.f1_type))
         print(
             f"| {fg} / {mk} / {params.marker_open_ksize} / {params.min_object_size} | "
