@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from hovernet.infer import resample
-from hovernet.infer.postprocess import PostprocessParams, Ranges, postprocess
+from hovernet.infer.postprocess import Ranges, postprocess
 
 
 @dataclass
@@ -103,13 +103,10 @@ def maps_to_nuclei(
     shape: tuple[int, ...],
     prob: np.ndarray | None = None,
     ranges: Ranges | None = None,
-    params: PostprocessParams | None = None,
 ) -> tuple[np.ndarray, dict[int, dict]]:
     """The HV watershed on `maps` (at `maps_mpp`, which scales its constants; `ranges`: fixed
-    normalisation extremes; `params`: other constants, see `postprocess`), then the instance
-    map and records mapped to an input of `shape` (`resample.nuclei_to_input`), outlines refined
-    to `prob` (merged phases: the probability at the input's pixels; None: the maps' own)."""
-    inst_map, nuclei = postprocess(
-        maps.pred_map, nr_types, maps.type_softmax, maps_mpp, ranges, params
-    )
+    normalisation extremes, see `postprocess`), then the instance map and records mapped to an input
+    of `shape` (`resample.nuclei_to_input`), outlines refined to `prob` (merged phases: the
+    probability at the input's pixels; None: the maps' own)."""
+    inst_map, nuclei = postprocess(maps.pred_map, nr_types, maps.type_softmax, maps_mpp, ranges)
     return resample.nuclei_to_input(inst_map, nuclei, shape, maps.prob if prob is None else prob)

@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from hovernet.infer import resample
-from hovernet.infer.maps import maps_to_nuclei
 from hovernet.infer.phased import Phases
-from hovernet.infer.postprocess import PostprocessParams
+from hovernet.infer.postprocess import PostprocessParams, postprocess
 from hovernet.infer.predict import predict_phases_many
 from hovernet.io.labels import list_label_files, read_centroids, read_instance_map
 from hovernet.io.slides import read_rgb
@@ -101,7 +100,10 @@ def main() -> None:
         pq: dict[str, list[float]] = {"monuseg": [], "consep": []}
         found = []
         for (kind, _, _), (m, prob), image, true in zip(items, maps, images, truth, strict=True):
-            inst, nuclei = maps_to_nuclei(m, model.nr_types, None, image.shape, prob, None, params)
+            # maps_to_nuclei's two steps, with `params` in place of the resolution's constants
+            found_map = postprocess(m.pred_map, model.nr_types, m.type_softmax, params=params)
+            refine = m.prob if prob is None else prob
+            inst, nuclei = resample.nuclei_to_input(*found_map, image.shape, refine)
             pq[kind].append(instance_stats(true, inst).pq)
             found.append(nuclei)
         consep = [i for i, item in enumerate(items) if item[0] == "consep"]
