@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from hovernet.errors import HoverNetError
 
 # the architectures' names (hovernet.model.registry), each with its geometry in GEOMETRY below
-MODES = ("original", "fast", "lite")
+MODES = ("original", "fast", "lite", "lite-wide")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ GEOMETRY = {
     "fast": ModelGeometry("fast", 256, 164),
     # lite (hovernet.model.lite): "same" padding, a 16-pixel margin cropped away, 256 -> 224
     "lite": ModelGeometry("lite", 256, 224),
+    "lite-wide": ModelGeometry("lite-wide", 256, 224),  # lite at 1.5x the channels
 }
 
 

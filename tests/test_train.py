@@ -259,6 +259,24 @@ def test_config_yaml_and_seed_spellings(tmp_path, folders):
     assert _cli(["train", f"--data={folders[0]}", f"--out={out}", "--img=300"]) == 2
 
 
+def test_loss_weights_option_merges_with_the_file(tmp_path, folders, capsys):
+    from hovernet.cli.train import _loss_weights
+
+    assert _loss_weights("tp_focal=1, tp_dice=0") == {"tp_focal": 1.0, "tp_dice": 0.0}
+    yml = tmp_path / "run.yaml"
+    yml.write_text("loss_weights: {hv_mse: 2, tp_focal: 0.5}\n")
+    cfg = resolve_config(yml, {"loss_weights": _loss_weights("tp_focal=1,np_dice=0")})
+    w = cfg.weights
+    assert (w.hv_mse, w.tp_focal, w.np_dice, w.tp_bce) == (2.0, 1.0, 0.0, 1.0)
+    out = tmp_path / "run"
+    base = ["train", f"--data={folders[0]}", f"--out={out}", "--arch=tiny"]
+    assert _cli([*base, "--loss-weights", "tp_focal=1", "--view=train"]) == 0
+    assert _cli([*base, "--loss-weights", "tp_focal"]) == 2
+    assert "give TERM=NUMBER pairs" in capsys.readouterr().err
+    assert _cli([*base, "--loss-weights", "tp_focus=1"]) == 2
+    assert "unknown terms ['tp_focus']" in capsys.readouterr().err
+
+
 def test_class_weights_must_match_the_types(folders, tmp_path):
     with pytest.raises(HoverNetError, match="class_weights has 2 values but the model has 5"):
         train(_cfg(folders, tmp_path / "run", class_weights=[1.0, 2.0]))

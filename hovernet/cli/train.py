@@ -34,6 +34,21 @@ def _warnings(cfg) -> list[str]:
     return [line for line in lines if line]
 
 
+def _loss_weights(text: str) -> dict[str, float]:
+    """`--loss-weights tp_focal=1,tp_dice=0` as {term: weight}; the terms are checked later."""
+    weights = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise HoverNetError(
+                f"--loss-weights {text!r}: give TERM=NUMBER pairs separated by commas, "
+                "e.g. tp_focal=1,tp_dice=0"
+            ) from None
+    return weights
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_command(
@@ -42,7 +57,7 @@ def register(app: typer.Typer) -> None:
         ),
         out: Path = typer.Option(None, "--out", help="Run folder (checkpoints, metrics, plots)."),
         config: Path | None = typer.Option(None, "--config", help="YAML run configuration."),
-        arch: str | None = typer.Option(None, "--arch", help="original, fast or lite."),
+        arch: str | None = typer.Option(None, "--arch", help="original, fast, lite or lite-wide."),
         epochs: int | None = typer.Option(None, "--epochs", help="Epochs (per phase)."),
         batch: int | None = typer.Option(None, "--batch", "--batch-size", help="Batch per GPU."),
         img: int | None = typer.Option(None, "--img", help="Network input size (picks --arch)."),
@@ -80,6 +95,11 @@ def register(app: typer.Typer) -> None:
         ),
         class_weights: str | None = typer.Option(
             None, "--class-weights", help="Type cross-entropy weight per type id, e.g. 1,1,4."
+        ),
+        loss_weights: str | None = typer.Option(
+            None,
+            "--loss-weights",
+            help="Loss term weights, e.g. tp_focal=1,tp_dice=0 (terms: docs/training.md).",
         ),
         balance_classes: bool = typer.Option(
             False, "--balance-classes", help="Class-balanced sampling of typed patches."
@@ -121,6 +141,7 @@ def register(app: typer.Typer) -> None:
                     f"--class-weights {class_weights!r}: give numbers separated by commas"
                 ) from None
         overrides = dict(
+            loss_weights=None if loss_weights is None else _loss_weights(loss_weights),
             data=data or None, out=out, arch=arch, epochs=epochs, batch=batch, lr=lr, gpu=gpu,
             view=view, pretrained=pretrained, init=init, freeze_encoder=freeze_encoder, mpp=mpp,
             time_limit=time_limit, steps_per_epoch=steps_per_epoch, msge_variant=msge,

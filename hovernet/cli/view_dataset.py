@@ -64,7 +64,11 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("dataset_grid.png"), "--out", help="PNG to write."),
         seed: int = typer.Option(0, "--seed", help="Random seed of the augmentation."),
         mode: str = typer.Option(
-            "original", "--mode", "--model-mode", "--model_mode", help="original, fast or lite."
+            "original",
+            "--mode",
+            "--model-mode",
+            "--model_mode",
+            help="original, fast, lite or lite-wide.",
         ),
         split: str = typer.Option("train", "--split", help="train or valid."),
         no_augment: bool = typer.Option(

@@ -22,22 +22,56 @@ generically.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hovernet.config import ModelGeometry, geometry_for
+from hovernet.errors import HoverNetError
 from hovernet.model.network import centre_crop, check_input, check_nr_types
 
 MODE = "lite"
-ENCODER = (16, 32, 64, 96, 128)  # channels per level, full resolution first
-TRUNK = ((96,), (64, 64), (32, 32))  # conv widths of the shared decoder at 1/8, 1/4, 1/2
-BRANCH = (16, 16)  # conv widths of each branch's decoder at full resolution
 BRANCH_ORDER = ("np", "hv", "tp")
 # a key only a lite state dict has (checkpoints.py recognises the architecture by it)
 SIGNATURE_KEY = "branches.np.out.weight"
 TYPE_KEY = "branches.tp.out.weight"
+FIRST_CONV_KEY = "encoder.0.0.conv.weight"  # its output channels tell lite's widths apart
+
+
+@dataclass(frozen=True)
+class LiteWidths:
+    """The channel widths of a lite network; the layout (5 levels, 3 trunk stages, 2 branch
+    convs) is fixed, so the geometry does not change with the widths."""
+
+    encoder: tuple[int, ...] = (16, 32, 64, 96, 128)  # per level, full resolution first
+    trunk: tuple[tuple[int, ...], ...] = ((96,), (64, 64), (32, 32))  # at 1/8, 1/4, 1/2
+    branch: tuple[int, ...] = (16, 16)  # each branch's decoder at full resolution
+
+    def __post_init__(self) -> None:
+        shape = (len(self.encoder), tuple(len(t) for t in self.trunk), len(self.branch))
+        if shape != (5, (1, 2, 2), 2):
+            raise HoverNetError(
+                f"lite widths need 5 encoder levels, trunk stages of 1, 2, 2 convs and 2 branch "
+                f"convs, got {self}"
+            )
+        if min(self.encoder + sum(self.trunk, ()) + self.branch) < 1:
+            raise HoverNetError(f"lite widths must be positive, got {self}")
+
+    def scaled(self, factor: float) -> LiteWidths:
+        """Every width times `factor`, rounded to a multiple of 8 (at least 8)."""
+
+        def scale(widths: tuple[int, ...]) -> tuple[int, ...]:
+            return tuple(max(8, round(w * factor / 8) * 8) for w in widths)
+
+        return LiteWidths(
+            scale(self.encoder), tuple(scale(t) for t in self.trunk), scale(self.branch)
+        )
+
+
+LITE = LiteWidths()  # lite: 0.86 M parameters
+WIDE = LITE.scaled(1.5)  # lite-wide: 24-48-96-144-192, ~1.9 M parameters, 2.25x the FLOPs
 
 
 def conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -71,25 +105,27 @@ class HoVerNetLite(nn.Module):
     ("tp" only when `nr_types` is set; None or 0: no type branch).
     """
 
-    def __init__(self, nr_types: int | None = None):
+    def __init__(self, nr_types: int | None = None, widths: LiteWidths = LITE, mode: str = MODE):
         super().__init__()
-        self.mode = MODE
-        self.geometry: ModelGeometry = geometry_for(MODE)
+        self.mode = mode
+        self.widths = widths
+        self.geometry: ModelGeometry = geometry_for(mode)
         self.nr_types = check_nr_types(nr_types)
         self.channels_last = False  # set by hovernet.model.inference.prepare_for_inference
-        crop = self.geometry.output_size + 2 * len(BRANCH)
+        crop = self.geometry.output_size + 2 * len(widths.branch)
         # forward crops at half resolution: exact only when the full-resolution offset is even
         assert crop % 2 == 0 and (self.geometry.input_size - crop) % 4 == 0
 
+        encoder = widths.encoder
         self.encoder = nn.ModuleList()
         in_ch = 3
-        for width in ENCODER:
+        for width in encoder:
             self.encoder.append(_stack(in_ch, (width, width)))
             in_ch = width
         self.trunk = nn.ModuleList()
-        for level, widths in zip((3, 2, 1), TRUNK, strict=True):
-            self.trunk.append(_stack(in_ch + ENCODER[level], widths))
-            in_ch = widths[-1]
+        for level, stage in zip((3, 2, 1), widths.trunk, strict=True):
+            self.trunk.append(_stack(in_ch + encoder[level], stage))
+            in_ch = stage[-1]
         out_channels = {"np": 2, "hv": 2, "tp": self.nr_types}
         self.branches = nn.ModuleDict()
         for name in BRANCH_ORDER:
@@ -97,8 +133,8 @@ class HoVerNetLite(nn.Module):
                 continue
             self.branches[name] = nn.Sequential(
                 OrderedDict(
-                    convs=_stack(in_ch + ENCODER[0], BRANCH),
-                    out=nn.Conv2d(BRANCH[-1], out_channels[name], 1),
+                    convs=_stack(in_ch + encoder[0], widths.branch),
+                    out=nn.Conv2d(widths.branch[-1], out_channels[name], 1),
                 )
             )
 
@@ -125,7 +161,7 @@ class HoVerNetLite(nn.Module):
         # offset 14 -> 7): the same pixels, without building and slicing the full 256 x 256
         # 48-channel tensor (15 % of ONNX Runtime's time at batch 8 went to that).
         out_size = self.geometry.output_size
-        crop = out_size + 2 * len(BRANCH)
+        crop = out_size + 2 * len(self.widths.branch)
         x = _up(centre_crop(x, (crop // 2,) * 2), centre_crop(skips[0], (crop, crop)))
         return {
             name: centre_crop(branch(x), (out_size, out_size))

@@ -10,9 +10,10 @@ checkpoint code never branch on the architecture:
   (a `hovernet.config.ModelGeometry`) and `channels_last` (set for inference);
 - `check_input(x)`: HoverNetError naming the expected input shape.
 
-Registered: `original` and `fast` (hovernet.model.network.HoVerNet) and `lite`
-(hovernet.model.lite.HoVerNetLite). Checkpoints record the name as their "mode"; files without
-it (the original's) are recognised by their keys and shapes (`Architecture.recognise`).
+Registered: `original` and `fast` (hovernet.model.network.HoVerNet), `lite` and `lite-wide`
+(hovernet.model.lite.HoVerNetLite at two widths). Checkpoints record the name as their "mode";
+files without it (the original's) are recognised by their keys and shapes
+(`Architecture.recognise`).
 """
 
 from __future__ import annotations
@@ -76,16 +77,25 @@ def _hovernet_recogniser(ksize: int) -> Callable[[Mapping[str, torch.Tensor]], o
     return recognise
 
 
-def _build_lite(nr_types: int | None) -> nn.Module:
-    from hovernet.model.lite import HoVerNetLite
+def _lite(name: str, scale: float) -> Callable[[int | None], nn.Module]:
+    def build(nr_types: int | None) -> nn.Module:
+        from hovernet.model.lite import LITE, HoVerNetLite
 
-    return HoVerNetLite(nr_types)
+        return HoVerNetLite(nr_types, LITE.scaled(scale), name)
+
+    return build
 
 
-def _recognise_lite(sd: Mapping[str, torch.Tensor]) -> int | None | object:
-    from hovernet.model.lite import SIGNATURE_KEY, TYPE_KEY
+def _lite_recogniser(scale: float) -> Callable[[Mapping[str, torch.Tensor]], object]:
+    def recognise(sd: Mapping[str, torch.Tensor]) -> int | None | object:
+        from hovernet.model.lite import FIRST_CONV_KEY, LITE, SIGNATURE_KEY, TYPE_KEY
 
-    return _channels(sd, TYPE_KEY) if SIGNATURE_KEY in sd else NOT_MINE
+        first = LITE.scaled(scale).encoder[0]
+        if SIGNATURE_KEY not in sd or _channels(sd, FIRST_CONV_KEY) != first:
+            return NOT_MINE
+        return _channels(sd, TYPE_KEY)
+
+    return recognise
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -105,10 +115,17 @@ ARCHITECTURES: dict[str, Architecture] = {
     ),
     "lite": Architecture(
         "lite",
-        _build_lite,
+        _lite("lite", 1.0),
         "compact HoVer-Net for CPUs (hovernet.model.lite): 256 -> 224, ~0.9 M parameters",
-        _recognise_lite,
-        "it has the lite branch heads (branches.*.out)",
+        _lite_recogniser(1.0),
+        "it has the lite branch heads (branches.*.out) and 16 first-layer channels",
+    ),
+    "lite-wide": Architecture(
+        "lite-wide",
+        _lite("lite-wide", 1.5),
+        "lite with 1.5x the channels: 256 -> 224, ~1.9 M parameters, 2.25x the FLOPs",
+        _lite_recogniser(1.5),
+        "it has the lite branch heads (branches.*.out) and 24 first-layer channels",
     ),
 }
 

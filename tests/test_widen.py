@@ -1,0 +1,75 @@
+"""lite-wide (lite at 1.5x the channels) and widening a trained lite into it, outputs kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_lite import CONSEP, flops_per_output_pixel, lite
+
+from hovernet.errors import HoverNetError
+from hovernet.io.slides import read_rgb
+from hovernet.model.checkpoints import load_model, save_checkpoint
+from hovernet.model.lite import LITE, WIDE, LiteWidths
+from hovernet.model.registry import build_model
+from hovernet.model.widen import widen_lite
+
+
+@pytest.fixture(scope="module")
+def patch() -> torch.Tensor:
+    return torch.from_numpy(read_rgb(CONSEP)).permute(2, 0, 1)[None].float()
+
+
+def test_lite_wide_widths_size_and_cost():
+    assert WIDE == LITE.scaled(1.5)
+    assert WIDE.encoder == (24, 48, 96, 144, 192) and WIDE.branch == (24, 24)
+    model = build_model("lite-wide", 5)
+    assert (model.mode, model.widths, model.geometry.output_size) == ("lite-wide", WIDE, 224)
+    params = sum(p.numel() for p in model.parameters())
+    assert 1.7e6 < params < 2.1e6
+    ratio = flops_per_output_pixel("lite-wide") / flops_per_output_pixel("lite")
+    assert 2.0 < ratio < 2.5
+    with pytest.raises(HoverNetError, match="5 encoder levels"):
+        LiteWidths(encoder=(16, 32, 64, 96))
+    with pytest.raises(HoverNetError, match="must be positive"):
+        LiteWidths(branch=(16, 0))
+
+
+def test_widened_network_computes_the_same_outputs(patch):
+    narrow = lite(4, seed=3)
+    torch.manual_seed(1)
+    wide = widen_lite(narrow, build_model("lite-wide", 4)).eval()
+    with torch.no_grad():
+        before, after = narrow(patch), wide(patch)
+    for name in ("np", "hv", "tp"):
+        scale = before[name].abs().max()
+        assert scale > 0.1
+        assert (after[name] - before[name]).abs().max() < 1e-5 * scale + 1e-5, name
+    # and the extra channels are trainable at once: the zero block gets gradients
+    wide.train()
+    out = wide(patch)
+    sum(v.float().pow(2).mean() for v in out.values()).backward()
+    conv = wide.trunk[1][0].conv  # reads the up-sampled trunk and the level-2 skip
+    zero_block = conv.weight.grad[:64, 96:144]  # old outputs <- the trunk's extra channels
+    assert torch.all(conv.weight[:64, 96:144] == 0)
+    assert zero_block.abs().sum() > 0
+
+
+def test_widened_checkpoint_is_recognised_as_lite_wide(tmp_path):
+    narrow = lite(5, seed=2)
+    wide = widen_lite(narrow, build_model("lite-wide", 5))
+    save_checkpoint(tmp_path / "wide.pth", wide, mpp=0.5)
+    torch.save({"desc": wide.state_dict()}, tmp_path / "bare.pth")  # no recorded mode
+    for name in ("wide.pth", "bare.pth"):
+        loaded = load_model(tmp_path / name)
+        assert (loaded.mode, loaded.nr_types) == ("lite-wide", 5)
+    torch.save({"desc": narrow.state_dict()}, tmp_path / "narrow.pth")
+    assert load_model(tmp_path / "narrow.pth").mode == "lite"
+    with pytest.raises(HoverNetError, match="24 first-layer channels.*--model_mode lite-wide"):
+        load_model(tmp_path / "bare.pth", mode="lite")
+
+
+def test_widen_refuses_what_does_not_fit():
+    with pytest.raises(HoverNetError, match="3 and 5 type channels"):
+        widen_lite(lite(3), build_model("lite-wide", 5))
+    with pytest.raises(HoverNetError, match="narrower"):
+        widen_lite(build_model("lite-wide", 3), lite(3))
