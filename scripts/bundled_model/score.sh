@@ -7,7 +7,8 @@
 #   --backend torch", TILE_OPTS="--phases 2"), to score inference variants.
 # SPLIT=valid: the images the training runs held out for validation (extract-patches, seed 0,
 #   --valid-fraction 0.2): 3 MoNuSeg training images and the 80 CoNSeP training crops of tiles
-#   12, 14, 19, 22 and 25. Every choice made for the bundled model was made on these.
+#   12, 14, 19, 22 and 25 (validation.json). Every choice made for the bundled model was made on
+#   these.
 set -euo pipefail
 SHARED=${1:?shared data folder}; OUT=${2:?output folder}; CKPT=${3:-}
 SPLIT=${SPLIT:-test}
@@ -15,15 +16,16 @@ PY=${PYTHON:-python}
 MODEL=(); [ -n "$CKPT" ] && MODEL=(--model_path "$CKPT")
 read -r -a INFER_EXTRA <<< "${INFER_OPTS:-}"; read -r -a TILE_EXTRA <<< "${TILE_OPTS:-}"
 mkdir -p "$OUT/monuseg_$SPLIT" "$OUT/consep_$SPLIT"
-$PY - "$SHARED" "$OUT" "$SPLIT" <<'PYEOF'
+HERE=$(cd "$(dirname "$0")" && pwd)
+$PY - "$SHARED" "$OUT" "$SPLIT" "$HERE/validation.json" <<'PYEOF'
 import json, os, sys
 from pathlib import Path
 shared, out, split = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-held_out = ["TCGA-21-5786-01Z-00-DX1", "TCGA-CH-5767-01Z-00-DX1", "TCGA-E2-A1B5-01Z-00-DX1"]
-monuseg = json.load(open(shared / "monuseg/split.json"))["test"] if split == "test" else held_out
+valid = json.loads(Path(sys.argv[4]).read_text())
+monuseg = json.load(open(shared / "monuseg/split.json"))["test"] if split == "test" else valid["monuseg"]
 links = [(shared / f"monuseg/images/{n}.png", out / f"monuseg_{split}/{n}.png") for n in monuseg]
 if split == "valid":
-    tiles = {f"train_{k}" for k in (12, 14, 19, 22, 25)}
+    tiles = set(valid["consep_tiles"])
     for src in sorted((shared / "consep_train_patches/images").glob("*.jpg")):
         if src.stem.rsplit("_", 1)[0] in tiles:
             links.append((src, out / f"consep_valid/{src.name}"))

@@ -33,8 +33,7 @@ from hovernet.io.slides import read_rgb
 from hovernet.metrics import instance_stats, radius_pixels, type_stats
 from hovernet.model.checkpoints import load_model
 
-HELD_OUT = ["TCGA-21-5786-01Z-00-DX1", "TCGA-CH-5767-01Z-00-DX1", "TCGA-E2-A1B5-01Z-00-DX1"]
-CONSEP_TILES = {f"train_{k}" for k in (12, 14, 19, 22, 25)}
+VALIDATION = json.loads((Path(__file__).parent / "validation.json").read_text())  # as score.sh
 GRID = [[f, m, None, None] for f in (0.4, 0.5, 0.6) for m in (0.3, 0.4, 0.5)] + [
     [0.5, 0.4, 1, None],
     [0.5, 0.4, 5, None],
@@ -46,9 +45,9 @@ def validation_items(shared: Path) -> list[tuple[str, Path, object]]:
     """(set, image, label file) of the validation images, as score.sh SPLIT=valid."""
     mon = list_label_files(shared / "monuseg/labels")
     con = list_label_files(shared / "consep_train_patches/labels")
-    items = [("monuseg", shared / f"monuseg/images/{n}.png", mon[n]) for n in HELD_OUT]
+    items = [("monuseg", shared / f"monuseg/images/{n}.png", mon[n]) for n in VALIDATION["monuseg"]]
     for src in sorted((shared / "consep_train_patches/images").glob("*.jpg")):
-        if src.stem.rsplit("_", 1)[0] in CONSEP_TILES:
+        if src.stem.rsplit("_", 1)[0] in VALIDATION["consep_tiles"]:
             items.append(("consep", src, con[src.stem]))
     return items
 
