@@ -179,7 +179,7 @@ def never_predicted_warning(record: dict[str, Any], type_info: TypeInfo | None) 
     return (
         f"the model never predicted {', '.join(names)} on the validation patches though "
         f"their targets hold {them} ({'; '.join(where)}): train longer or weight {them} up "
-        "(--class-weights, --balance-classes, tp_focal)"
+        "(--class-weights, --balance-classes, --loss-weights tp_focal=1)"
     )
 
 
