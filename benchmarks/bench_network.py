@@ -1,4 +1,4 @@
-"""Forward cost of every registered architecture on CPU (original, fast, lite, lite-wide), and
+"""Forward cost of every registered architecture on CPU (original, fast and the lite ones), and
 of this package's HoVer-Net against MONAI's HoVerNet, measured in the same run.
 
     .venv/bin/python benchmarks/bench_network.py [--quick] [--reps 2] [--threads 2]
@@ -53,7 +53,7 @@ from hovernet.model.inference import prepare_for_inference  # noqa: E402
 from hovernet.model.registry import ARCHITECTURES, build_model  # noqa: E402
 from hovernet.resources import available_cpus  # noqa: E402
 
-NR_TYPES = {"original": 5, "fast": 6, "lite": 6, "lite-wide": 6}  # CoNSeP-, PanNuke-like heads
+NR_TYPES = {"original": 5, "fast": 6} | dict.fromkeys(("lite", "lite-wide", "lite-deep"), 6)
 MONAI_MODES = ("original", "fast")  # the architectures MONAI implements
 VARIANTS = ("MONAI", "plain", "inference", "chlast", "folded", "prepared", "onnxruntime")
 LARGE_BATCH_VARIANTS = ("MONAI", "plain", "prepared", "onnxruntime")

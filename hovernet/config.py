@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from hovernet.errors import HoverNetError
 
 # the architectures' names (hovernet.model.registry), each with its geometry in GEOMETRY below
-MODES = ("original", "fast", "lite", "lite-wide")
+MODES = ("original", "fast", "lite", "lite-wide", "lite-deep")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ GEOMETRY = {
     # lite (hovernet.model.lite): "same" padding, a 16-pixel margin cropped away, 256 -> 224
     "lite": ModelGeometry("lite", 256, 224),
     "lite-wide": ModelGeometry("lite-wide", 256, 224),  # lite at 1.5x the channels
+    "lite-deep": ModelGeometry("lite-deep", 256, 224),  # lite with bottleneck blocks
 }
 
 

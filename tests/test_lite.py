@@ -55,7 +55,7 @@ def run(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def test_registry_lists_and_builds_every_architecture():
-    assert list(ARCHITECTURES) == ["original", "fast", "lite", "lite-wide"]
+    assert list(ARCHITECTURES) == ["original", "fast", "lite", "lite-wide", "lite-deep"]
     for name in ARCHITECTURES:
         with torch.device("meta"):  # the big ones: no weights, no forward pass
             model = build_model(name, 4)

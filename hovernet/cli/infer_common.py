@@ -122,8 +122,8 @@ def infer_group() -> typer.Typer:
             None,
             "--model_mode",
             "--model-mode",
-            help="original, fast, lite or lite-wide; read from the checkpoint if left out "
-            "(checked if given).",
+            help="original, fast, lite, lite-wide or lite-deep; read from the checkpoint if "
+            "left out (checked if given).",
         ),
         nr_types: int | None = typer.Option(
             None,

@@ -57,7 +57,9 @@ def register(app: typer.Typer) -> None:
         ),
         out: Path = typer.Option(None, "--out", help="Run folder (checkpoints, metrics, plots)."),
         config: Path | None = typer.Option(None, "--config", help="YAML run configuration."),
-        arch: str | None = typer.Option(None, "--arch", help="original, fast, lite or lite-wide."),
+        arch: str | None = typer.Option(
+            None, "--arch", help="original, fast, lite, lite-wide or lite-deep."
+        ),
         epochs: int | None = typer.Option(None, "--epochs", help="Epochs (per phase)."),
         batch: int | None = typer.Option(None, "--batch", "--batch-size", help="Batch per GPU."),
         img: int | None = typer.Option(None, "--img", help="Network input size (picks --arch)."),

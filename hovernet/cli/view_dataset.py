@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
             "--mode",
             "--model-mode",
             "--model_mode",
-            help="original, fast, lite or lite-wide.",
+            help="original, fast, lite, lite-wide or lite-deep.",
         ),
         split: str = typer.Option("train", "--split", help="train or valid."),
         no_augment: bool = typer.Option(

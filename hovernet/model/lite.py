@@ -38,6 +38,7 @@ BRANCH_ORDER = ("np", "hv", "tp")
 SIGNATURE_KEY = "branches.np.out.weight"
 TYPE_KEY = "branches.tp.out.weight"
 FIRST_CONV_KEY = "encoder.0.0.conv.weight"  # its output channels tell lite's widths apart
+BOTTLENECK_KEY = "bottleneck.0.convs.0.conv.weight"  # only lite-deep has it
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class LiteWidths:
     encoder: tuple[int, ...] = (16, 32, 64, 96, 128)  # per level, full resolution first
     trunk: tuple[tuple[int, ...], ...] = ((96,), (64, 64), (32, 32))  # at 1/8, 1/4, 1/2
     branch: tuple[int, ...] = (16, 16)  # each branch's decoder at full resolution
+    # residual blocks after the deepest level (two convs each at its width; the receptive
+    # field grows by 64 px per block): 0 for lite and lite-wide
+    bottleneck_blocks: int = 0
 
     def __post_init__(self) -> None:
         shape = (len(self.encoder), tuple(len(t) for t in self.trunk), len(self.branch))
@@ -58,6 +62,8 @@ class LiteWidths:
             )
         if min(self.encoder + sum(self.trunk, ()) + self.branch) < 1:
             raise HoverNetError(f"lite widths must be positive, got {self}")
+        if self.bottleneck_blocks < 0:
+            raise HoverNetError(f"lite bottleneck_blocks must be 0 or more, got {self}")
 
     def scaled(self, factor: float) -> LiteWidths:
         """Every width times `factor`, rounded to a multiple of 8 (at least 8)."""
@@ -66,12 +72,16 @@ class LiteWidths:
             return tuple(max(8, round(w * factor / 8) * 8) for w in widths)
 
         return LiteWidths(
-            scale(self.encoder), tuple(scale(t) for t in self.trunk), scale(self.branch)
+            scale(self.encoder),
+            tuple(scale(t) for t in self.trunk),
+            scale(self.branch),
+            self.bottleneck_blocks,
         )
 
 
 LITE = LiteWidths()  # lite: 0.86 M parameters
 WIDE = LITE.scaled(1.5)  # lite-wide: 24-48-96-144-192, ~1.9 M parameters, 2.25x the FLOPs
+DEEP = LiteWidths(bottleneck_blocks=2)  # lite-deep: receptive field ~180 -> ~310 px, +0.6 M
 
 
 def conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -95,6 +105,28 @@ def _stack(in_ch: int, widths: tuple[int, ...]) -> nn.Sequential:
 def _up(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     """2x nearest up-sampling of `x`, concatenated with the encoder skip of that level."""
     return torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skip], dim=1)
+
+
+class Residual(nn.Module):
+    """x + convs(x), then ReLU; the second BatchNorm starts at weight 0, so a new block is the
+    identity on the (non-negative) features it gets, and adding blocks to a trained network
+    leaves its outputs as they were."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.convs = nn.Sequential(
+            conv_bn_relu(channels, channels),
+            nn.Sequential(
+                OrderedDict(
+                    conv=nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                    bn=nn.BatchNorm2d(channels),
+                )
+            ),
+        )
+        nn.init.zeros_(self.convs[1].bn.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.convs(x))
 
 
 class HoVerNetLite(nn.Module):
@@ -122,6 +154,10 @@ class HoVerNetLite(nn.Module):
         for width in encoder:
             self.encoder.append(_stack(in_ch, (width, width)))
             in_ch = width
+        if widths.bottleneck_blocks:  # lite and lite-wide have no such key
+            self.bottleneck = nn.Sequential(
+                *(Residual(in_ch) for _ in range(widths.bottleneck_blocks))
+            )
         self.trunk = nn.ModuleList()
         for level, stage in zip((3, 2, 1), widths.trunk, strict=True):
             self.trunk.append(_stack(in_ch + encoder[level], stage))
@@ -152,6 +188,8 @@ class HoVerNetLite(nn.Module):
                 x = F.max_pool2d(x, 2)
             x = block(x)
             skips.append(x)
+        if self.widths.bottleneck_blocks:
+            x = self.bottleneck(x)
         for level, block in zip((3, 2, 1), self.trunk, strict=True):
             x = block(_up(x, skips[level]))
         # The branches run at full resolution on a crop: the output square plus one pixel per

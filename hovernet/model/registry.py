@@ -10,9 +10,9 @@ checkpoint code never branch on the architecture:
   (a `hovernet.config.ModelGeometry`) and `channels_last` (set for inference);
 - `check_input(x)`: HoverNetError naming the expected input shape.
 
-Registered: `original` and `fast` (hovernet.model.network.HoVerNet), `lite` and `lite-wide`
-(hovernet.model.lite.HoVerNetLite at two widths). Checkpoints record the name as their "mode";
-files without it (the original's) are recognised by their keys and shapes
+Registered: `original` and `fast` (hovernet.model.network.HoVerNet), `lite`, `lite-wide` and
+`lite-deep` (hovernet.model.lite.HoVerNetLite, three shapes). Checkpoints record the name as
+their "mode"; files without it (the original's) are recognised by their keys and shapes
 (`Architecture.recognise`).
 """
 
@@ -77,21 +77,29 @@ def _hovernet_recogniser(ksize: int) -> Callable[[Mapping[str, torch.Tensor]], o
     return recognise
 
 
-def _lite(name: str, scale: float) -> Callable[[int | None], nn.Module]:
+def _lite(name: str) -> Callable[[int | None], nn.Module]:
     def build(nr_types: int | None) -> nn.Module:
-        from hovernet.model.lite import LITE, HoVerNetLite
+        from hovernet.model.lite import HoVerNetLite
 
-        return HoVerNetLite(nr_types, LITE.scaled(scale), name)
+        return HoVerNetLite(nr_types, _lite_widths(name), name)
 
     return build
 
 
-def _lite_recogniser(scale: float) -> Callable[[Mapping[str, torch.Tensor]], object]:
-    def recognise(sd: Mapping[str, torch.Tensor]) -> int | None | object:
-        from hovernet.model.lite import FIRST_CONV_KEY, LITE, SIGNATURE_KEY, TYPE_KEY
+def _lite_widths(name: str):
+    from hovernet.model.lite import DEEP, LITE, WIDE
 
-        first = LITE.scaled(scale).encoder[0]
-        if SIGNATURE_KEY not in sd or _channels(sd, FIRST_CONV_KEY) != first:
+    return {"lite": LITE, "lite-wide": WIDE, "lite-deep": DEEP}[name]
+
+
+def _lite_recogniser(name: str) -> Callable[[Mapping[str, torch.Tensor]], object]:
+    def recognise(sd: Mapping[str, torch.Tensor]) -> int | None | object:
+        from hovernet.model.lite import BOTTLENECK_KEY, FIRST_CONV_KEY, SIGNATURE_KEY, TYPE_KEY
+
+        widths = _lite_widths(name)
+        if SIGNATURE_KEY not in sd or _channels(sd, FIRST_CONV_KEY) != widths.encoder[0]:
+            return NOT_MINE
+        if (BOTTLENECK_KEY in sd) != bool(widths.bottleneck_blocks):
             return NOT_MINE
         return _channels(sd, TYPE_KEY)
 
@@ -115,17 +123,24 @@ ARCHITECTURES: dict[str, Architecture] = {
     ),
     "lite": Architecture(
         "lite",
-        _lite("lite", 1.0),
+        _lite("lite"),
         "compact HoVer-Net for CPUs (hovernet.model.lite): 256 -> 224, ~0.9 M parameters",
-        _lite_recogniser(1.0),
-        "it has the lite branch heads (branches.*.out) and 16 first-layer channels",
+        _lite_recogniser("lite"),
+        "it has the lite branch heads (branches.*.out), 16 first-layer channels, no bottleneck",
     ),
     "lite-wide": Architecture(
         "lite-wide",
-        _lite("lite-wide", 1.5),
+        _lite("lite-wide"),
         "lite with 1.5x the channels: 256 -> 224, ~1.9 M parameters, 2.25x the FLOPs",
-        _lite_recogniser(1.5),
+        _lite_recogniser("lite-wide"),
         "it has the lite branch heads (branches.*.out) and 24 first-layer channels",
+    ),
+    "lite-deep": Architecture(
+        "lite-deep",
+        _lite("lite-deep"),
+        "lite with 2 residual blocks at 1/16 resolution: receptive field ~310 px, ~1.5 M params",
+        _lite_recogniser("lite-deep"),
+        "it has the lite branch heads (branches.*.out) and bottleneck blocks",
     ),
 }
 

@@ -4,7 +4,7 @@
 #
 # Here (the 2-core machine), once:
 #   python scripts/bundled_model/gpu_pack.py pack WORK/resampled ../shared/data .gpu  # 44 MiB
-#   cp hovernet/weights/lite-v3.pth .gpu/init.pth   # or widen.py's lite-wide of it (add --arch lite-wide)
+#   cp hovernet/weights/lite-v3.pth .gpu/init.pth   # or grow.py's lite-wide of it (add --arch lite-wide)
 # (.gpu must be ignored by git: echo /.gpu/ >> .git/info/exclude). Then one device call:
 #   command: bash scripts/bundled_model/gpu_v3.sh .gpu .gpu/init.pth 6 --config scripts/bundled_model/gpu.yaml
 #   carry: [".gpu"], timeout_s: 600

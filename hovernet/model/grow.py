@@ -1,21 +1,26 @@
-"""Grow a trained lite network into a wider one that computes exactly the same outputs.
+"""Grow a trained lite network into a wider or deeper one that computes the same outputs.
 
 Used to probe capacity without training from scratch (docs/model-card.md, "Probes"): the
-wide network starts as the narrow one and training can then use its extra channels.
+grown network starts as the trained one and training can then use what was added.
 
-Every convolution of the wide network keeps the narrow one's weights in its first channels;
-its extra output channels keep their fresh random initialisation, and the weights from the
-extra input channels into the old output channels are zero. So the old channels compute what
-they computed before, the extra ones compute something the old ones ignore, and the outputs,
-read from the old channels only, are unchanged. Training gives the zero weights gradients at
-once (the extra channels' activations are not zero), so the extra channels come into use.
+Wider (`widen_lite`, lite -> lite-wide): every convolution of the wide network keeps the narrow
+one's weights in its first channels; its extra output channels keep their fresh random
+initialisation, and the weights from the extra input channels into the old output channels are
+zero. So the old channels compute what they computed before, the extra ones compute something
+the old ones ignore, and the outputs, read from the old channels only, are unchanged. Training
+gives the zero weights gradients at once (the extra channels' activations are not zero), so the
+extra channels come into use. Where a convolution reads a concatenation (the decoder's
+up-sampled input beside an encoder skip), each part sits at its own offset in the wide network,
+and the old weights are placed part by part.
 
-Where a convolution reads a concatenation (the decoder's up-sampled input beside an encoder
-skip), each part sits at its own offset in the wide network, and the old weights are placed
-part by part.
+Deeper (`deepen_lite`, lite -> lite-deep): every weight is copied; the added bottleneck blocks
+are residual with their last BatchNorm's weight at 0 (`hovernet.model.lite.Residual`), so they
+start as the identity.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import nn
@@ -83,6 +88,8 @@ def widen_lite(narrow: HoVerNetLite, wide: HoVerNetLite) -> HoVerNetLite:
         raise HoverNetError(
             f"cannot widen: the models have {narrow.nr_types} and {wide.nr_types} type channels"
         )
+    if narrow.widths.bottleneck_blocks or wide.widths.bottleneck_blocks:
+        raise HoverNetError("widen_lite grows lite into lite-wide: no bottleneck blocks")
     if any(a > b for a, b in zip(_flat(narrow.widths), _flat(wide.widths), strict=True)):
         raise HoverNetError(f"cannot widen {narrow.widths} into the narrower {wide.widths}")
     parts = _input_parts((narrow.widths, wide.widths))
@@ -98,3 +105,19 @@ def widen_lite(narrow: HoVerNetLite, wide: HoVerNetLite) -> HoVerNetLite:
 
 def _flat(widths: LiteWidths) -> tuple[int, ...]:
     return widths.encoder + sum(widths.trunk, ()) + widths.branch
+
+
+def deepen_lite(shallow: HoVerNetLite, deep: HoVerNetLite) -> HoVerNetLite:
+    """Copy `shallow`'s weights into `deep` (freshly built, the same widths plus bottleneck
+    blocks, which start as the identity) so that `deep` computes the same outputs; returns it."""
+    same = dataclasses.replace(deep.widths, bottleneck_blocks=shallow.widths.bottleneck_blocks)
+    if shallow.nr_types != deep.nr_types or same != shallow.widths:
+        raise HoverNetError(
+            f"cannot deepen {shallow.mode} (nr_types {shallow.nr_types}) into {deep.mode} "
+            f"(nr_types {deep.nr_types}): only bottleneck blocks may be added"
+        )
+    missing, unexpected = deep.load_state_dict(shallow.state_dict(), strict=False)
+    added = [k for k in missing if not k.startswith("bottleneck.")]
+    if added or unexpected:  # the widths matched, so this cannot happen short of a bug
+        raise HoverNetError(f"cannot deepen: {added or unexpected} do not match")
+    return deep  # the added blocks start as the identity (Residual's initialisation)

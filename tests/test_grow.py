@@ -1,4 +1,4 @@
-"""lite-wide (lite at 1.5x the channels) and widening a trained lite into it, outputs kept."""
+"""lite-wide and lite-deep, and growing a trained lite into them with its outputs kept."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from test_lite import CONSEP, flops_per_output_pixel, lite
 from hovernet.errors import HoverNetError
 from hovernet.io.slides import read_rgb
 from hovernet.model.checkpoints import load_model, save_checkpoint
-from hovernet.model.lite import LITE, WIDE, LiteWidths
+from hovernet.model.grow import deepen_lite, widen_lite
+from hovernet.model.lite import DEEP, LITE, WIDE, LiteWidths
 from hovernet.model.registry import build_model
-from hovernet.model.widen import widen_lite
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,12 @@ def test_lite_wide_widths_size_and_cost():
         LiteWidths(encoder=(16, 32, 64, 96))
     with pytest.raises(HoverNetError, match="must be positive"):
         LiteWidths(branch=(16, 0))
+    with pytest.raises(HoverNetError, match="bottleneck_blocks must be 0 or more"):
+        LiteWidths(bottleneck_blocks=-1)
+    deep = build_model("lite-deep", 5)
+    assert deep.widths == DEEP and len(deep.bottleneck) == 2
+    assert 1.3e6 < sum(p.numel() for p in deep.parameters()) < 1.6e6
+    assert 1.0 < flops_per_output_pixel("lite-deep") / flops_per_output_pixel("lite") < 1.1
 
 
 def test_widened_network_computes_the_same_outputs(patch):
@@ -54,7 +60,27 @@ def test_widened_network_computes_the_same_outputs(patch):
     assert zero_block.abs().sum() > 0
 
 
-def test_widened_checkpoint_is_recognised_as_lite_wide(tmp_path):
+def test_deepened_network_computes_the_same_outputs_and_trains_its_blocks(patch):
+    shallow = lite(4, seed=5)
+    torch.manual_seed(2)
+    deep = deepen_lite(shallow, build_model("lite-deep", 4)).eval()
+    with torch.no_grad():
+        before, after = shallow(patch), deep(patch)
+    for name in ("np", "hv", "tp"):
+        assert torch.allclose(after[name], before[name], rtol=1e-5, atol=1e-4), name
+    # the blocks start as the identity but are not dead: the zero BatchNorm weight has a gradient
+    deep.train()
+    sum(v.float().pow(2).mean() for v in deep(patch).values()).backward()
+    for block in deep.bottleneck:
+        bn = block.convs[1].bn
+        assert torch.all(bn.weight == 0) and bn.weight.grad.abs().sum() > 0
+    with pytest.raises(HoverNetError, match="only bottleneck blocks may be added"):
+        deepen_lite(shallow, build_model("lite-wide", 4))
+    with pytest.raises(HoverNetError, match="no bottleneck blocks"):
+        widen_lite(deep, build_model("lite-wide", 4))
+
+
+def test_grown_checkpoints_are_recognised(tmp_path):
     narrow = lite(5, seed=2)
     wide = widen_lite(narrow, build_model("lite-wide", 5))
     save_checkpoint(tmp_path / "wide.pth", wide, mpp=0.5)
@@ -66,6 +92,11 @@ def test_widened_checkpoint_is_recognised_as_lite_wide(tmp_path):
     assert load_model(tmp_path / "narrow.pth").mode == "lite"
     with pytest.raises(HoverNetError, match="24 first-layer channels.*--model_mode lite-wide"):
         load_model(tmp_path / "bare.pth", mode="lite")
+    deep = deepen_lite(narrow, build_model("lite-deep", 5))
+    torch.save({"desc": deep.state_dict()}, tmp_path / "deep.pth")
+    assert load_model(tmp_path / "deep.pth").mode == "lite-deep"
+    with pytest.raises(HoverNetError, match="bottleneck blocks.*--model_mode lite-deep"):
+        load_model(tmp_path / "deep.pth", mode="lite")
 
 
 def test_widen_refuses_what_does_not_fit():
