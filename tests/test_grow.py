@@ -104,3 +104,11 @@ def test_widen_refuses_what_does_not_fit():
         widen_lite(lite(3), build_model("lite-wide", 5))
     with pytest.raises(HoverNetError, match="narrower"):
         widen_lite(build_model("lite-wide", 3), lite(3))
+
+
+def test_training_a_grown_architecture_from_a_lite_checkpoint_says_how(tmp_path):
+    from hovernet.model.checkpoints import init_from_checkpoint
+
+    save_checkpoint(tmp_path / "lite.pth", lite(5))
+    with pytest.raises(HoverNetError, match="pass --arch lite .*grow it into lite-deep first"):
+        init_from_checkpoint(build_model("lite-deep", 5), tmp_path / "lite.pth")

@@ -322,9 +322,14 @@ def init_from_checkpoint(
     sd = _state_dict_of(obj, path)
     mode, nr_types = infer_architecture(sd, str(path))
     if mode != model.mode:
+        grow = (
+            f" (or grow it into {model.mode} first: scripts/bundled_model/grow.py)"
+            if mode == "lite" and model.mode in ("lite-wide", "lite-deep")
+            else ""
+        )
         raise HoverNetError(
             f"{path} holds a {mode} network but this run trains {model.mode}: pass --arch {mode} "
-            "or another checkpoint"
+            f"or another checkpoint{grow}"
         )
     note = ""
     trained_mpp = obj.get("mpp")
