@@ -40,37 +40,33 @@ def test_lite_wide_widths_size_and_cost():
     assert 1.0 < flops_per_output_pixel("lite-deep") / flops_per_output_pixel("lite") < 1.1
 
 
-def test_widened_network_computes_the_same_outputs(patch):
-    narrow = lite(4, seed=3)
+def grown_with_gradients(grow, small, arch: str, patch: torch.Tensor):
+    """`small` grown into `arch`: the same outputs (checked), then one backward pass in
+    training mode, so that the caller can check that the added parts get gradients."""
     torch.manual_seed(1)
-    wide = widen_lite(narrow, build_model("lite-wide", 4)).eval()
+    grown = grow(small, build_model(arch, small.nr_types)).eval()
     with torch.no_grad():
-        before, after = narrow(patch), wide(patch)
+        before, after = small(patch), grown(patch)
     for name in ("np", "hv", "tp"):
-        scale = before[name].abs().max()
-        assert scale > 0.1
-        assert (after[name] - before[name]).abs().max() < 1e-5 * scale + 1e-5, name
-    # and the extra channels are trainable at once: the zero block gets gradients
-    wide.train()
-    out = wide(patch)
-    sum(v.float().pow(2).mean() for v in out.values()).backward()
+        assert before[name].abs().max() > 0.1
+        assert torch.allclose(after[name], before[name], rtol=1e-5, atol=1e-4), name
+    grown.train()
+    sum(v.float().pow(2).mean() for v in grown(patch).values()).backward()
+    return grown
+
+
+def test_widened_network_computes_the_same_outputs(patch):
+    wide = grown_with_gradients(widen_lite, lite(4, seed=3), "lite-wide", patch)
+    # the extra channels are trainable at once: the zero block gets gradients
     conv = wide.trunk[1][0].conv  # reads the up-sampled trunk and the level-2 skip
-    zero_block = conv.weight.grad[:64, 96:144]  # old outputs <- the trunk's extra channels
-    assert torch.all(conv.weight[:64, 96:144] == 0)
-    assert zero_block.abs().sum() > 0
+    assert torch.all(conv.weight[:64, 96:144] == 0)  # old outputs <- the trunk's extra channels
+    assert conv.weight.grad[:64, 96:144].abs().sum() > 0
 
 
 def test_deepened_network_computes_the_same_outputs_and_trains_its_blocks(patch):
     shallow = lite(4, seed=5)
-    torch.manual_seed(2)
-    deep = deepen_lite(shallow, build_model("lite-deep", 4)).eval()
-    with torch.no_grad():
-        before, after = shallow(patch), deep(patch)
-    for name in ("np", "hv", "tp"):
-        assert torch.allclose(after[name], before[name], rtol=1e-5, atol=1e-4), name
+    deep = grown_with_gradients(deepen_lite, shallow, "lite-deep", patch)
     # the blocks start as the identity but are not dead: the zero BatchNorm weight has a gradient
-    deep.train()
-    sum(v.float().pow(2).mean() for v in deep(patch).values()).backward()
     for block in deep.bottleneck:
         bn = block.convs[1].bn
         assert torch.all(bn.weight == 0) and bn.weight.grad.abs().sum() > 0
