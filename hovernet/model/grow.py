@@ -90,7 +90,7 @@ def widen_lite(narrow: HoVerNetLite, wide: HoVerNetLite) -> HoVerNetLite:
         )
     if narrow.widths.bottleneck_blocks or wide.widths.bottleneck_blocks:
         raise HoverNetError("widen_lite grows lite into lite-wide: no bottleneck blocks")
-    if any(a > b for a, b in zip(_flat(narrow.widths), _flat(wide.widths), strict=True)):
+    if any(a > b for a, b in zip(narrow.widths.flat, wide.widths.flat, strict=True)):
         raise HoverNetError(f"cannot widen {narrow.widths} into the narrower {wide.widths}")
     parts = _input_parts((narrow.widths, wide.widths))
     new_modules = dict(wide.named_modules())
@@ -101,10 +101,6 @@ def widen_lite(narrow: HoVerNetLite, wide: HoVerNetLite) -> HoVerNetLite:
             elif isinstance(old, nn.BatchNorm2d):
                 _copy_norm(old, new_modules[name])
     return wide
-
-
-def _flat(widths: LiteWidths) -> tuple[int, ...]:
-    return widths.encoder + sum(widths.trunk, ()) + widths.branch
 
 
 def deepen_lite(shallow: HoVerNetLite, deep: HoVerNetLite) -> HoVerNetLite:

@@ -60,10 +60,15 @@ class LiteWidths:
                 f"lite widths need 5 encoder levels, trunk stages of 1, 2, 2 convs and 2 branch "
                 f"convs, got {self}"
             )
-        if min(self.encoder + sum(self.trunk, ()) + self.branch) < 1:
+        if min(self.flat) < 1:
             raise HoverNetError(f"lite widths must be positive, got {self}")
         if self.bottleneck_blocks < 0:
             raise HoverNetError(f"lite bottleneck_blocks must be 0 or more, got {self}")
+
+    @property
+    def flat(self) -> tuple[int, ...]:
+        """Every conv width, encoder, trunk and branch, in one tuple."""
+        return self.encoder + sum(self.trunk, ()) + self.branch
 
     def scaled(self, factor: float) -> LiteWidths:
         """Every width times `factor`, rounded to a multiple of 8 (at least 8)."""
@@ -154,10 +159,8 @@ class HoVerNetLite(nn.Module):
         for width in encoder:
             self.encoder.append(_stack(in_ch, (width, width)))
             in_ch = width
-        if widths.bottleneck_blocks:  # lite and lite-wide have no such key
-            self.bottleneck = nn.Sequential(
-                *(Residual(in_ch) for _ in range(widths.bottleneck_blocks))
-            )
+        # empty (no weights, the identity) for lite and lite-wide
+        self.bottleneck = nn.Sequential(*(Residual(in_ch) for _ in range(widths.bottleneck_blocks)))
         self.trunk = nn.ModuleList()
         for level, stage in zip((3, 2, 1), widths.trunk, strict=True):
             self.trunk.append(_stack(in_ch + encoder[level], stage))
@@ -188,8 +191,7 @@ class HoVerNetLite(nn.Module):
                 x = F.max_pool2d(x, 2)
             x = block(x)
             skips.append(x)
-        if self.widths.bottleneck_blocks:
-            x = self.bottleneck(x)
+        x = self.bottleneck(x)
         for level, block in zip((3, 2, 1), self.trunk, strict=True):
             x = block(_up(x, skips[level]))
         # The branches run at full resolution on a crop: the output square plus one pixel per

@@ -165,8 +165,8 @@ def resolve_config(yaml_path: Path | None, overrides: dict[str, Any]) -> TrainCo
     raw: dict[str, Any] = load_yaml(yaml_path) if yaml_path is not None else {}
     raw = {_normalise_key(str(k)): v for k, v in raw.items()}
     for key, value in overrides.items():
-        if key == "loss_weights" and value and isinstance(raw.get(key), dict):
-            value = {**raw[key], **value}  # the command line's terms over the file's
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            value = {**raw[key], **value}  # a mapping (loss_weights): its keys over the file's
         if value is not None and value != []:
             raw[key] = value
     return config_from_dict(raw, str(yaml_path) if yaml_path else "command line")
