@@ -51,15 +51,20 @@ def _convert_folder(src: Path, dst: Path, suffix: str, keep=lambda name: True) -
             convert(path, dst / (path.stem + suffix))
 
 
+def _copy_sets(src_root: Path, dst_root: Path, suffix: str) -> None:
+    """The resampled sets: images converted to `suffix`, labels and type_info copied."""
+    for name in SETS:
+        src, dst = src_root / name, dst_root / name
+        _convert_folder(src / "images", dst / "images", suffix)
+        shutil.copytree(src / "labels", dst / "labels", dirs_exist_ok=True)
+        if (src / "type_info.json").is_file():
+            shutil.copy(src / "type_info.json", dst / "type_info.json")
+
+
 def pack(resampled: Path, shared: Path, out: Path) -> None:
     if out.exists():
         sys.exit(f"{out} exists: remove it or pack into a new folder")
-    for name in SETS:
-        src, dst = resampled / name, out / "resampled" / name
-        _convert_folder(src / "images", dst / "images", ".webp")
-        shutil.copytree(src / "labels", dst / "labels")
-        if (src / "type_info.json").is_file():
-            shutil.copy(src / "type_info.json", dst / "type_info.json")
+    _copy_sets(resampled, out / "resampled", ".webp")
     crc, dst = shared / "crchisto", out / "crchisto"
     train = set(json.loads((crc / "split.json").read_text())["train"])
     _convert_folder(crc / "images", dst / "images", ".webp", keep=train.__contains__)
@@ -75,12 +80,7 @@ def pack(resampled: Path, shared: Path, out: Path) -> None:
 
 
 def unpack(pack_dir: Path, out: Path) -> None:
-    for name in SETS:
-        src, dst = pack_dir / "resampled" / name, out / "resampled" / name
-        _convert_folder(src / "images", dst / "images", ".png")
-        shutil.copytree(src / "labels", dst / "labels", dirs_exist_ok=True)
-        if (src / "type_info.json").is_file():
-            shutil.copy(src / "type_info.json", dst / "type_info.json")
+    _copy_sets(pack_dir / "resampled", out / "resampled", ".png")
     src, dst = pack_dir / "crchisto", out / "shared" / "crchisto"
     _convert_folder(src / "images", dst / "images", ".png")
     shutil.copytree(src / "points", dst / "points", dirs_exist_ok=True)
