@@ -4,6 +4,7 @@ Instance mode: Dice, AJI, AJI+, DQ, SQ, PQ per image, their mean over images (th
 summary) and pooled values. Type mode: detection F1, type accuracy and per-type F1 pooled over
 images (the original's numbers), plus per-image detection values. Pannuke and conic modes: the
 two datasets' per-class protocols (hovernet/cli/stats_classes.py), also on their .npy arrays.
+Errors mode: why PQ is lost, each error's cause and recall by size (hovernet/cli/stats_errors.py).
 Results are printed and, with --out result.json, written as JSON and CSV (result.csv beside it).
 """
 
@@ -23,7 +24,7 @@ from hovernet.errors import HoverNetError
 INSTANCE_KEYS = ("dice", "aji", "aji_plus", "dq", "sq", "pq")
 INSTANCE_COUNTS = ("n_true", "n_pred", "tp", "fp", "fn")
 TYPE_IMAGE_KEYS = ("f1_d", "precision_d", "recall_d", "acc")
-MODES = ("instance", "type", "pannuke", "conic")
+MODES = ("instance", "type", "pannuke", "conic", "errors")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class StatsConfig:
     type_ids: tuple[int, ...] | None = None
     allow_unmatched: bool = False
     count_crop: int = 224  # conic mode: side of the central square nuclei are counted in
+    area_bins: tuple[float, ...] | None = None  # errors mode (None: its defaults)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -52,6 +54,10 @@ class StatsConfig:
             raise HoverNetError(
                 f"--out {self.out}: give a .json path; the CSV is written beside it"
             )
+        if self.area_bins is not None:
+            from hovernet.metrics.errors import check_area_bins
+
+            check_area_bins(self.area_bins, "--area-bins")
         if not 0.0 <= self.match_iou < 1.0:
             raise HoverNetError(f"--match-iou must be in [0, 1), got {self.match_iou}")
 
@@ -172,6 +178,10 @@ def table_rows(result: dict) -> tuple[list[str], list[list]]:
         from hovernet.cli.stats_classes import table_rows as class_rows
 
         return class_rows(result)
+    if result["mode"] == "errors":
+        from hovernet.cli.stats_errors import table_rows as error_rows
+
+        return error_rows(result)
     if result["mode"] == "instance":
         header = ["image", *INSTANCE_KEYS, *INSTANCE_COUNTS]
         rows = [[n, *(v[k] for k in header[1:])] for n, v in result["per_image"].items()]
@@ -251,6 +261,10 @@ def write_results(result: dict, out: Path) -> Path:
 
 
 def _runner(mode: str):
+    if mode == "errors":
+        from hovernet.cli.stats_errors import run_errors
+
+        return run_errors
     if mode in ("pannuke", "conic"):
         from hovernet.cli.stats_classes import run_conic, run_pannuke
 
@@ -276,6 +290,16 @@ def run_stats(cfg: StatsConfig, quiet: bool = True) -> dict:
     return result
 
 
+def _numbers(text: str | None, flag: str) -> tuple[float, ...] | None:
+    """A comma-separated list of numbers, or None."""
+    if not text:
+        return None
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError as exc:
+        raise HoverNetError(f"{flag} must be numbers like 5,10,20, got {text}") from exc
+
+
 def register(app: typer.Typer) -> None:
     @app.command("stats")
     def stats(
@@ -297,7 +321,8 @@ def register(app: typer.Typer) -> None:
         mode: str = typer.Option(
             "instance",
             "--mode",
-            help="'instance', 'type', 'pannuke' (mPQ/bPQ) or 'conic' (mPQ+, count R2).",
+            help="'instance', 'type', 'pannuke' (mPQ/bPQ), 'conic' (mPQ+, count R2) or 'errors' "
+            "(each PQ error's cause; recall by nucleus size).",
         ),
         out: Path | None = typer.Option(
             None, "--out", help="Write the results as JSON here and as CSV beside it."
@@ -318,7 +343,8 @@ def register(app: typer.Typer) -> None:
             None,
             "--type-ids",
             "--type_ids",
-            help="Type, pannuke, conic modes: class ids to score, e.g. '1,2,3,4'.",
+            help="Type, pannuke, conic modes: class ids to score, e.g. '1,2,3,4'; errors mode: "
+            "report recall per true type of these ids.",
         ),
         allow_unmatched: bool = typer.Option(
             False,
@@ -330,6 +356,12 @@ def register(app: typer.Typer) -> None:
             "--count-crop",
             help="Conic mode: count nuclei touching the central square of this side (px; 0: "
             "whole image).",
+        ),
+        area_bins: str | None = typer.Option(
+            None,
+            "--area-bins",
+            help="Errors mode: nucleus area bin edges, e.g. '5,10,20,40' (um^2 with --mpp, "
+            "else px; default 5,10,20,40 um^2 or 80,160,320,640 px).",
         ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
@@ -353,6 +385,7 @@ def register(app: typer.Typer) -> None:
             ids,
             allow_unmatched,
             count_crop,
+            _numbers(area_bins, "--area-bins"),
         )
         result = run_stats(cfg, quiet=quiet)
         if Path(result["pred_dir"]) != cfg.pred_dir:
@@ -370,6 +403,11 @@ def register(app: typer.Typer) -> None:
             tables, line = summary_tables(result)
             print("\n\n".join(format_table(*table, n_summary=0) for table in tables))
             print(line)
+        elif cfg.mode == "errors":
+            from hovernet.cli.stats_errors import recall_lines
+
+            print(format_table(*table_rows(result), n_summary=1))
+            print(recall_lines(result))
         else:
             print(format_table(*table_rows(result)))
         if cfg.mode == "type":
