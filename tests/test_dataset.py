@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from skimage.measure import label
 from support.patchdata import make_patch_folder, mosaic_patch, save_original_npy
 
 from hovernet.cli import main
@@ -19,7 +20,7 @@ from hovernet.data.dataset import (
     patch_class_counts,
 )
 from hovernet.data.preview import GAP, HEADER, grid_shape
-from hovernet.data.targets import crop_center, hv_targets
+from hovernet.data.targets import crop_center, hv_targets, min_size_for_mpp
 from hovernet.errors import HoverNetError
 
 # mosaic patches of real CoNSeP crops; in these, class 1 ("other") is rare (5 of ~1900 nuclei)
@@ -53,6 +54,25 @@ def test_validation_sample_is_centre_crop_with_targets(folder):
     np.testing.assert_array_equal(item["tp_map"].numpy(), labels[230:310, 230:310, 1])
     assert item["np_map"].dtype == item["tp_map"].dtype == torch.int64
     assert int(item["tp_map"].max()) >= 2
+
+
+def test_hv_min_size_is_the_same_area_at_every_resolution(folder):
+    assert [min_size_for_mpp(m) for m in (None, 0.25, 0.5, 1.0)] == [30, 30, 8, 2]
+    with pytest.raises(HoverNetError, match="positive number of microns"):
+        min_size_for_mpp(0)
+    ds = PatchDataset.from_folder(folder, "valid", geometry="original", augment=False)
+    _, labels = load_patch(folder / "valid/mosaic_003.npz")
+    inst = crop_center(labels[..., 0], (270, 270))
+    default = ds[0]["hv_map"].permute(1, 2, 0).numpy()
+    ds.hv_min_size = 8
+    small = ds[0]["hv_map"].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(small, hv_targets(inst, (80, 80), min_size=8)[0])
+    # nuclei (4-connected pieces) of 8-29 px in the crop gain a centre; nothing else changes
+    pieces = crop_center(label(inst, background=0, connectivity=1), (80, 80))
+    areas = np.bincount(pieces.ravel())
+    gained = (pieces > 0) & np.isin(pieces, np.flatnonzero((areas >= 8) & (areas < 30)))
+    assert gained.any() and np.abs(small[gained]).max() > 0 and not default[gained].any()
+    np.testing.assert_array_equal(small[~gained], default[~gained])
 
 
 def test_augmented_sample_targets_follow_augmented_labels(folder):

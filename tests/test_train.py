@@ -188,6 +188,10 @@ def test_typed_and_untyped_folders_train_together(folders):
     assert t.min() >= 0 and t.max() >= 1
     # only untyped data: no type branch at all
     assert load_training_data([folders[1]], geometry_for("fast")).nr_types is None
+    # HV targets are made for the run's resolution (min_size_for_mpp)
+    assert {ds.hv_min_size for ds in [*data.train, *data.valid]} == {30}
+    at_20x = load_training_data(folders, geometry_for("fast"), mpp=0.5)
+    assert {ds.hv_min_size for ds in [*at_20x.train, *at_20x.valid]} == {8}
 
 
 def test_stain_jitter_recolours_training_samples_only(folders):

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 
 from hovernet.config import ModelGeometry, geometry_for
 from hovernet.data.augment import AugmentConfig, augment_sample
-from hovernet.data.targets import crop_center, hv_targets
+from hovernet.data.targets import MIN_SIZE, crop_center, hv_targets
 from hovernet.errors import HoverNetError
 from hovernet.io.type_info import TypeInfo, load_type_info
 
@@ -150,6 +150,7 @@ class PatchDataset(Dataset):
         self.manifest_rows = list(manifest_rows) if manifest_rows else None
         self.with_type = load_patch(self.files[0])[1].shape[-1] > 1
         self.untyped_fill: int | None = None  # set by the trainer beside typed folders
+        self.hv_min_size = MIN_SIZE  # set by the trainer from the model's resolution
         rows = self.manifest_rows
         self.inst_flag = bool(rows) and "points" in rows[0]  # see the module docstring
         self._rng: np.random.Generator | None = None
@@ -201,7 +202,7 @@ class PatchDataset(Dataset):
         if points:  # no instance targets: empty maps, skipped by the losses (inst_valid 0)
             hv, np_map = np.zeros((out, out, 2), np.float32), np.zeros((out, out), np.uint8)
         else:
-            hv, np_map = hv_targets(labels[..., 0], (out, out))
+            hv, np_map = hv_targets(labels[..., 0], (out, out), min_size=self.hv_min_size)
         sample = {"img": img, "np_map": np_map, "hv_map": hv}
         if self.with_type:
             tp = crop_center(labels[..., 1], (out, out))

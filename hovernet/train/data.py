@@ -35,6 +35,7 @@ from hovernet.data.dataset import (
     read_manifest,
     read_type_info,
 )
+from hovernet.data.targets import min_size_for_mpp
 from hovernet.errors import HoverNetError, HoverNetWarning
 from hovernet.io.type_info import TypeInfo
 from hovernet.train.losses import IGNORE
@@ -63,7 +64,10 @@ def load_training_data(
     seed: int = 0,
     augment: bool = True,
     stain_jitter: float = 0.0,
+    mpp: float | None = None,
 ) -> TrainingData:
+    """The training and validation patches of `folders`, their HV targets made for patches at
+    `mpp` um/px (`min_size_for_mpp`)."""
     if not folders:
         raise HoverNetError("no --data folder given: pass a folder written by extract-patches")
     train, valid = [], []
@@ -110,6 +114,8 @@ def load_training_data(
             ds.inst_flag = True
         if all(_points_only(ds) for ds in train):
             warnings.warn(HoverNetWarning(POINTS_ONLY), stacklevel=2)
+    for ds in [*train, *valid]:
+        ds.hv_min_size = min_size_for_mpp(mpp)
     nr_types = None if type_info is None else max(type_info) + 1
     if nr_types is not None:
         for ds in [*train, *valid]:

@@ -72,7 +72,7 @@ def prepare_training(cfg: TrainConfig, dist: Dist) -> tuple[TrainSetup, TrainSta
     device, init_path, run = _open_run(cfg, dist)
     torch.manual_seed(cfg.seed)
     geometry = get_architecture(cfg.arch).geometry
-    data = load_training_data(cfg.data, geometry, cfg.seed, cfg.augment, cfg.stain_jitter)
+    data = load_training_data(cfg.data, geometry, cfg.seed, cfg.augment, cfg.stain_jitter, cfg.mpp)
     parts = _make_parts(cfg, dist, device, data, init_path)
     state = TrainState()
     if cfg.resume:

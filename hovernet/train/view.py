@@ -24,7 +24,9 @@ def write_view(cfg: TrainConfig) -> Path:
     if cfg.out is None:
         raise HoverNetError("--view needs --out RUN: the grid is written into the run folder")
     geometry = get_architecture(cfg.arch).geometry
-    data = load_training_data(cfg.data, geometry, cfg.seed, stain_jitter=cfg.stain_jitter)
+    data = load_training_data(
+        cfg.data, geometry, cfg.seed, stain_jitter=cfg.stain_jitter, mpp=cfg.mpp
+    )
     if cfg.view == "valid":
         if not data.valid:
             raise HoverNetError(
