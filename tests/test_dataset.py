@@ -186,6 +186,15 @@ def test_view_dataset_writes_grid(folder, tmp_path, capsys):
     expected = cv2.resize(samples[1]["np_map"] * 255, (270, 270), interpolation=0)
     np.testing.assert_array_equal(np_panel, expected)
     assert list(tmp_path.iterdir()) == [out]  # nothing half-written left behind
+    # --mpp 0.5: small nuclei get HV targets as a 20x training run gives them; only the two HV
+    # panels change
+    at_20x = tmp_path / "grid20x.png"
+    args = ["view-dataset", str(folder), "--n", "3", "--seed", "4", "--mpp", "0.5"]
+    assert cli([*args, "--out", str(at_20x)]) == 0
+    changed = np.any(cv2.imread(str(at_20x)) != cv2.imread(str(out)), axis=(0, 2))
+    hv_x = x + 2 * (270 + GAP)
+    assert changed[hv_x : hv_x + 2 * 270 + GAP].any()
+    assert not changed[: hv_x - GAP].any() and not changed[hv_x + 2 * 270 + GAP :].any()
 
 
 def test_view_dataset_fast_mode_and_errors(folder, tmp_path, capsys):

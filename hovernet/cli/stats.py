@@ -100,20 +100,12 @@ def match_files(cfg: StatsConfig) -> tuple[list[tuple[str, object, object]], dic
 def run_instance(cfg: StatsConfig, pairs: list, progress=None) -> dict:
     import numpy as np
 
-    from hovernet.io.labels import read_instance_map
-    from hovernet.io.prediction_files import read_prediction_map
+    from hovernet.io.prediction_files import read_scored_pair
     from hovernet.metrics import instance_stats, pool_instance_stats
 
     per_image, stats = {}, []
     for name, pred_file, true_file in pairs:
-        true = read_instance_map(true_file)
-        pred = read_prediction_map(pred_file, true.shape)
-        if pred.shape != true.shape:
-            raise HoverNetError(
-                f"{pred_file.path} is {pred.shape[0]} x {pred.shape[1]} but its truth "
-                f"{true_file.path} is {true.shape[0]} x {true.shape[1]}; compare maps of the "
-                "same image at the same resolution"
-            )
+        true, _, pred = read_scored_pair(pred_file, true_file)
         s = instance_stats(true, pred, cfg.match_iou)
         stats.append(s)
         per_image[name] = {k: getattr(s, k) for k in INSTANCE_KEYS + INSTANCE_COUNTS}

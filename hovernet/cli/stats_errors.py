@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hovernet.errors import HoverNetError
-from hovernet.io.labels import read_instance_map, read_typed_map
-from hovernet.io.prediction_files import read_prediction_map
+from hovernet.io.prediction_files import read_scored_pair
 from hovernet.metrics.errors import (
     FN_CAUSES,
     FP_CAUSES,
@@ -34,31 +32,17 @@ COUNT_KEYS = (
 )
 
 
-def _read(cfg, pred_file, true_file):
-    if cfg.type_ids is None:
-        true, types = read_instance_map(true_file), None
-    else:
-        true, types = read_typed_map(true_file)
-    pred = read_prediction_map(pred_file, true.shape)
-    if pred.shape != true.shape:
-        raise HoverNetError(
-            f"{pred_file.path} is {pred.shape[0]} x {pred.shape[1]} but its truth "
-            f"{true_file.path} is {true.shape[0]} x {true.shape[1]}; compare maps of the "
-            "same image at the same resolution"
-        )
-    return error_breakdown(true, pred, types, cfg.match_iou)
-
-
 def run_errors(cfg, pairs: list, progress=None) -> dict:
     """Causes per image and pooled, and pooled recall by area, border and type."""
-    per_image, areas, border, paired, types = {}, [], [], [], []
+    per_image, areas, border, paired, kinds = {}, [], [], [], []
     for name, pred_file, true_file in pairs:
-        b = _read(cfg, pred_file, true_file)
+        true, type_map, pred = read_scored_pair(pred_file, true_file, cfg.type_ids is not None)
+        b = error_breakdown(true, pred, type_map, cfg.match_iou)
         per_image[name] = b.counts()
         areas.append(b.true_area)
         border.append(b.true_border)
         paired.append(b.true_cause == PAIRED)
-        types.append(b.true_type)
+        kinds.append(b.true_type)
         if progress is not None:
             progress.advance(1)
     hit = np.concatenate(paired)
@@ -77,10 +61,10 @@ def run_errors(cfg, pairs: list, progress=None) -> dict:
         ),
     }
     if cfg.type_ids is not None:
-        kinds = np.concatenate(types)
-        index = np.full(max(int(kinds.max(initial=0)), *cfg.type_ids) + 1, -1)
+        true_type = np.concatenate(kinds)
+        index = np.full(max(int(true_type.max(initial=0)), *cfg.type_ids) + 1, -1)
         index[list(cfg.type_ids)] = np.arange(len(cfg.type_ids))
-        result["recall_by_type"] = recall_by(index[kinds], hit, [str(t) for t in cfg.type_ids])
+        result["recall_by_type"] = recall_by(index[true_type], hit, [str(t) for t in cfg.type_ids])
     return result
 
 

@@ -24,6 +24,7 @@ class ViewDatasetConfig:
     mode: str = "original"
     split: str = "train"
     augment: bool = True
+    mpp: float | None = None  # the training run's resolution: HV targets made as it makes them
 
 
 def run(cfg: ViewDatasetConfig, quiet: bool = True) -> Path:
@@ -32,6 +33,7 @@ def run(cfg: ViewDatasetConfig, quiet: bool = True) -> Path:
     from hovernet.config import geometry_for
     from hovernet.data.dataset import PatchDataset, read_type_info
     from hovernet.data.preview import render_grid
+    from hovernet.data.targets import min_size_for_mpp
     from hovernet.io.atomic import atomic_path, check_writable_file
     from hovernet.progress import Progress
 
@@ -44,6 +46,7 @@ def run(cfg: ViewDatasetConfig, quiet: bool = True) -> Path:
     dataset = PatchDataset.from_folder(
         cfg.dataset_dir, cfg.split, geometry=geometry, augment=cfg.augment, seed=cfg.seed
     )
+    dataset.hv_min_size = min_size_for_mpp(cfg.mpp)
     samples = []
     with Progress(cfg.n, "view-dataset", unit="samples", quiet=quiet) as bar:
         for i in range(cfg.n):
@@ -74,9 +77,15 @@ def register(app: typer.Typer) -> None:
         no_augment: bool = typer.Option(
             False, "--no-augment", help="Show centre crops without augmentation."
         ),
+        mpp: float | None = typer.Option(
+            None,
+            "--mpp",
+            help="Microns per pixel the patches will be trained at (as `hovernet train --mpp`): "
+            "small nuclei get their HV targets as that run gives them.",
+        ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Write a PNG grid of augmented samples: image, NP, HV and type targets."""
-        cfg = ViewDatasetConfig(dataset_dir, out, n, seed, mode, split, not no_augment)
+        cfg = ViewDatasetConfig(dataset_dir, out, n, seed, mode, split, not no_augment, mpp)
         path = run(cfg, quiet=quiet)
         typer.echo(f"wrote {path} ({cfg.n} samples, {cfg.mode} geometry)")

@@ -113,6 +113,20 @@ def read_prediction_map(file, shape: tuple[int, int]) -> np.ndarray:
     return _slide_labels(file, shape).read_rows(0, shape[0]).astype(np.int32)
 
 
+def read_scored_pair(pred_file, true_file, typed: bool = False):
+    """(true instance map, true type map or None, predicted instance map on the truth's canvas)
+    of one image for scoring; maps of different sizes are refused."""
+    true, types = read_typed_map(true_file) if typed else (read_instance_map(true_file), None)
+    pred = read_prediction_map(pred_file, true.shape)
+    if pred.shape != true.shape:
+        raise HoverNetError(
+            f"{pred_file.path} is {pred.shape[0]} x {pred.shape[1]} but its truth "
+            f"{true_file.path} is {true.shape[0]} x {true.shape[1]}; compare maps of the "
+            "same image at the same resolution"
+        )
+    return true, types, pred
+
+
 def _slide_labels(file: SlideOutput, shape: tuple[int, int]):
     if file.size is not None and tuple(shape) != file.size:
         h, w = file.size
