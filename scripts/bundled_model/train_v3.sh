@@ -11,12 +11,14 @@
 # WORK_DIR/v3run. When its 12 epochs are done, the last state is re-saved without optimiser
 # state as WORK_DIR/lite-v3.pth. A resumed run keeps its config.yaml; options after the third
 # argument (e.g. --time-limit) are given to every call and override it.
+# RUN_NAME / OUT_NAME (default v3run / lite-v3.pth) name the run folder and the weights in
+# WORK_DIR: train_v4.sh runs this recipe again from lite-v3 under v4run / lite-v4.pth.
 set -euo pipefail
 SHARED=${1:?shared data folder}; WORK=${2:?work folder}; INIT=${3:?lite-v2 checkpoint}; shift 3
 HERE=$(cd "$(dirname "$0")" && pwd)
 PY=${PYTHON:-python}
 export NO_ALBUMENTATIONS_UPDATE=1 PYTHON=$PY
-P=$WORK/ft_patches; RUN=$WORK/v3run
+P=$WORK/ft_patches; RUN=$WORK/${RUN_NAME:-v3run}
 [ -d "$WORK/resampled" ] || $PY "$HERE/prepare_data.py" "$SHARED" "$WORK/resampled"
 [ -d "$P/consep" ] || bash "$HERE/extract.sh" "$WORK/resampled" "$P" 112
 # CRCHisto's "others" left out: with them the model called most nuclei of unfamiliar tissue
@@ -29,7 +31,7 @@ else
   $PY -m hovernet train --data "$P/monuseg" --data "$P/consep" --data "$P/dsb" \
       --data "$P/crchisto_noother" --out "$RUN" --config "$HERE/v3.yaml" --init "$INIT" --device cpu "$@"
 fi
-$PY - "$RUN" "$WORK/lite-v3.pth" <<'PYEOF'
+$PY - "$RUN" "$WORK/${OUT_NAME:-lite-v3.pth}" <<'PYEOF'
 import json, sys
 from pathlib import Path
 from hovernet.model.checkpoints import load_model, save_checkpoint
