@@ -49,3 +49,7 @@ $PY -m hovernet stats --mode instance --pred_dir "$OUT/pred_consep_$SPLIT/mat" \
 $PY -m hovernet stats --mode type --pred_dir "$OUT/pred_consep_$SPLIT/json" \
     --true_dir "$CONSEP/labels" --out "$OUT/consep_${SPLIT}_type.json" --mpp 0.25 --radius 3 \
     --quiet
+# where CoNSeP's PQ is lost: each error's cause, recall by nucleus size, border and type
+$PY -m hovernet stats --mode errors --pred_dir "$OUT/pred_consep_$SPLIT/mat" \
+    --true_dir "$CONSEP/labels" --out "$OUT/consep_${SPLIT}_errors.json" --mpp 0.25 \
+    --type-ids 1,2,3,4 --quiet
