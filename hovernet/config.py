@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 from hovernet.errors import HoverNetError
 
+# the resolution (um/px, 40x) the original's pixel constants are given in
+ORIGINAL_MPP = 0.25
+
 # the architectures' names (hovernet.model.registry), each with its geometry in GEOMETRY below
 MODES = ("original", "fast", "lite", "lite-wide", "lite-deep")
 
@@ -54,3 +57,10 @@ def geometry_for(mode: str) -> ModelGeometry:
         raise HoverNetError(
             f"unknown model mode {mode!r}: use one of {', '.join(MODES)} (--model_mode)"
         ) from None
+
+
+def area_at_mpp(pixels: float, mpp: float) -> int:
+    """An area of the original's, `pixels` at 40x, in pixels at `mpp` um/px (at least 1)."""
+    if not mpp > 0:
+        raise HoverNetError(f"mpp must be a positive number of microns per pixel, got {mpp}")
+    return max(1, int(pixels * (ORIGINAL_MPP / mpp) ** 2 + 0.5))

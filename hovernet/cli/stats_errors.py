@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hovernet.config import ORIGINAL_MPP
 from hovernet.io.prediction_files import read_scored_pair
 from hovernet.metrics.errors import (
     FN_CAUSES,
@@ -20,9 +21,9 @@ from hovernet.metrics.errors import (
     recall_by,
 )
 
-# default area bins: microns squared (with --mpp), else pixels (the same bins at 0.25 um/px)
+# default area bins: microns squared (with --mpp), else pixels (the same bins at 40x)
 AREA_BINS_UM2 = (5.0, 10.0, 20.0, 40.0)
-AREA_BINS_PX = (80.0, 160.0, 320.0, 640.0)
+AREA_BINS_PX = tuple(b / ORIGINAL_MPP**2 for b in AREA_BINS_UM2)
 COUNT_KEYS = (
     "n_true",
     "n_pred",

@@ -27,10 +27,10 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import label as label_pieces
 
+from hovernet.config import area_at_mpp
 from hovernet.errors import HoverNetError
 
 MIN_SIZE = 30  # pixels inside the crop below which an instance gets no HV target (original)
-MIN_SIZE_MPP = 0.25  # the resolution (um/px, 40x) MIN_SIZE is in
 BOX_PAD = 2  # the original widens each bounding box by 2 px before taking the centre of mass
 
 
@@ -97,11 +97,7 @@ def min_size_for_mpp(mpp: float | None) -> int:
     38 % of the CoNSeP validation nuclei, which the network then learns to give no centre.
     Post-processing perfect maps at 20x (`scripts/bundled_model/oracle_maps.py`) scores CoNSeP
     PQ 0.701 with 30 px targets and 0.771 with 8 px (docs/model-card.md)."""
-    if mpp is None:
-        return MIN_SIZE
-    if not mpp > 0:
-        raise HoverNetError(f"mpp must be a positive number of microns per pixel, got {mpp}")
-    return max(1, int(MIN_SIZE * (MIN_SIZE_MPP / mpp) ** 2 + 0.5))
+    return MIN_SIZE if mpp is None else area_at_mpp(MIN_SIZE, mpp)
 
 
 def hv_targets(

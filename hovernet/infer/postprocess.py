@@ -51,6 +51,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from hovernet.config import ORIGINAL_MPP, area_at_mpp
 from hovernet.errors import HoverNetError
 from hovernet.infer.records import Nucleus, instance_records
 
@@ -59,8 +60,7 @@ FOREGROUND_THRESHOLD = 0.5
 MIN_OBJECT_SIZE = 10
 SOBEL_KSIZE = 21
 MARKER_THRESHOLD = 0.4
-MARKER_OPEN_KSIZE = 5
-REFERENCE_MPP = 0.25  # the resolution the constants above are for (40x)
+MARKER_OPEN_KSIZE = 5  # the sizes above are pixels at ORIGINAL_MPP (40x)
 
 
 def _odd(x: float, low: int, high: int) -> int:
@@ -96,11 +96,10 @@ class PostprocessParams:
         """The constants for maps at `mpp` um/px (None: the original's, unscaled)."""
         if mpp is None:
             return cls()
-        if not mpp > 0:
-            raise HoverNetError(f"mpp must be a positive number of microns per pixel, got {mpp}")
-        k = REFERENCE_MPP / mpp  # how many map pixels one 40x pixel spans
+        min_size = area_at_mpp(MIN_OBJECT_SIZE, mpp)  # checks mpp
+        k = ORIGINAL_MPP / mpp  # how many map pixels one 40x pixel spans
         return cls(
-            min_object_size=max(1, int(MIN_OBJECT_SIZE * k * k + 0.5)),
+            min_object_size=min_size,
             sobel_ksize=_odd(SOBEL_KSIZE * k, 3, 31),  # OpenCV's Sobel takes odd sizes <= 31
             marker_open_ksize=_odd(MARKER_OPEN_KSIZE * k, 1, 63),
         )

@@ -31,8 +31,9 @@ from itertools import pairwise
 import numpy as np
 
 from hovernet.errors import HoverNetError
+from hovernet.metrics.detection import instance_centroids
 from hovernet.metrics.instance import pq_pairs
-from hovernet.metrics.overlap import Overlap, as_label_map, compact_labels, overlap
+from hovernet.metrics.overlap import Overlap, as_label_map, overlap
 
 FN_CAUSES = ("missed", "merged", "split", "outline")
 FP_CAUSES = ("spurious", "split", "merged", "outline")
@@ -44,8 +45,8 @@ class ErrorBreakdown:
     """Per-nucleus causes of one image pair.
 
     `true_cause` / `pred_cause`: PAIRED, or an index into FN_CAUSES / FP_CAUSES. `true_area`
-    in pixels; `true_border`: the nucleus touches the image edge; `true_type`: its majority type
-    (0 where no type map was given)."""
+    in pixels; `true_border`: the nucleus touches the image edge; `true_type`: its type by the
+    original's majority vote (`instance_centroids`; 0 where no type map was given)."""
 
     true_cause: np.ndarray
     pred_cause: np.ndarray
@@ -107,17 +108,6 @@ def _border(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.isin(ids, edge)
 
 
-def _majority_type(index: np.ndarray, n: int, types: np.ndarray) -> np.ndarray:
-    """The most frequent type id over each instance's pixels (ties: the lower id)."""
-    types = as_label_map(types, "true types").ravel().astype(np.int64)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    n_types = int(types.max()) + 1 if types.size else 1
-    fg = index > 0
-    table = np.bincount((index[fg] - 1) * n_types + types[fg], minlength=n * n_types)
-    return table.reshape(n, n_types).argmax(axis=1)
-
-
 def error_breakdown(
     true: np.ndarray,
     pred: np.ndarray,
@@ -144,7 +134,7 @@ def error_breakdown(
                 f"true types are {np.shape(true_types)} but the instance map is {true.shape}; "
                 "give the type map of the same image"
             )
-        kinds = _majority_type(compact_labels(true)[1], ov.n_true, true_types)
+        kinds = instance_centroids(true, true_types)[2]
     return ErrorBreakdown(
         true_cause=_causes(ov, true_paired, cover, 0),
         pred_cause=_causes(ov, pred_paired, cover, 1),
